@@ -1,0 +1,311 @@
+"""
+A small decoder-only transformer with a preallocated KV cache, and a tiktoken tokenizer.
+
+One class, three block styles, chosen by GPTConfig switches:
+- the from-scratch default: RMSNorm, rotary positions, SwiGLU MLP, grouped-query attention;
+- GPT-2: LayerNorm, learned positions, GELU MLP, biases everywhere, tied LM head;
+- Qwen2 / Llama: RMSNorm, rotary positions (rope_theta), SwiGLU, q/k/v bias (Qwen2), tied or not.
+
+Padding. Prompts of different lengths are left-padded; `valid` (B, T) marks the real tokens.
+A query attends to the real keys at or before it; positions count real tokens only, so a
+left-padded row computes exactly what the same row would compute unpadded.
+"""
+
+import math
+from dataclasses import dataclass
+
+import tiktoken
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+@dataclass
+class GPTConfig:
+    vocab_size: int = 32
+    n_layer: int = 4
+    n_head: int = 4
+    n_kv_head: int = 4        # grouped-query attention: n_kv_head divides n_head
+    n_embd: int = 128
+    block_size: int = 64      # the longest sequence (prompt + response) the model sees
+    n_inner: int = 0          # MLP hidden width; 0 means the style's default
+    norm: str = "rmsnorm"     # "rmsnorm" | "layernorm"
+    norm_eps: float = 1e-5
+    pos: str = "rope"         # "rope" | "learned"
+    rope_theta: float = 10000.0
+    mlp: str = "swiglu"       # "swiglu" | "gelu" (GPT-2's tanh approximation)
+    bias: bool = False        # biases in every linear layer and norm (GPT-2)
+    qkv_bias: bool = False    # biases in the q, k, v projections only (Qwen2)
+    tie_embeddings: bool = True
+
+    def __post_init__(self):
+        problems = []
+        if self.n_head % self.n_kv_head:
+            problems.append(f"n_kv_head={self.n_kv_head} must divide n_head={self.n_head}")
+        if self.n_embd % self.n_head:
+            problems.append(f"n_head={self.n_head} must divide n_embd={self.n_embd}")
+        if self.pos == "rope" and (self.n_embd // self.n_head) % 2:
+            problems.append("rotary positions need an even head size")
+        if self.norm not in ("rmsnorm", "layernorm"):
+            problems.append(f"norm must be 'rmsnorm' or 'layernorm', got {self.norm!r}")
+        if self.pos not in ("rope", "learned"):
+            problems.append(f"pos must be 'rope' or 'learned', got {self.pos!r}")
+        if self.mlp not in ("swiglu", "gelu"):
+            problems.append(f"mlp must be 'swiglu' or 'gelu', got {self.mlp!r}")
+        for name in ("vocab_size", "n_layer", "n_head", "n_kv_head", "n_embd", "block_size"):
+            if getattr(self, name) < 1:
+                problems.append(f"{name} must be >= 1")
+        if problems:
+            raise ValueError("bad GPTConfig: " + "; ".join(problems))
+
+    @property
+    def head_dim(self):
+        return self.n_embd // self.n_head
+
+    @property
+    def mlp_width(self):
+        if self.n_inner:
+            return self.n_inner
+        # SwiGLU has three matrices, so 8/3·C keeps the parameter count of a 4·C GELU MLP
+        return 4 * self.n_embd if self.mlp == "gelu" else 64 * math.ceil(8 * self.n_embd / 3 / 64)
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim, eps):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x):
+        xf = x.float()
+        xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * xf.to(x.dtype)
+
+
+def make_norm(config):
+    if config.norm == "rmsnorm":
+        return RMSNorm(config.n_embd, config.norm_eps)
+    return nn.LayerNorm(config.n_embd, eps=config.norm_eps, bias=config.bias)
+
+
+def rotate(x, cos, sin):
+    """Rotary position embedding, the 'rotate half' convention of GPT-NeoX / Llama / Qwen2.
+    x: (B, nh, T, hs); cos, sin: (B, 1, T, hs/2)."""
+    x1, x2 = x.chunk(2, dim=-1)                                  # (B, nh, T, hs/2) each
+    return torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1)
+
+
+class KVCache:
+    """Preallocated keys and values for every layer; decoding writes in place (no torch.cat).
+    k, v: (n_layer, B, n_kv_head, max_len, hs); valid: (B, max_len), true for real tokens."""
+
+    def __init__(self, config, batch_size, max_len, device, dtype):
+        shape = (config.n_layer, batch_size, config.n_kv_head, max_len, config.head_dim)
+        self.k = torch.zeros(shape, device=device, dtype=dtype)
+        self.v = torch.zeros(shape, device=device, dtype=dtype)
+        self.valid = torch.zeros(batch_size, max_len, dtype=torch.bool, device=device)
+        self.n_real = torch.zeros(batch_size, dtype=torch.long, device=device)  # real tokens so far
+        self.length = 0  # slots filled, the same for every row
+
+    def expand(self, n):
+        """Repeat each row n times (row i -> rows i*n .. i*n+n-1): one prefill shared by a group."""
+        out = KVCache.__new__(KVCache)
+        out.k = self.k.repeat_interleave(n, dim=1)
+        out.v = self.v.repeat_interleave(n, dim=1)
+        out.valid = self.valid.repeat_interleave(n, dim=0)
+        out.n_real = self.n_real.repeat_interleave(n, dim=0)
+        out.length = self.length
+        return out
+
+
+class Attention(nn.Module):
+    def __init__(self, config):
+        super().__init__()
+        C, hs = config.n_embd, config.head_dim
+        self.n_head, self.n_kv_head, self.head_dim = config.n_head, config.n_kv_head, hs
+        qkv_bias = config.bias or config.qkv_bias
+        self.q_proj = nn.Linear(C, config.n_head * hs, bias=qkv_bias)
+        self.k_proj = nn.Linear(C, config.n_kv_head * hs, bias=qkv_bias)
+        self.v_proj = nn.Linear(C, config.n_kv_head * hs, bias=qkv_bias)
+        self.o_proj = nn.Linear(config.n_head * hs, C, bias=config.bias)
+
+    def forward(self, x, rope, attn_mask, cache, layer):
+        B, T, C = x.shape
+        q = self.q_proj(x).view(B, T, self.n_head, self.head_dim).transpose(1, 2)     # (B, nh, T, hs)
+        k = self.k_proj(x).view(B, T, self.n_kv_head, self.head_dim).transpose(1, 2)  # (B, nkv, T, hs)
+        v = self.v_proj(x).view(B, T, self.n_kv_head, self.head_dim).transpose(1, 2)  # (B, nkv, T, hs)
+        if rope is not None:
+            q, k = rotate(q, *rope), rotate(k, *rope)
+        if cache is not None:
+            t0 = cache.length
+            cache.k[layer, :, :, t0:t0 + T] = k
+            cache.v[layer, :, :, t0:t0 + T] = v
+            k = cache.k[layer, :, :, :t0 + T]                                          # (B, nkv, L, hs)
+            v = cache.v[layer, :, :, :t0 + T]
+        gqa = self.n_kv_head != self.n_head
+        if attn_mask is None:   # no padding, no cache: the plain causal (fast) path
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=gqa)
+        else:                   # attn_mask: (B, 1, T, L) bool, true where a query may look
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, enable_gqa=gqa)
+        y = y.transpose(1, 2).reshape(B, T, self.n_head * self.head_dim)               # (B, T, nh*hs)
+        return self.o_proj(y)
+
+
+class MLP(nn.Module):
+    def __init__(self, config):
+        super().__init__()
+        C, H = config.n_embd, config.mlp_width
+        self.swiglu = config.mlp == "swiglu"
+        if self.swiglu:
+            self.gate_proj = nn.Linear(C, H, bias=config.bias)
+        self.up_proj = nn.Linear(C, H, bias=config.bias)
+        self.down_proj = nn.Linear(H, C, bias=config.bias)
+
+    def forward(self, x):
+        if self.swiglu:
+            return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+        return self.down_proj(F.gelu(self.up_proj(x), approximate="tanh"))
+
+
+class Block(nn.Module):
+    def __init__(self, config):
+        super().__init__()
+        self.ln_1 = make_norm(config)
+        self.attn = Attention(config)
+        self.ln_2 = make_norm(config)
+        self.mlp = MLP(config)
+
+    def forward(self, x, rope, attn_mask, cache, layer):
+        x = x + self.attn(self.ln_1(x), rope, attn_mask, cache, layer)
+        return x + self.mlp(self.ln_2(x))
+
+
+class GPT(nn.Module):
+    def __init__(self, config):
+        super().__init__()
+        self.config = config
+        self.wte = nn.Embedding(config.vocab_size, config.n_embd)
+        if config.pos == "learned":
+            self.wpe = nn.Embedding(config.block_size, config.n_embd)
+        self.blocks = nn.ModuleList([Block(config) for _ in range(config.n_layer)])
+        self.ln_f = make_norm(config)
+        self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
+        if config.tie_embeddings:
+            self.lm_head.weight = self.wte.weight
+        if config.pos == "rope":
+            hs = config.head_dim
+            inv_freq = 1.0 / config.rope_theta ** (torch.arange(0, hs, 2, dtype=torch.float64) / hs)
+            angles = torch.outer(torch.arange(config.block_size, dtype=torch.float64), inv_freq)
+            self.register_buffer("rope_cos", angles.cos().float(), persistent=False)  # (block_size, hs/2)
+            self.register_buffer("rope_sin", angles.sin().float(), persistent=False)
+        self.apply(self._init_weights)
+        for name, p in self.named_parameters():   # GPT-2's scaled init of the residual projections
+            if name.endswith(("o_proj.weight", "down_proj.weight")):
+                nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layer))
+
+    def _init_weights(self, module):
+        if isinstance(module, nn.Linear):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+
+    def num_params(self):
+        return sum(p.numel() for p in self.parameters())
+
+    def make_cache(self, batch_size, max_len):
+        if max_len > self.config.block_size:
+            raise ValueError(f"a sequence of {max_len} tokens exceeds block_size={self.config.block_size}")
+        p = self.wte.weight
+        return KVCache(self.config, batch_size, max_len, p.device, p.dtype)
+
+    def forward(self, idx, valid=None, cache=None, return_hidden=False):
+        """idx: (B, T) token ids. valid: (B, T) bool, false at padding (None: all real).
+        With a cache, idx holds the T tokens that follow the cache's filled slots.
+        Returns logits (B, T, vocab_size), and with return_hidden also the final-layer hidden
+        states after the last norm (B, T, n_embd), which the log Z and value heads read."""
+        B, T = idx.shape
+        if valid is None:
+            valid = torch.ones(B, T, dtype=torch.bool, device=idx.device)
+        if cache is None:
+            t0, keys_valid = 0, valid                                               # (B, L), L = T
+            pos = valid.long().cumsum(-1) - 1                                       # (B, T)
+        else:
+            t0 = cache.length
+            if t0 + T > cache.valid.shape[1]:
+                raise ValueError(f"KV cache full: {t0} + {T} tokens > {cache.valid.shape[1]} slots")
+            cache.valid[:, t0:t0 + T] = valid
+            keys_valid = cache.valid[:, :t0 + T]                                    # (B, L), L = t0+T
+            pos = cache.n_real[:, None] + valid.long().cumsum(-1) - 1               # (B, T)
+        pos = pos.clamp(min=0)
+        if int(pos.max()) >= self.config.block_size:
+            raise ValueError(f"position {int(pos.max())} exceeds block_size={self.config.block_size}")
+
+        # attention mask (B, 1, T, L): causal, real keys only; a padding query sees itself (no NaN)
+        if cache is None and bool(valid.all()):
+            attn_mask = None
+        else:
+            L = t0 + T
+            q_slot = torch.arange(t0, L, device=idx.device)[:, None]               # (T, 1)
+            k_slot = torch.arange(L, device=idx.device)[None, :]                   # (1, L)
+            causal = k_slot <= q_slot                                               # (T, L)
+            attn_mask = (causal & keys_valid[:, None, :]) | (k_slot == q_slot)     # (B, T, L)
+            attn_mask = attn_mask[:, None]                                          # (B, 1, T, L)
+
+        x = self.wte(idx)                                                           # (B, T, C)
+        rope = None
+        if self.config.pos == "learned":
+            x = x + self.wpe(pos)
+        else:
+            rope = (self.rope_cos[pos][:, None].to(x.dtype), self.rope_sin[pos][:, None].to(x.dtype))
+        for layer, block in enumerate(self.blocks):
+            x = block(x, rope, attn_mask, cache, layer)
+        if cache is not None:
+            cache.length = t0 + T
+            cache.n_real += valid.long().sum(-1)
+        h = self.ln_f(x)                                                            # (B, T, C)
+        logits = self.lm_head(h).float()                                            # (B, T, V)
+        return (logits, h) if return_hidden else logits
+
+
+class Tokenizer:
+    """A tiktoken.Encoding plus the ids training needs (end of sequence, padding).
+
+    For the from-scratch tasks: one token per character of a fixed alphabet (explicit ranks,
+    so nothing is downloaded), then the special tokens."""
+
+    EOS = "<|endoftext|>"
+    PAD = "<|pad|>"
+
+    def __init__(self, encoding, eos_id, pad_id, alphabet=None):
+        self.enc = encoding
+        self.eos_id = eos_id
+        self.pad_id = pad_id
+        self.alphabet = alphabet  # for character-level tokenizers: the characters it knows
+
+    @classmethod
+    def for_chars(cls, alphabet):
+        chars = sorted(set(alphabet))
+        if any(len(c.encode("utf-8")) != 1 for c in chars):
+            raise ValueError("the character tokenizer takes single-byte (ASCII) characters only")
+        ranks = {c.encode("utf-8"): i for i, c in enumerate(chars)}
+        specials = {cls.EOS: len(chars), cls.PAD: len(chars) + 1}
+        enc = tiktoken.Encoding(name="chars", pat_str=r"[\s\S]", mergeable_ranks=ranks,
+                                special_tokens=specials)
+        return cls(enc, specials[cls.EOS], specials[cls.PAD], alphabet="".join(chars))
+
+    @property
+    def vocab_size(self):
+        return self.enc.n_vocab
+
+    def encode(self, text):
+        if self.alphabet is not None:
+            # tiktoken panics (a BaseException) on a character without a rank: check first
+            for c in text:
+                if c not in self.alphabet:
+                    raise ValueError(f"character {c!r} is not in the tokenizer's alphabet {self.alphabet!r}")
+        return self.enc.encode_ordinary(text)
+
+    def decode(self, ids):
+        return self.enc.decode(list(ids))

@@ -1,0 +1,130 @@
+"""
+Batched group sampling: G answers for each prompt, in one loop over positions (never over rows).
+
+Row order is prompt-major: rows i*G .. i*G+G-1 are the G samples of prompt i, the order in which
+flowrl.group_normalize reads groups. Each prompt is prefilled once and its KV cache shared by its
+G samples.
+"""
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+
+@dataclass
+class Rollout:
+    prompt: torch.Tensor        # (N, Tp) long, left-padded prompts, one row per sample
+    prompt_mask: torch.Tensor   # (N, Tp) bool, true on real prompt tokens
+    response: torch.Tensor      # (N, T) long, padded with eos_id after the first EOS
+    mask: torch.Tensor          # (N, T) bool, true on generated tokens, the EOS included
+    logprobs: torch.Tensor      # (N, T) log-prob of each sampled token under softmax(logits / T); 0 where masked
+    num_samples: int            # G, samples per prompt
+    eos_id: int
+
+    @property
+    def finished(self):
+        """(N,) bool: the row ended with EOS (false: cut at max_new_tokens)."""
+        last = self.mask.sum(-1) - 1                                                 # (N,)
+        ended = self.response.gather(1, last.clamp(min=0)[:, None])[:, 0]
+        return (last >= 0) & (ended == self.eos_id)
+
+
+def left_pad(prompts, pad_id, device):
+    """prompts: list of token-id lists -> ids (P, Tp) long and valid (P, Tp) bool, left-padded."""
+    if not prompts or any(len(p) == 0 for p in prompts):
+        raise ValueError("every prompt needs at least one token")
+    Tp = max(len(p) for p in prompts)
+    ids = torch.full((len(prompts), Tp), pad_id, dtype=torch.long)
+    valid = torch.zeros(len(prompts), Tp, dtype=torch.bool)
+    for i, p in enumerate(prompts):
+        ids[i, Tp - len(p):] = torch.tensor(p, dtype=torch.long)
+        valid[i, Tp - len(p):] = True
+    return ids.to(device), valid.to(device)
+
+
+def sample_token(logits, temperature, top_p, generator):
+    """logits: (N, V) -> (token (N,), logprob (N,)) where logprob is under softmax(logits / temperature),
+    before top-p truncation (what the losses use as log pi_old). temperature=0: greedy, with the
+    logprob under softmax(logits)."""
+    if temperature == 0:
+        logp = F.log_softmax(logits, dim=-1)                                         # (N, V)
+        token = logits.argmax(-1)
+        return token, logp.gather(1, token[:, None])[:, 0]
+    logp = F.log_softmax(logits / temperature, dim=-1)                               # (N, V)
+    probs = logp.exp()
+    u = torch.rand(probs.shape[0], 1, device=probs.device, generator=generator)     # one uniform per row
+    if top_p < 1.0:
+        # nucleus: the smallest set of most likely tokens whose mass reaches top_p
+        sorted_p, order = probs.sort(dim=-1, descending=True)                       # (N, V)
+        keep = (sorted_p.cumsum(-1) - sorted_p) < top_p                              # mass before token < top_p
+        cdf = (sorted_p * keep).cumsum(-1)                                           # (N, V)
+        pick = torch.searchsorted(cdf, u * cdf[:, -1:], right=True).clamp(max=probs.shape[1] - 1)
+        token = order.gather(1, pick)[:, 0]
+    else:
+        cdf = probs.cumsum(-1)                                                       # (N, V)
+        token = torch.searchsorted(cdf, u * cdf[:, -1:], right=True).clamp(max=probs.shape[1] - 1)[:, 0]
+    return token, logp.gather(1, token[:, None])[:, 0]
+
+
+def generate(model, prompts, *, num_samples, max_new_tokens, temperature=1.0, top_p=1.0, eos_id,
+             generator=None):
+    """Sample num_samples responses for each prompt (a list of token-id lists).
+    Returns a Rollout of N = len(prompts) * num_samples rows, prompt-major."""
+    if num_samples < 1 or max_new_tokens < 1:
+        raise ValueError("num_samples and max_new_tokens must be >= 1")
+    if temperature < 0 or not 0.0 < top_p <= 1.0:
+        raise ValueError("temperature must be >= 0 and top_p in (0, 1]")
+    device = next(model.parameters()).device
+    G = num_samples
+    ids, valid = left_pad(prompts, eos_id, device)                                  # (P, Tp)
+    P, Tp = ids.shape
+    N = P * G
+    was_training = model.training
+    model.eval()
+    with torch.inference_mode():
+        cache = model.make_cache(P, Tp + max_new_tokens)
+        logits = model(ids, valid=valid, cache=cache)[:, -1]                        # (P, V): one prefill per prompt
+        cache = cache.expand(G)                                                      # (N, ...) shared by the group
+        logits = logits.repeat_interleave(G, dim=0)                                  # (N, V)
+        response = torch.full((N, max_new_tokens), eos_id, dtype=torch.long, device=device)
+        mask = torch.zeros(N, max_new_tokens, dtype=torch.bool, device=device)
+        logprobs = torch.zeros(N, max_new_tokens, device=device)
+        done = torch.zeros(N, dtype=torch.bool, device=device)
+        for t in range(max_new_tokens):
+            token, lp = sample_token(logits, temperature, top_p, generator)          # (N,), (N,)
+            token = token.masked_fill(done, eos_id)
+            response[:, t] = token
+            mask[:, t] = ~done
+            logprobs[:, t] = lp.masked_fill(done, 0.0)
+            done = done | (token == eos_id)
+            if t == max_new_tokens - 1 or bool(done.all()):
+                break
+            logits = model(token[:, None], cache=cache)[:, -1]                       # (N, V)
+    model.train(was_training)
+    T = t + 1  # trim the columns no row reached
+    out = Rollout(prompt=ids.repeat_interleave(G, dim=0).clone(),
+                  prompt_mask=valid.repeat_interleave(G, dim=0).clone(),
+                  response=response[:, :T].clone(), mask=mask[:, :T].clone(),
+                  logprobs=logprobs[:, :T].clone(), num_samples=G, eos_id=eos_id)
+    return out
+
+
+def sequence_logprobs(model, rollout, temperature=1.0, return_hidden=False):
+    """Recompute, in one batched forward with gradients, the per-token log-probs of the rollout's
+    responses (N, T) and the per-token entropy of the full next-token distribution (N, T), both
+    under softmax(logits / temperature) and 0 where masked. With return_hidden, also the
+    final-layer hidden states (N, Tp + T, C), for the log Z and value heads."""
+    Tp = rollout.prompt.shape[1]
+    idx = torch.cat([rollout.prompt, rollout.response], dim=1)                      # (N, Tp+T)
+    valid = torch.cat([rollout.prompt_mask, torch.ones_like(rollout.mask)], dim=1)  # (N, Tp+T)
+    logits, h = model(idx, valid=valid, return_hidden=True)                          # (N, Tp+T, V)
+    logits = logits[:, Tp - 1:-1]                                                    # (N, T, V): predicts response
+    if temperature > 0:
+        logits = logits / temperature
+    logp_all = F.log_softmax(logits, dim=-1)                                         # (N, T, V)
+    logprobs = logp_all.gather(2, rollout.response[..., None])[..., 0]              # (N, T)
+    entropy = -(logp_all.exp() * logp_all).sum(-1)                                   # (N, T)
+    logprobs = logprobs * rollout.mask
+    entropy = entropy * rollout.mask
+    return (logprobs, entropy, h) if return_hidden else (logprobs, entropy)

@@ -1,0 +1,81 @@
+import pytest
+import torch
+
+from model import GPT, GPTConfig, Tokenizer
+
+STYLES = {
+    "default": dict(),
+    "gqa": dict(n_head=4, n_kv_head=2),
+    "gpt2": dict(norm="layernorm", pos="learned", mlp="gelu", bias=True),
+    "qwen2": dict(n_head=4, n_kv_head=1, qkv_bias=True, rope_theta=1e6, tie_embeddings=False, norm_eps=1e-6),
+}
+
+
+def tiny(style="default", **kw):
+    cfg = dict(vocab_size=19, n_layer=2, n_head=4, n_kv_head=4, n_embd=32, block_size=32)
+    cfg.update(STYLES[style])
+    cfg.update(kw)
+    torch.manual_seed(0)
+    return GPT(GPTConfig(**cfg))
+
+
+@pytest.mark.parametrize("style", list(STYLES))
+def test_cached_decoding_matches_full_forward(style):
+    model = tiny(style).eval()
+    idx = torch.randint(0, 19, (3, 12))
+    full = model(idx)                                                   # (3, 12, V)
+    cache = model.make_cache(3, 12)
+    parts = [model(idx[:, :5], cache=cache)]
+    for t in range(5, 12):
+        parts.append(model(idx[:, t:t + 1], cache=cache))
+    assert full.shape == (3, 12, 19) and full.dtype == torch.float32
+    assert (torch.cat(parts, 1) - full).abs().max() <= 1e-4
+
+
+@pytest.mark.parametrize("style", list(STYLES))
+def test_left_padding_changes_nothing(style):
+    model = tiny(style).eval()
+    short = torch.randint(0, 19, (1, 5))
+    padded = torch.cat([torch.zeros(1, 3, dtype=torch.long), short], 1)
+    valid = torch.tensor([[False] * 3 + [True] * 5])
+    a = model(short)
+    b = model(padded, valid=valid)[:, 3:]
+    assert (a - b).abs().max() <= 1e-5
+
+
+def test_hidden_states_and_tied_head():
+    model = tiny()
+    logits, h = model(torch.randint(0, 19, (2, 6)), return_hidden=True)
+    assert h.shape == (2, 6, 32)
+    assert torch.allclose(logits, h @ model.wte.weight.T, atol=1e-5)
+    assert model.lm_head.weight is model.wte.weight
+    assert tiny("qwen2").lm_head.weight is not tiny("qwen2").wte.weight
+
+
+def test_bad_config_and_overflow():
+    with pytest.raises(ValueError, match="n_kv_head"):
+        GPTConfig(n_head=4, n_kv_head=3)
+    with pytest.raises(ValueError, match="norm"):
+        GPTConfig(norm="batchnorm")
+    model = tiny()
+    with pytest.raises(ValueError, match="block_size"):
+        model.make_cache(1, 33)
+    with pytest.raises(ValueError, match="block_size"):
+        model(torch.zeros(1, 33, dtype=torch.long))
+
+
+def test_tokenizer_round_trip_and_errors():
+    tok = Tokenizer.for_chars("0123456789+-*/()=:N, ")
+    text = "N=12: 3+4*(5-1)/2, 0"
+    ids = tok.encode(text)
+    assert len(ids) == len(text)                       # one token per character
+    assert tok.decode(ids) == text
+    assert tok.vocab_size == len(set("0123456789+-*/()=:N, ")) + 2
+    assert tok.decode([tok.eos_id]) == "<|endoftext|>"
+    assert tok.eos_id != tok.pad_id and max(ids) < tok.eos_id
+    with pytest.raises(ValueError, match="'x'"):
+        tok.encode("12x")
+    with pytest.raises(ValueError, match="'٣'"):
+        tok.encode("1٣")
+    with pytest.raises(ValueError):
+        tok.encode("<|endoftext|>")                    # special tokens are not text

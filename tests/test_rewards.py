@@ -1,0 +1,188 @@
+import random
+import time
+from fractions import Fraction
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from model import Tokenizer
+from rewards import ALPHABET, MAX_DEPTH, MAX_EXPR_CHARS, TASKS, Problem, canonical, get_task, safe_eval
+
+
+@pytest.mark.parametrize("expr,value", [
+    ("1/3*3", 1), ("2+3*4", 14), ("(2+3)*4", 20), ("8-3-2", 3), ("8/4/2", 1), ("8-(3-2)", 7),
+    ("1/3", Fraction(1, 3)), ("7/2-1/2", 3), (" 1 + 2 ", 3), ("0", 0), ("100/7*7", 100),
+    ("((((5))))", 5), ("2*3-4/8", Fraction(11, 2)),
+])
+def test_known_values(expr, value):
+    assert safe_eval(expr) == value
+    assert isinstance(safe_eval(expr), Fraction)
+
+
+HOSTILE = [
+    "2**3", "9**9**9", "__import__('os')", "1/0", "(1-1)/(2-2)", "(" * 10000 + "1" + ")" * 10000,
+    "9" * 10000, "٣", "1+٣", "\x00", "1\x00+2", "1\n+2", "", " ", "(", ")", "1+", "+1", "-1", "1--1",
+    "()", "1(2)", "(1)(2)", "1 2", "x", "1e3", "1.5", "0x10", "07", "a" * 10 ** 6, "1+" * 100000 + "1",
+    "999999*999999*999999", "1/999999/999999/999999", "\u202e1+2", "１+２", "lambda: 0", "[1]",
+    "1" + "+1" * 200,
+]
+
+
+@pytest.mark.parametrize("expr", HOSTILE)
+def test_hostile_inputs_never_break_anything(expr):
+    v = safe_eval(expr)
+    assert v is None or isinstance(v, Fraction)
+    for name in TASKS:
+        for style in ("raw", "instruct"):
+            task = get_task(name, style=style)
+            p = task.sample(random.Random(0))
+            for completion in (expr, f"<answer>{expr}</answer>"):
+                r = task.reward(p, completion)
+                assert isinstance(r, float) and 0.0 <= r <= 1.0
+
+
+def test_hostile_inputs_are_rejected():
+    for expr in ["2**3", "9**9**9", "__import__('os')", "1/0", "(" * 10000 + "1" + ")" * 10000,
+                 "9" * 10000, "٣", "\x00", "", "1\n+2", "-1", "07", "1.5", "１+２",
+                 "(" * (MAX_DEPTH + 1) + "1" + ")" * (MAX_DEPTH + 1), "1" + "+1" * 200,
+                 "999999*999999*999999"]:
+        assert safe_eval(expr) is None, expr
+    ok = "(" * MAX_DEPTH + "1" + ")" * MAX_DEPTH
+    assert safe_eval(ok) == 1 and len("1+1" * 40) <= MAX_EXPR_CHARS
+
+
+def test_never_slow_in_bulk():
+    worst = ["(" * 10000 + "1" + ")" * 10000, "9" * 10 ** 6, "1+" * 10 ** 5, "((" * 127 + "1"]
+    t0 = time.perf_counter()
+    for _ in range(100):
+        for w in worst:
+            safe_eval(w)
+    assert (time.perf_counter() - t0) / 400 < 5e-3    # about a millisecond per call, bulk average
+
+
+@pytest.mark.parametrize("name", list(TASKS))
+@pytest.mark.parametrize("style", ["raw", "instruct"])
+def test_solutions_score_one_and_wrong_answers_zero(name, style):
+    task = get_task(name, style=style)
+    rng = random.Random(1)
+    for _ in range(30):
+        p = task.sample(rng)
+        sols = task.solutions(p)
+        assert sols and len(set(map(canonical, sols))) == len(sols)
+        wrap = (lambda a: a) if style == "raw" else (lambda a: f"Let me think. <answer>{a}</answer>")
+        for s in sols:
+            assert task.score(p, wrap(s)) == {"reward": 1.0, "format": True, "correct": True, "answer": s}
+        for _ in range(20):
+            a = task.random_answer(p, rng)
+            expected = 1.0 if a in sols else 0.0
+            assert task.reward(p, wrap(a)) == expected
+            assert task.score(p, wrap(a))["format"]
+
+
+def test_instruct_last_answer_wins_and_missing_tag_scores_zero():
+    task = get_task("make_n", style="instruct")
+    p = Problem("", {"n": 7})
+    assert task.reward(p, "<answer>9+9</answer> no wait <answer>3+4</answer>") == 1.0
+    assert task.reward(p, "<answer>3+4</answer> no wait <answer>9+9</answer>") == 0.0
+    assert task.score(p, "3+4") == {"reward": 0.0, "format": False, "correct": False, "answer": None}
+
+
+def test_make_n_answer_space_is_enumerable():
+    task = get_task("make_n")
+    space = task.all_answers()
+    assert len(space) == 100 and len(set(space)) == 100
+    for n in range(5, 14):
+        sols = task.solutions(Problem("", {"n": n}))
+        assert sols == [f"{a}+{n - a}" for a in range(10) if 0 <= n - a <= 9]
+    assert task.reward(Problem("", {"n": 7}), "3+4+0") == 0.0     # the form is d+d
+    assert task.reward(Problem("", {"n": 7}), " 3 + 4 ") == 1.0   # whitespace is not part of the answer
+
+
+def test_countdown_uses_each_number_exactly_once():
+    task = get_task("countdown")
+    p = Problem("", {"numbers": [3, 5, 7], "target": 22})
+    assert task.reward(p, "3*5+7") == 1.0
+    assert task.reward(p, "7+3*5") == 1.0
+    assert task.reward(p, "(7+15)") == 0.0          # missing numbers
+    assert task.reward(p, "3*5+7+0") == 0.0         # an extra number
+    assert task.reward(p, "7*3+1") == 0.0           # wrong multiset
+    p2 = Problem("", {"numbers": [2, 2, 5], "target": 9})
+    assert task.reward(p2, "2+2+5") == 1.0
+    assert task.reward(p2, "2+5+2") == 1.0
+    assert task.reward(p2, "4+5") == 0.0            # 2+2 folded: numbers not used
+    assert task.reward(p2, "2*2+5") == 1.0
+    assert task.reward(p2, "5+2+2+0") == 0.0
+    sols = task.solutions(p)
+    assert "3*5+7" in sols and "7+3*5" in sols and all(task.reward(p, s) == 1.0 for s in sols)
+
+
+def test_countdown_problems_always_solvable_and_knobs_work():
+    rng = random.Random(2)
+    task = get_task("countdown", n_numbers=4, lo=1, hi=6, max_target=30)
+    for _ in range(10):
+        p = task.sample(rng)
+        assert len(p.data["numbers"]) == 4 and all(1 <= x <= 6 for x in p.data["numbers"])
+        assert 1 <= p.data["target"] <= 30 and task.solutions(p)
+
+
+def test_demonstrations_spread_over_correct_answers():
+    task = get_task("make_n")
+    rng = random.Random(0)
+    answers = [a for prompt, a in (task.demo(rng) for _ in range(3000)) if prompt == "N=09:"]
+    assert len(set(answers)) == 10                           # every one of the 10 correct answers
+    counts = [answers.count(a) for a in set(answers)]
+    assert max(counts) < 2 * min(counts)                     # roughly uniform
+    noisy = [task.reward(Problem("", {"n": int(pr[2:4])}), a) for pr, a in (task.demo(rng, noise=0.5) for _ in range(2000))]
+    assert 0.45 < sum(noisy) / len(noisy) < 0.6               # 0.5 correct + 0.5 x (about 8%)
+
+
+def test_raw_prompts_and_answers_fit_the_tokenizer():
+    tok = Tokenizer.for_chars(ALPHABET)
+    rng = random.Random(0)
+    for name in TASKS:
+        task = get_task(name)
+        for _ in range(50):
+            prompt, answer = task.demo(rng, noise=0.3)
+            assert tok.decode(tok.encode(prompt + answer)) == prompt + answer
+
+
+FUZZ = {"n": 0}
+
+
+@settings(max_examples=3000, deadline=None, suppress_health_check=list(HealthCheck))
+@given(st.text(alphabet=ALPHABET, max_size=40), st.sampled_from(sorted(TASKS)), st.sampled_from(["raw", "instruct"]))
+def test_fuzz_task_alphabet(text, name, style):
+    FUZZ["n"] += 1
+    v = safe_eval(text)
+    assert v is None or isinstance(v, Fraction)
+    task = get_task(name, style=style)
+    p = task.sample(random.Random(len(text)))
+    for completion in (text, f"<answer>{text}</answer>"):
+        r = task.reward(p, completion)
+        assert isinstance(r, float) and r in (0.0, 1.0)
+
+
+@settings(max_examples=3000, deadline=None, suppress_health_check=list(HealthCheck))
+@given(st.text(max_size=300), st.sampled_from(sorted(TASKS)))
+def test_fuzz_arbitrary_unicode(text, name):
+    FUZZ["n"] += 1
+    assert safe_eval(text) is None or isinstance(safe_eval(text), Fraction)
+    task = get_task(name, style="instruct")
+    p = task.sample(random.Random(0))
+    assert 0.0 <= task.reward(p, text) <= 1.0
+    assert 0.0 <= get_task(name).reward(p, text) <= 1.0
+
+
+def test_fuzz_volume_was_run_in_bounded_time():
+    # runs after the two fuzz tests (file order): they made thousands of calls
+    t0 = time.perf_counter()
+    rng = random.Random(0)
+    task = get_task("countdown")
+    p = task.sample(rng)
+    chars = ALPHABET + "<>/answer\n\x00٣"
+    for _ in range(20000):
+        s = "".join(rng.choice(chars) for _ in range(rng.randint(0, 60)))
+        assert 0.0 <= task.reward(p, s) <= 1.0
+    assert time.perf_counter() - t0 < 20
+    assert FUZZ["n"] >= 6000 or FUZZ["n"] == 0   # 0 when run alone (-k)

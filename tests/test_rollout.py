@@ -1,0 +1,149 @@
+import math
+
+import torch
+import torch.nn as nn
+
+from model import GPT, GPTConfig
+from rollout import generate, sample_token, sequence_logprobs
+
+V, EOS = 12, 11
+
+
+def tiny(seed=0, **kw):
+    torch.manual_seed(seed)
+    cfg = dict(vocab_size=V, n_layer=2, n_head=4, n_kv_head=2, n_embd=32, block_size=48)
+    cfg.update(kw)
+    return GPT(GPTConfig(**cfg))
+
+
+PROMPTS = [[1, 2, 3], [4, 5, 6, 7, 8], [9]]
+
+
+def test_shapes_order_and_mask():
+    model = tiny()
+    r = generate(model, PROMPTS, num_samples=4, max_new_tokens=10, eos_id=EOS,
+                 generator=torch.Generator().manual_seed(0))
+    N, T = r.response.shape
+    assert N == 12 and T <= 10 and r.mask.dtype == torch.bool
+    # prompt-major rows: rows i*G .. i*G+G-1 carry prompt i
+    for i, p in enumerate(PROMPTS):
+        for g in range(4):
+            row = r.prompt[i * 4 + g][r.prompt_mask[i * 4 + g]].tolist()
+            assert row == p
+    # the mask is a prefix, ends at the first EOS, and padding after it is EOS with logprob 0
+    for n in range(N):
+        m = r.mask[n]
+        L = int(m.sum())
+        assert m[:L].all() and not m[L:].any()
+        toks = r.response[n, :L].tolist()
+        assert EOS not in toks[:-1]
+        assert (r.response[n, L:] == EOS).all() and (r.logprobs[n, L:] == 0).all()
+        assert r.finished[n] == (L > 0 and toks[-1] == EOS)
+
+
+def test_recomputed_logprobs_equal_sampled():
+    model = tiny()
+    for temperature in (1.0, 0.7):
+        r = generate(model, PROMPTS, num_samples=5, max_new_tokens=12, temperature=temperature,
+                     eos_id=EOS, generator=torch.Generator().manual_seed(1))
+        lp, ent = sequence_logprobs(model, r, temperature=temperature)
+        assert lp.requires_grad
+        assert (lp - r.logprobs).abs().max() <= 1e-4
+        assert (ent[r.mask] > 0).all() and (ent[r.mask] <= math.log(V) + 1e-5).all()
+        assert (ent[~r.mask] == 0).all()
+
+
+def test_greedy_equals_stepwise_argmax_and_padding_is_harmless():
+    model = tiny(3).eval()
+    r = generate(model, PROMPTS, num_samples=2, max_new_tokens=8, temperature=0, eos_id=EOS)
+    for i, p in enumerate(PROMPTS):
+        seq = list(p)
+        expect = []
+        for _ in range(r.response.shape[1]):
+            nxt = int(model(torch.tensor([seq]))[0, -1].argmax())
+            expect.append(nxt)
+            seq.append(nxt)
+            if nxt == EOS:
+                break
+        for g in range(2):
+            row = r.response[i * 2 + g][r.mask[i * 2 + g]].tolist()
+            assert row == expect
+        alone = generate(model, [p], num_samples=1, max_new_tokens=8, temperature=0, eos_id=EOS)
+        assert alone.response[0][alone.mask[0]].tolist() == expect
+
+
+def test_same_seed_same_output():
+    model = tiny()
+    a = generate(model, PROMPTS, num_samples=3, max_new_tokens=9, eos_id=EOS, generator=torch.Generator().manual_seed(7))
+    b = generate(model, PROMPTS, num_samples=3, max_new_tokens=9, eos_id=EOS, generator=torch.Generator().manual_seed(7))
+    c = generate(model, PROMPTS, num_samples=3, max_new_tokens=9, eos_id=EOS, generator=torch.Generator().manual_seed(8))
+    assert torch.equal(a.response, b.response) and torch.equal(a.logprobs, b.logprobs)
+    assert not torch.equal(a.response, c.response)
+
+
+def test_first_token_frequencies_match_softmax():
+    model = tiny(5)
+    with torch.no_grad():                              # sharpen a little so frequencies differ
+        model.lm_head.weight.mul_(20)
+    prompt = [1, 2, 3]
+    T = 0.8
+    probs = torch.softmax(model(torch.tensor([prompt]))[0, -1] / T, -1)
+    n = 4000
+    r = generate(model, [prompt], num_samples=n, max_new_tokens=1, temperature=T, eos_id=EOS,
+                 generator=torch.Generator().manual_seed(0))
+    freq = torch.bincount(r.response[:, 0], minlength=V).double() / n
+    tv = 0.5 * (freq - probs.double()).abs().sum()
+    # E[TV] <= 0.5 * sum sqrt(p(1-p)/n) ~ 0.03 here; a sampler off by a token would give >> 0.06
+    bound = 0.5 * (probs.double() * (1 - probs.double()) / n).sqrt().sum() * 2
+    assert tv < bound, (tv, bound)
+    chi2 = ((freq - probs.double()) ** 2 / probs.double()).sum() * n
+    assert chi2 < 40                                    # chi-square, 11 dof: p < 1e-4 beyond 40
+
+
+def test_top_p_keeps_the_smallest_nucleus():
+    logits = torch.log(torch.tensor([[0.05, 0.4, 0.3, 0.15, 0.1]])).repeat(5000, 1)
+    g = torch.Generator().manual_seed(0)
+    tok, lp = sample_token(logits, 1.0, 0.69, g)      # 0.4 + 0.3 reaches 0.69: nucleus {1, 2}
+    assert set(tok.tolist()) == {1, 2}
+    tok, _ = sample_token(logits, 1.0, 0.71, g)       # needs 0.15 too: {1, 2, 3}
+    assert set(tok.tolist()) == {1, 2, 3}
+    freq3 = (tok == 3).double().mean()
+    assert abs(freq3 - 0.15 / 0.85) < 0.03
+    # the reported logprob is under the untruncated distribution (log pi_old for the losses)
+    tok, lp = sample_token(logits, 1.0, 0.69, g)
+    full = torch.log(torch.tensor([0.05, 0.4, 0.3, 0.15, 0.1]))
+    assert torch.allclose(lp, full[tok], atol=1e-6)
+
+
+class Fixed(nn.Module):
+    """A 'model' whose next-token logits depend only on the last token: lets a test force EOS."""
+
+    def __init__(self, table):
+        super().__init__()
+        self.table = nn.Parameter(table)
+        self.config = GPTConfig(vocab_size=table.shape[0], n_layer=1, n_head=1, n_kv_head=1, n_embd=4, block_size=64)
+
+    def make_cache(self, b, n):
+        return tiny().make_cache(b, n)
+
+    def forward(self, idx, valid=None, cache=None, return_hidden=False):
+        if cache is not None:
+            cache.length += idx.shape[1]
+        return self.table[idx]
+
+
+def test_rows_stop_independently_and_done_rows_do_not_change_others():
+    # token 0 -> EOS always; token 1 -> token 2; token 2 -> token 1 (never stops)
+    table = torch.full((V, V), -1e4)
+    table[0, EOS] = 0
+    table[1, 2] = 0
+    table[2, 1] = 0
+    table[EOS, 3] = 0
+    m = Fixed(table)
+    r = generate(m, [[0], [1]], num_samples=2, max_new_tokens=6, eos_id=EOS, generator=torch.Generator().manual_seed(0))
+    assert r.response[0].tolist() == [EOS] * 6 and r.mask[0].tolist() == [True] + [False] * 5
+    assert r.response[2].tolist() == [2, 1, 2, 1, 2, 1] and r.mask[2].all()
+    assert r.finished.tolist() == [True, True, False, False]
+    # the same prompt alone gives the same row: a finished row changes nothing for the others
+    alone = generate(m, [[1]], num_samples=1, max_new_tokens=6, eos_id=EOS)
+    assert torch.equal(alone.response[0], r.response[2])
