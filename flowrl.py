@@ -1,0 +1,236 @@
+"""
+The FlowRL loss and the reward-maximizing baselines it is compared with, as pure functions of the
+same tensors, side by side. Read beside ../shared/PAPER.md (Zhu et al., arXiv 2509.15207).
+
+Shapes: N sequences (rows, prompt-major: the G samples of a prompt are consecutive), T response
+positions. logprobs, old_logprobs, ref_logprobs: (N, T) per-token log-probs of the sampled tokens
+under the current, rollout and reference policies; mask: (N, T) true on response tokens (EOS
+included); rewards: (N,).
+
+What differs between the methods, in one place:
+- FlowRL:      w · (log Z(x) + ℓ_θ(y) − β·r̂ − ℓ_ref(y))²        per sequence, mean over sequences
+- GRPO:        −min(ρ_t·A, clip(ρ_t)·A) + c·k3_t, A = r̂          token mean, then sequence mean
+- REINFORCE++: −min(ρ_t·A_t, clip(ρ_t)·A_t), A_t = batch-normalized (R − c·Σ_{s≥t} KL_s)   token mean
+- PPO:         −min(ρ_t·A_t, clip(ρ_t)·A_t) + ½(V_t − R_t)², A_t from GAE on a learned value  token mean
+"""
+
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+def masked_sum(x, mask):
+    """(N, T), (N, T) -> (N,)"""
+    return (x * mask).sum(-1)
+
+
+def masked_mean(x, mask):
+    """(N, T), (N, T) -> (N,): the token mean over each row's mask."""
+    return (x * mask).sum(-1) / mask.sum(-1).clamp(min=1)
+
+
+def group_normalize(rewards, group_size, eps=1e-6):
+    """r̂ = (r − mean_group(r)) / (std_group(r) + eps) over consecutive groups of group_size rows,
+    unbiased std (PAPER.md §3; the GRPO advantage). rewards: (N,) -> (N,)."""
+    if group_size < 2 or rewards.shape[0] % group_size:
+        raise ValueError(f"group_size must be >= 2 and divide the {rewards.shape[0]} rows, got {group_size}")
+    r = rewards.view(-1, group_size)                                                  # (P, G)
+    return ((r - r.mean(1, keepdim=True)) / (r.std(1, keepdim=True) + eps)).view(-1)
+
+
+# ---------------------------------------------------------------------------------------------
+# FlowRL
+
+def flowrl_loss(logprobs, old_logprobs, ref_logprobs, mask, rewards, log_z, *, beta=15.0,
+                clip=(0.8, 1.2), length_norm=True):
+    """FlowRL objective (PAPER.md §3), the trajectory-balance loss with importance weights:
+
+        δ_i = log Z_φ(x_i) + ℓ_θ(y_i) − β·r_i − ℓ_ref(y_i)
+        w_i = clamp(exp(Σ_t log π_θ(y_it) − log π_old(y_it)), *clip), detached
+        L   = (1/N) Σ_i w_i · δ_i²
+
+    ℓ(y) is the token mean of the log-probs over the response mask if length_norm (the paper's
+    practical form), else their sum (the form for which Proposition 1 holds: on-policy with w = 1,
+    E_y[∇_θ ½δ²] = ∇_θ KL(π_θ ‖ p*), p* ∝ π_ref·exp(β·r); PAPER.md §2). Pass group-normalized
+    rewards r̂ (group_normalize) for the practical form, raw rewards for exact distribution matching.
+    Gradients reach logprobs and log_z only; old_logprobs, ref_logprobs and rewards are constants.
+
+    clip: (lo, hi) bounds of w, or None for no clamp. The paper's text clips to [1−ε, 1+ε], ε = 0.2,
+    our default. The official code (veRL fork, compute_flowrl_objective) differs across versions:
+    the clip computed but unused, a clamp to [0.8, 1.28], and now clamp(max=10) only: pass (0, 10).
+    The official code also takes the reward term as the token mean of the (constant per token)
+    advantage, which equals r̂ here.
+
+    logprobs, old_logprobs, ref_logprobs, mask: (N, T); rewards, log_z: (N,).
+    Returns (loss, stats) with stats: log_z, tb_residual (mean δ²), is_weight (mean w), clip_frac,
+    logp (mean ℓ_θ), ref_logp (mean ℓ_ref)."""
+    mask = mask.to(logprobs.dtype)
+    pool = masked_mean if length_norm else masked_sum
+    l_theta = pool(logprobs, mask)                                                    # (N,)
+    l_ref = pool(ref_logprobs.detach(), mask)                                         # (N,)
+    delta = log_z + l_theta - beta * rewards.detach() - l_ref                         # (N,) TB residual
+    w_raw = masked_sum(logprobs.detach() - old_logprobs.detach(), mask).exp()        # (N,) π_θ/π_old
+    w = w_raw if clip is None else w_raw.clamp(clip[0], clip[1])
+    loss = (w * delta.pow(2)).mean()
+    stats = {
+        "log_z": log_z.detach().mean().item(),
+        "tb_residual": delta.detach().pow(2).mean().item(),
+        "is_weight": w.mean().item(),
+        "clip_frac": (w != w_raw).float().mean().item(),
+        "logp": l_theta.detach().mean().item(),
+        "ref_logp": l_ref.mean().item(),
+    }
+    return loss, stats
+
+
+class LogZHead(nn.Module):
+    """The learned log-partition log Z_φ(x) (PAPER.md §4): an MLP on the mean of the final-layer
+    hidden states of the prompt tokens, [Linear(H,H) → GELU → LayerNorm(H) → Dropout] × 2 →
+    Linear(H,1). The pooled states are not detached (the authors found detaching hurt), so the
+    head's gradient reaches the trunk too. Its own parameters: LogZHead.parameters(), for an
+    optimizer group with its own lr. init: the starting log Z (the last bias)."""
+
+    def __init__(self, n_embd, dropout=0.1, init=0.0):
+        super().__init__()
+        layers = []
+        for _ in range(2):
+            layers += [nn.Linear(n_embd, n_embd), nn.GELU(), nn.LayerNorm(n_embd), nn.Dropout(dropout)]
+        self.mlp = nn.Sequential(*layers)
+        self.out = nn.Linear(n_embd, 1)
+        nn.init.zeros_(self.out.weight)       # start at log Z = init for every prompt
+        nn.init.constant_(self.out.bias, init)
+
+    def forward(self, hidden, prompt_mask):
+        """hidden: (N, Tp, H) final-layer states; prompt_mask: (N, Tp) true on real prompt tokens.
+        Returns log Z: (N,)."""
+        m = prompt_mask[..., None].to(hidden.dtype)                                    # (N, Tp, 1)
+        pooled = (hidden * m).sum(1) / m.sum(1).clamp(min=1)                          # (N, H)
+        return self.out(self.mlp(pooled.to(self.out.weight.dtype)))[:, 0]                               # (N,)
+
+
+class LogZTable(nn.Module):
+    """An ablation of LogZHead: one free log Z per prompt, looked up by an integer prompt key."""
+
+    def __init__(self, n_prompts, init=0.0):
+        super().__init__()
+        self.table = nn.Parameter(torch.full((n_prompts,), float(init)))
+
+    def forward(self, keys):
+        return self.table[keys]                                                       # (N,)
+
+
+# ---------------------------------------------------------------------------------------------
+# Reward maximizers (PAPER.md §6). All share the token-level PPO clipped surrogate.
+
+def clipped_surrogate(logprobs, old_logprobs, advantages, clip_eps):
+    """Per-token PPO objective to minimize: −min(ρ·A, clip(ρ, 1−ε, 1+ε)·A), ρ = π_θ/π_old per token.
+    advantages: (N, T) or (N, 1). Returns (loss (N, T), clipped (N, T) bool: where the clip binds)."""
+    ratio = (logprobs - old_logprobs.detach()).exp()                                  # (N, T)
+    unclipped = ratio * advantages
+    clipped = ratio.clamp(1 - clip_eps, 1 + clip_eps) * advantages
+    return -torch.min(unclipped, clipped), clipped < unclipped
+
+
+def k3_kl(logprobs, ref_logprobs):
+    """The k3 estimator of KL(π_θ ‖ π_ref) per token: exp(q) − q − 1, q = log π_ref − log π_θ
+    (non-negative, unbiased on-policy; Schulman's 'approximating KL' note, used by GRPO)."""
+    q = ref_logprobs.detach() - logprobs
+    return q.exp() - q - 1
+
+
+def grpo_loss(logprobs, old_logprobs, ref_logprobs, mask, advantages, *, clip_eps=0.2, kl_coef=0.0):
+    """GRPO (Shao et al. 2024): the sequence advantage A_i = r̂_i (group_normalize), the token-level
+    clipped surrogate, plus kl_coef·k3 KL to the reference. Aggregation as in the GRPO paper:
+    the token mean within each sequence, then the mean over sequences. advantages: (N,)."""
+    mask = mask.to(logprobs.dtype)
+    pg, clipped = clipped_surrogate(logprobs, old_logprobs, advantages.detach()[:, None], clip_eps)
+    kl = k3_kl(logprobs, ref_logprobs)                                               # (N, T)
+    loss = masked_mean(pg + kl_coef * kl, mask).mean()
+    return loss, {"kl_ref": (masked_mean(kl.detach(), mask)).mean().item(),
+                  "clip_frac": (masked_sum(clipped.to(mask.dtype), mask).sum() / mask.sum()).item()}
+
+
+def reinforce_pp_advantages(rewards, old_logprobs, ref_logprobs, mask, kl_coef=0.0):
+    """REINFORCE++ (Hu 2025): per-token reward −kl_coef·(log π_old − log π_ref) plus the outcome reward
+    on the last response token; the return-to-go (γ = 1) is the advantage, normalized over every
+    response token of the whole batch (not per group). All inputs detached. Returns (N, T)."""
+    mask = mask.to(old_logprobs.dtype)
+    token_r = -kl_coef * (old_logprobs - ref_logprobs).detach() * mask               # (N, T)
+    last = (mask.sum(-1) - 1).clamp(min=0).long()                                     # (N,)
+    token_r = token_r.scatter_add(1, last[:, None], rewards.detach()[:, None].to(token_r.dtype))
+    returns = token_r.flip(-1).cumsum(-1).flip(-1)                                   # Σ_{s≥t} r_s
+    n = mask.sum()
+    mean = (returns * mask).sum() / n
+    std = (((returns - mean) * mask).pow(2).sum() / (n - 1).clamp(min=1)).sqrt()
+    return (returns - mean) / (std + 1e-8) * mask
+
+
+def reinforce_pp_loss(logprobs, old_logprobs, mask, advantages, *, clip_eps=0.2):
+    """REINFORCE++ policy loss: the clipped surrogate with per-token advantages
+    (reinforce_pp_advantages, which hold the KL penalty), the token mean over the whole batch."""
+    mask = mask.to(logprobs.dtype)
+    pg, clipped = clipped_surrogate(logprobs, old_logprobs, advantages.detach(), clip_eps)
+    loss = (pg * mask).sum() / mask.sum()
+    return loss, {"clip_frac": ((clipped.to(mask.dtype) * mask).sum() / mask.sum()).item()}
+
+
+class ValueHead(nn.Module):
+    """PPO's critic: a linear read-out of the policy's final-layer hidden state (a shared trunk)."""
+
+    def __init__(self, n_embd):
+        super().__init__()
+        self.out = nn.Linear(n_embd, 1)
+        nn.init.zeros_(self.out.weight)
+        nn.init.zeros_(self.out.bias)
+
+    def forward(self, hidden):
+        """hidden: (N, T, H), the states from which each response token is predicted -> (N, T)."""
+        return self.out(hidden.to(self.out.weight.dtype))[..., 0]
+
+
+def gae(rewards, values, mask, gamma=1.0, lam=0.95):
+    """Generalized advantage estimation (Schulman et al. 2016) with the outcome reward on the last
+    response token and no other reward: δ_t = r_t + γ·V_{t+1} − V_t (V after the end = 0),
+    A_t = Σ_k (γλ)^k δ_{t+k}; returns R_t = A_t + V_t. rewards: (N,); values, mask: (N, T).
+    All detached. Returns (advantages (N, T), returns (N, T))."""
+    mask = mask.to(values.dtype)
+    values = values.detach() * mask
+    N, T = values.shape
+    last = (mask.sum(-1) - 1).clamp(min=0).long()
+    token_r = torch.zeros_like(values).scatter(1, last[:, None], rewards.detach()[:, None].to(values.dtype))
+    adv = torch.zeros_like(values)
+    running = torch.zeros(N, dtype=values.dtype, device=values.device)
+    for t in reversed(range(T)):                 # T is the response length: a short loop
+        next_v = values[:, t + 1] if t + 1 < T else torch.zeros_like(running)
+        delta = token_r[:, t] + gamma * next_v - values[:, t]
+        running = (delta + gamma * lam * running) * mask[:, t]
+        adv[:, t] = running
+    return adv, (adv + values) * mask
+
+
+def ppo_loss(logprobs, old_logprobs, mask, advantages, values, returns, *, clip_eps=0.2, vf_coef=0.5):
+    """PPO for language models, in its simplest faithful form: the token-level clipped surrogate with
+    GAE advantages (gae, then whitened over the batch's response tokens) from a learned value head
+    on the shared trunk, plus vf_coef · ½(V_t − R_t)² (no value clipping). Token mean over the batch.
+    values: (N, T) with gradients; advantages, returns: (N, T) constants."""
+    mask = mask.to(logprobs.dtype)
+    n = mask.sum()
+    a = advantages.detach()
+    mean = (a * mask).sum() / n
+    std = (((a - mean) * mask).pow(2).sum() / (n - 1).clamp(min=1)).sqrt()
+    a = (a - mean) / (std + 1e-8)
+    pg, clipped = clipped_surrogate(logprobs, old_logprobs, a, clip_eps)
+    pg_loss = (pg * mask).sum() / n
+    v_loss = 0.5 * ((values - returns.detach()).pow(2) * mask).sum() / n
+    return pg_loss + vf_coef * v_loss, {"value_loss": v_loss.item(),
+                                        "clip_frac": ((clipped.to(mask.dtype) * mask).sum() / n).item()}
+
+
+def log_partition_init(rewards, group_size, beta):
+    """A starting log Z for the exact form (EXPERIMENTS.md pitfall): at θ = ref the true value is
+    log E_ref[exp(β·r)], estimated per group as log mean_g exp(β·r_g), a log-sum-exp, not the mean
+    of β·r (Jensen makes that far too low). rewards: (N,) -> (N/G,)."""
+    r = rewards.view(-1, group_size).double()
+    return (torch.logsumexp(beta * r, dim=1) - math.log(group_size)).float()
