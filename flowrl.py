@@ -90,7 +90,8 @@ class LogZHead(nn.Module):
     hidden states of the prompt tokens, [Linear(H,H) → GELU → LayerNorm(H) → Dropout] × 2 →
     Linear(H,1). The pooled states are not detached (the authors found detaching hurt), so the
     head's gradient reaches the trunk too. Its own parameters: LogZHead.parameters(), for an
-    optimizer group with its own lr. init: the starting log Z (the last bias)."""
+    optimizer group with its own lr. init: the starting log Z (the last bias; the last weight starts
+    small, not zero, so that every layer gets a gradient from the first step)."""
 
     def __init__(self, n_embd, dropout=0.1, init=0.0):
         super().__init__()
@@ -99,7 +100,7 @@ class LogZHead(nn.Module):
             layers += [nn.Linear(n_embd, n_embd), nn.GELU(), nn.LayerNorm(n_embd), nn.Dropout(dropout)]
         self.mlp = nn.Sequential(*layers)
         self.out = nn.Linear(n_embd, 1)
-        nn.init.zeros_(self.out.weight)       # start at log Z = init for every prompt
+        nn.init.normal_(self.out.weight, std=0.01)  # start near log Z = init for every prompt
         nn.init.constant_(self.out.bias, init)
 
     def forward(self, hidden, prompt_mask):
@@ -190,9 +191,9 @@ class ValueHead(nn.Module):
         return self.out(hidden.to(self.out.weight.dtype))[..., 0]
 
 
-def gae(rewards, values, mask, gamma=1.0, lam=0.95):
+def gae(rewards, values, mask, gamma=1.0, lam=0.95, token_rewards=None):
     """Generalized advantage estimation (Schulman et al. 2016) with the outcome reward on the last
-    response token and no other reward: δ_t = r_t + γ·V_{t+1} − V_t (V after the end = 0),
+    response token, plus token_rewards (N, T) if given (e.g. a −c·KL penalty per token): δ_t = r_t + γ·V_{t+1} − V_t (V after the end = 0),
     A_t = Σ_k (γλ)^k δ_{t+k}; returns R_t = A_t + V_t. rewards: (N,); values, mask: (N, T).
     All detached. Returns (advantages (N, T), returns (N, T))."""
     mask = mask.to(values.dtype)
@@ -200,6 +201,8 @@ def gae(rewards, values, mask, gamma=1.0, lam=0.95):
     N, T = values.shape
     last = (mask.sum(-1) - 1).clamp(min=0).long()
     token_r = torch.zeros_like(values).scatter(1, last[:, None], rewards.detach()[:, None].to(values.dtype))
+    if token_rewards is not None:
+        token_r = token_r + token_rewards.detach() * mask
     adv = torch.zeros_like(values)
     running = torch.zeros(N, dtype=values.dtype, device=values.device)
     for t in reversed(range(T)):                 # T is the response length: a short loop

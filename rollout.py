@@ -22,6 +22,11 @@ class Rollout:
     num_samples: int            # G, samples per prompt
     eos_id: int
 
+    def select(self, rows):
+        """The sub-rollout of the given rows (a LongTensor or slice), e.g. a minibatch of whole groups."""
+        return Rollout(self.prompt[rows], self.prompt_mask[rows], self.response[rows], self.mask[rows],
+                       self.logprobs[rows], self.num_samples, self.eos_id)
+
     @property
     def finished(self):
         """(N,) bool: the row ended with EOS (false: cut at max_new_tokens)."""
@@ -108,6 +113,21 @@ def generate(model, prompts, *, num_samples, max_new_tokens, temperature=1.0, to
                   response=response[:, :T].clone(), mask=mask[:, :T].clone(),
                   logprobs=logprobs[:, :T].clone(), num_samples=G, eos_id=eos_id)
     return out
+
+
+def from_tokens(prompts, responses, eos_id, device="cpu"):
+    """A Rollout for given responses (teacher forcing), one row per (prompt, response) pair: to score
+    answers exactly with sequence_logprobs. responses include their EOS where they have one;
+    logprobs are left at 0."""
+    ids, valid = left_pad(prompts, eos_id, device)                                  # (N, Tp)
+    T = max(len(r) for r in responses)
+    response = torch.full((len(responses), T), eos_id, dtype=torch.long)
+    mask = torch.zeros(len(responses), T, dtype=torch.bool)
+    for i, r in enumerate(responses):
+        response[i, :len(r)] = torch.tensor(r, dtype=torch.long)
+        mask[i, :len(r)] = True
+    return Rollout(ids, valid, response.to(device), mask.to(device), torch.zeros(response.shape, device=device),
+                   1, eos_id)
 
 
 def sequence_logprobs(model, rollout, temperature=1.0, return_hidden=False):

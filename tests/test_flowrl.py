@@ -215,6 +215,8 @@ def test_log_z_head_pools_prompt_tokens_and_has_its_own_params():
     torch.manual_seed(0)
     head = LogZHead(8, init=4.0).eval()
     h = torch.randn(3, 5, 8)
+    assert (head(h, torch.ones(3, 5, dtype=torch.bool)) - 4.0).abs().max() < 0.2    # starts near init
+    torch.nn.init.zeros_(head.out.weight)
     m = torch.tensor([[0, 0, 1, 1, 1], [1, 1, 1, 1, 1], [0, 0, 1, 1, 1]], dtype=torch.bool)
     assert torch.allclose(head(h, m), torch.full((3,), 4.0))
     torch.nn.init.normal_(head.out.weight)

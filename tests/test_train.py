@@ -1,0 +1,132 @@
+import json
+import math
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import flowrl
+import train
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY = ["--warm_steps", "20", "--steps", "4", "--batch_prompts", "2", "--group_size", "4", "--eval_every", "2",
+        "--eval_k", "4", "--log_every", "2", "--ckpt_every", "2", "--n_layer", "1", "--n_embd", "32",
+        "--n_head", "2", "--n_kv_head", "1"]
+TRAIN_KEYS = ["step", "algo", "reward/mean", "reward/std", "accuracy", "frac_reward_zero_std", "entropy", "kl_ref",
+              "completions/mean_length", "completions/clipped_ratio", "distinct_correct", "clip_frac", "grad_norm",
+              "lr", "time/step_s", "tokens_per_s", "skipped_steps"]
+EVAL_KEYS = ["avg@4", "pass@1", "pass@4", "pass@k", "distinct_correct@4", "effective_correct", "answer_entropy",
+             "entropy", "accuracy"]
+
+
+def read(path):
+    with open(path) as f:
+        return [json.loads(line) for line in f]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("algo", train.ALGOS)
+def test_tiny_end_to_end_run(tmp_path, algo):
+    out = str(tmp_path)
+    summary = train.main(TINY + ["--algo", algo, "--out_dir", out])
+    rows = read(os.path.join(out, algo, "metrics.jsonl"))
+    tr = [r for r in rows if r["kind"] == "train"]
+    ev = [r for r in rows if r["kind"] == "eval"]
+    assert [r["step"] for r in tr] == [1, 2, 3, 4] and [r["step"] for r in ev] == [0, 2, 4]
+    for r in tr:
+        for k in TRAIN_KEYS + (["log_z/mean", "tb_residual/mean", "is_weight/mean"] if algo.startswith("flowrl") else []):
+            assert k in r, k
+            assert not isinstance(r[k], float) or math.isfinite(r[k]), (k, r[k])
+    for r in ev:
+        for k in EVAL_KEYS:
+            assert k in r and math.isfinite(r[k]), k
+        assert 0 <= r["pass@1"] <= r["pass@4"] <= 1
+    s = json.load(open(os.path.join(out, "summary.json")))[algo]
+    for k in ("accuracy", "pass@1", "pass@k", "k", "distinct_correct", "effective_correct", "entropy", "matched_accuracy"):
+        assert k in s
+    assert summary[algo]["accuracy"] == s["accuracy"]
+    assert os.path.getsize(os.path.join(out, "compare.png")) > 10000
+    ck = torch.load(os.path.join(out, algo, "ckpt.pt"), weights_only=True)
+    assert ck["step"] == 4 and ck["algo"] == algo
+    assert not os.path.exists(os.path.join(out, algo, "ckpt.pt.tmp"))
+
+
+@pytest.mark.slow
+def test_resume_gives_the_same_metrics(tmp_path):
+    a, b = str(tmp_path / "a"), str(tmp_path / "b")
+    args = TINY + ["--algo", "flowrl", "ppo", "--steps", "6", "--ckpt_every", "3", "--eval_every", "3",
+                   "--warm_steps", "150", "--no_plot"]
+    train.main(args + ["--out_dir", a])
+    train.main([x if x != "6" else "3" for x in args] + ["--out_dir", b])     # 3 steps, then resume to 6
+    train.main(args + ["--out_dir", b, "--resume"])
+    drop = {"time/step_s", "tokens_per_s"}
+    for algo in ("flowrl", "ppo"):
+        ra = [{k: v for k, v in r.items() if k not in drop} for r in read(os.path.join(a, algo, "metrics.jsonl"))]
+        rb = [{k: v for k, v in r.items() if k not in drop} for r in read(os.path.join(b, algo, "metrics.jsonl"))]
+        assert len(ra) == len(rb) and ra == rb
+        assert any(r.get("reward/mean", 0) > 0 for r in ra)          # a run with a learning signal
+
+
+def test_every_trainable_parameter_changes_after_one_step(tmp_path):
+    out = str(tmp_path)
+    train.main(TINY + ["--algo", "flowrl", "--steps", "1", "--out_dir", out, "--no_plot", "--logz_lr", "0.01"])
+    warm = torch.load(os.path.join(out, "warmstart.pt"), weights_only=True)["model"]
+    ck = torch.load(os.path.join(out, "flowrl", "ckpt.pt"), weights_only=True)
+    for k, v in ck["model"].items():
+        assert not torch.equal(v, warm[k]), k
+    torch.manual_seed(0)                                  # the head's initial values, as train.py makes them
+    head0 = flowrl.LogZHead(32).state_dict()
+    for k, v in ck["head"].items():
+        assert not torch.equal(v, head0[k]), k
+
+
+def test_non_finite_step_is_skipped_and_counted(tmp_path, monkeypatch):
+    real = flowrl.flowrl_loss
+    calls = {"n": 0}
+
+    def poisoned(*a, **kw):
+        loss, st = real(*a, **kw)
+        calls["n"] += 1
+        return (loss * float("nan"), st) if calls["n"] == 2 else (loss, st)
+
+    monkeypatch.setattr(flowrl, "flowrl_loss", poisoned)
+    out = str(tmp_path)
+    train.main(TINY + ["--algo", "flowrl", "--steps", "3", "--out_dir", out, "--no_plot"])
+    tr = [r for r in read(os.path.join(out, "flowrl", "metrics.jsonl")) if r["kind"] == "train"]
+    assert [r["skipped_steps"] for r in tr] == [0, 1, 1]
+    ck = torch.load(os.path.join(out, "flowrl", "ckpt.pt"), weights_only=True)
+    assert all(torch.isfinite(v).all() for v in ck["model"].values())
+
+
+@pytest.mark.parametrize("argv,needle", [
+    (["--group_size", "1"], "--group_size"),
+    (["--lr", "0"], "--lr"),
+    (["--lr", "-1e-3"], "--lr"),
+    (["--steps", "0"], "--steps"),
+    (["--task", "nope"], "--task"),
+    (["--algo", "dpo"], "--algo"),
+    (["--clip", "1.2,0.8"], "--clip"),
+    (["--clip", "wide"], "--clip"),
+    (["--steps", "ten"], "--steps"),
+    (["--resume", "--out_dir", "/nonexistent/dir"], "no checkpoint"),
+    (["--device", "cuda:7" if not torch.cuda.is_available() else "tpu"], "--device"),
+])
+def test_bad_input_exits_2_with_one_line(argv, needle):
+    p = subprocess.run([sys.executable, os.path.join(ROOT, "train.py")] + argv, capture_output=True, text=True,
+                       cwd=ROOT, timeout=120)
+    assert p.returncode == 2, p.stderr
+    lines = p.stderr.strip().splitlines()
+    assert len(lines) == 1 and needle in lines[0] and "Traceback" not in p.stderr, p.stderr
+
+
+def test_pass_at_k_is_unbiased():
+    # against the definition: the chance that k draws without replacement include a correct one
+    import itertools
+    n, c = 6, 2
+    items = [1] * c + [0] * (n - c)
+    for k in (1, 2, 3, 5):
+        combos = list(itertools.combinations(range(n), k))
+        brute = sum(any(items[i] for i in cb) for cb in combos) / len(combos)
+        assert abs(train.pass_at_k(n, c, k) - brute) < 1e-12

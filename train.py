@@ -1,0 +1,572 @@
+"""
+The main job: warm-start a small GPT on a multi-answer task, then train it with FlowRL and with
+reward-maximizing baselines from the same start, evaluate each, and draw the comparison.
+
+    python train.py                         # flowrl, flowrl_exact and grpo on make_n (CPU: minutes)
+    python train.py --algo flowrl grpo --steps 800 --kl_coef 0.04
+    python train.py --help
+
+One RL step (PAPER.md §3, §6): sample prompts -> rollout.generate G answers each -> rewards ->
+group-normalized rewards -> reference log-probs (a frozen copy of the warm start) -> one or more
+AdamW updates over minibatches of whole groups, with importance weights against the rollout
+policy -> metrics. Where we differ from the paper: a toy task and a tiny model; the same
+optimizer group for trunk and policy, and the log Z head in its own group with its own lr
+(GFlowNet practice, PAPER.md §4); flowrl_exact (raw reward, summed log-probs) is ours, added
+because it is the form for which Proposition 1 holds (PAPER.md §5).
+
+Outputs: out/<algo>/metrics.jsonl, out/<algo>/ckpt.pt, out/summary.json, out/compare.png.
+"""
+
+import argparse
+import copy
+import json
+import math
+import os
+import random
+import sys
+import time
+from collections import Counter
+from dataclasses import asdict
+
+import torch
+
+import flowrl
+from model import GPT, GPTConfig, Tokenizer
+from rewards import ALPHABET, TASKS, Problem, get_task
+from rollout import from_tokens, generate, sequence_logprobs
+
+ALGOS = ("flowrl", "flowrl_exact", "grpo", "reinforce_pp", "ppo")
+MAX_NEW_TOKENS = {"make_n": 6, "add": 5, "countdown": 16}   # per-task default response budget
+PRESETS = {
+    # the default: about 7 minutes on 2 CPU cores for warm start + 3 algorithms (seconds on a GPU)
+    "small": dict(n_layer=2, n_embd=64, n_head=4, n_kv_head=4, steps=400, batch_prompts=16, group_size=8,
+                  warm_steps=1500),
+    # a larger run for one GPU: a 6-layer, 384-wide model, more prompts per step, longer training
+    "large": dict(n_layer=6, n_embd=384, n_head=6, n_kv_head=2, steps=1000, batch_prompts=64, group_size=8,
+                  warm_steps=4000),
+}
+
+
+class UserError(Exception):
+    """A user's mistake: reported as one line on stderr with exit code 2, never a traceback."""
+
+
+class Parser(argparse.ArgumentParser):
+    def error(self, message):
+        raise UserError(message)
+
+
+def build_parser():
+    p = Parser(description=__doc__.split("\n\n")[0].strip(),
+               formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    a = p.add_argument
+    a("--algo", nargs="+", default=["flowrl", "flowrl_exact", "grpo"], choices=ALGOS, help="algorithms to train, one after another")
+    a("--task", default="make_n", choices=sorted(TASKS), help="the task (rewards.py)")
+    a("--preset", default="small", choices=sorted(PRESETS), help="model size and run length; flags below override it")
+    a("--steps", type=int, default=None, help="RL steps per algorithm (preset: small 400, large 1000)")
+    a("--batch_prompts", type=int, default=None, help="prompts per RL step (preset: 16 / 64)")
+    a("--group_size", type=int, default=None, help="samples per prompt, G (preset: 8)")
+    a("--max_new_tokens", type=int, default=None, help="response budget (per task: make_n 6, add 5, countdown 16)")
+    a("--temperature", type=float, default=1.0, help="rollout sampling temperature")
+    a("--lr", type=float, default=3e-4, help="policy learning rate (AdamW)")
+    a("--logz_lr", type=float, default=0.1, help="learning rate of the log Z head (FlowRL)")
+    a("--value_lr", type=float, default=1e-3, help="learning rate of the value head (PPO)")
+    a("--weight_decay", type=float, default=0.0, help="AdamW weight decay of the policy")
+    a("--reward_beta", type=float, default=15.0, help="FlowRL's reward inverse temperature β (not a KL coefficient)")
+    a("--kl_coef", type=float, default=0.0, help="KL-to-reference coefficient of grpo (k3 in the loss), reinforce_pp and ppo (in the reward)")
+    a("--clip", default="0.8,1.2", help="FlowRL importance-weight bounds 'lo,hi', or 'none'")
+    a("--clip_eps", type=float, default=0.2, help="the PPO ratio clip ε of grpo, reinforce_pp and ppo")
+    a("--length_norm", action=argparse.BooleanOptionalAction, default=None,
+      help="FlowRL's length-normalized log-probs (default: on for flowrl, off for flowrl_exact)")
+    a("--logz", default="head", choices=["head", "table"], help="FlowRL's log Z: the paper's MLP head or one free value per prompt (make_n only)")
+    a("--no_ref", action="store_true", help="ablation: drop FlowRL's π_ref term (log π_ref := 0)")
+    a("--grad_clip", type=float, default=1.0, help="gradient-norm clip; 0 turns it off")
+    a("--epochs", type=int, default=1, help="passes over each rollout batch")
+    a("--minibatches", type=int, default=1, help="minibatches (of whole groups) per pass")
+    a("--n_layer", type=int, default=None, help="model depth (preset: 2 / 6)")
+    a("--n_embd", type=int, default=None, help="model width (preset: 64 / 384)")
+    a("--n_head", type=int, default=None, help="attention heads (preset: 4 / 6)")
+    a("--n_kv_head", type=int, default=None, help="key/value heads (preset: 4 / 2)")
+    a("--warm_steps", type=int, default=None, help="supervised warm-start steps (preset: 1500 / 4000)")
+    a("--warm_noise", type=float, default=0.5, help="fraction of random (mostly wrong) answers in the warm-start data")
+    a("--warm_lr", type=float, default=1e-3, help="warm-start learning rate")
+    a("--eval_every", type=int, default=50, help="RL steps between evaluations")
+    a("--eval_k", type=int, default=16, help="samples per eval prompt (pass@k, avg@k)")
+    a("--eval_prompts", type=int, default=32, help="held-out eval prompts (make_n: all of its targets)")
+    a("--log_every", type=int, default=25, help="RL steps between progress lines")
+    a("--ckpt_every", type=int, default=100, help="RL steps between checkpoints (and at the end)")
+    a("--seed", type=int, default=0, help="seed of the model, the prompt order and the sampler")
+    a("--device", default="auto", help="'auto' (cuda if available), 'cpu', 'cuda', 'cuda:1', ...")
+    a("--out_dir", default="out", help="where runs are written")
+    a("--resume", action="store_true", help="continue each algorithm from out_dir/<algo>/ckpt.pt")
+    a("--no_plot", action="store_true", help="skip the comparison figure")
+    return p
+
+
+def parse_args(argv=None):
+    args = build_parser().parse_args(argv)
+    for k, v in PRESETS[args.preset].items():
+        if getattr(args, k) is None:
+            setattr(args, k, v)
+    if args.max_new_tokens is None:
+        args.max_new_tokens = MAX_NEW_TOKENS[args.task]
+    checks = [
+        (args.steps >= 1, "--steps must be >= 1"),
+        (args.batch_prompts >= 1, "--batch_prompts must be >= 1"),
+        (args.group_size >= 2, "--group_size must be >= 2 (rewards are normalized within a group)"),
+        (args.max_new_tokens >= 1, "--max_new_tokens must be >= 1"),
+        (args.temperature > 0, "--temperature must be > 0 for training (rollouts are sampled)"),
+        (args.lr > 0, "--lr must be > 0"),
+        (args.logz_lr > 0, "--logz_lr must be > 0"),
+        (args.value_lr > 0, "--value_lr must be > 0"),
+        (args.warm_lr > 0, "--warm_lr must be > 0"),
+        (args.weight_decay >= 0, "--weight_decay must be >= 0"),
+        (args.kl_coef >= 0, "--kl_coef must be >= 0"),
+        (0 < args.clip_eps < 1, "--clip_eps must be in (0, 1)"),
+        (args.grad_clip >= 0, "--grad_clip must be >= 0 (0: off)"),
+        (args.epochs >= 1 and args.minibatches >= 1, "--epochs and --minibatches must be >= 1"),
+        (args.batch_prompts % args.minibatches == 0, "--minibatches must divide --batch_prompts"),
+        (args.warm_steps >= 0, "--warm_steps must be >= 0"),
+        (0 <= args.warm_noise <= 1, "--warm_noise must be in [0, 1]"),
+        (args.eval_every >= 1 and args.log_every >= 1 and args.ckpt_every >= 1, "--eval_every, --log_every and --ckpt_every must be >= 1"),
+        (args.eval_k >= 1 and args.eval_prompts >= 1, "--eval_k and --eval_prompts must be >= 1"),
+        (min(args.n_layer, args.n_embd, args.n_head, args.n_kv_head) >= 1, "--n_layer, --n_embd, --n_head, --n_kv_head must be >= 1"),
+        (args.n_embd % args.n_head == 0 and args.n_head % args.n_kv_head == 0, "--n_head must divide --n_embd and --n_kv_head must divide --n_head"),
+        (args.logz == "head" or args.task == "make_n", "--logz table needs a task with a fixed prompt set: --task make_n"),
+    ]
+    for ok, msg in checks:
+        if not ok:
+            raise UserError(msg)
+    if args.clip.strip().lower() == "none":
+        args.clip_bounds = None
+    else:
+        try:
+            lo, hi = (float(x) for x in args.clip.split(","))
+        except ValueError:
+            raise UserError(f"--clip must be 'lo,hi' (e.g. 0.8,1.2) or 'none', got {args.clip!r}")
+        if not 0 <= lo <= hi:
+            raise UserError(f"--clip needs 0 <= lo <= hi, got {args.clip!r}")
+        args.clip_bounds = (lo, hi)
+    if args.device == "auto":
+        args.device = "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        dev = torch.device(args.device)
+    except RuntimeError:
+        raise UserError(f"--device: unknown device {args.device!r}; use auto, cpu or cuda[:N]")
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise UserError("--device cuda: no CUDA device is available here; use --device cpu")
+    return args
+
+
+# ---------------------------------------------------------------------------------------------
+# files
+
+def save_atomic(obj, path):
+    """torch.save to a temporary file, then rename: a crash never leaves a half-written checkpoint."""
+    tmp = path + ".tmp"
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def load_checkpoint(path):
+    if not os.path.exists(path):
+        raise UserError(f"no checkpoint at {path}")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # a truncated or foreign file
+        raise UserError(f"cannot read checkpoint {path}: {type(e).__name__}: {str(e).splitlines()[0]}")
+
+
+def append_jsonl(path, record):
+    with open(path, "a") as f:
+        f.write(json.dumps(record) + "\n")
+
+
+# ---------------------------------------------------------------------------------------------
+# warm start: supervised training on the task's demonstrations
+
+def model_config(args, tok):
+    block = 64 if args.task != "countdown" else 96
+    return GPTConfig(vocab_size=tok.vocab_size, n_layer=args.n_layer, n_head=args.n_head, n_kv_head=args.n_kv_head,
+                     n_embd=args.n_embd, block_size=block)
+
+
+def warm_start(args, task, tok, device):
+    """Train the start policy by next-token prediction on (prompt, answer) demonstrations, the answer
+    uniform over the correct ones or, with probability --warm_noise, a random well-formed answer.
+    Saved to out_dir/warmstart.pt and reused while its settings match."""
+    path = os.path.join(args.out_dir, "warmstart.pt")
+    key = {"task": args.task, "seed": args.seed, "warm_steps": args.warm_steps, "warm_noise": args.warm_noise,
+           "warm_lr": args.warm_lr, "n_layer": args.n_layer, "n_embd": args.n_embd, "n_head": args.n_head,
+           "n_kv_head": args.n_kv_head}
+    cfg = model_config(args, tok)
+    if os.path.exists(path):
+        ck = load_checkpoint(path)
+        if ck.get("key") == key:
+            model = GPT(GPTConfig(**ck["model_config"])).to(device)
+            model.load_state_dict(ck["model"])
+            print(f"warm start: reusing {path}")
+            return model
+        print(f"warm start: {path} was made with other settings; training a new one")
+    torch.manual_seed(args.seed)
+    model = GPT(cfg).to(device)
+    opt = torch.optim.AdamW(model.parameters(), lr=args.warm_lr, weight_decay=0.0)
+    rng = random.Random(args.seed + 12345)
+    t0 = time.time()
+    for step in range(args.warm_steps):
+        pairs = [task.demo(rng, noise=args.warm_noise) for _ in range(64)]
+        prompts = [tok.encode(p) for p, _ in pairs]
+        answers = [tok.encode(a) + [tok.eos_id] for _, a in pairs]
+        batch = from_tokens(prompts, answers, tok.eos_id, device)
+        logprobs, _ = sequence_logprobs(model, batch)                                 # (B, T)
+        loss = -(logprobs.sum() / batch.mask.sum())
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        lr = args.warm_lr * min(1.0, (step + 1) / 100) * 0.5 * (1 + math.cos(math.pi * step / args.warm_steps))
+        for g in opt.param_groups:
+            g["lr"] = lr
+        opt.step()
+        if step % 500 == 0 or step == args.warm_steps - 1:
+            print(f"warm start {step:5d}/{args.warm_steps} loss {loss.item():.4f} ({time.time() - t0:.0f}s)")
+    os.makedirs(args.out_dir, exist_ok=True)
+    save_atomic({"model": model.state_dict(), "model_config": asdict(cfg), "key": key}, path)
+    return model
+
+
+# ---------------------------------------------------------------------------------------------
+# evaluation
+
+def pass_at_k(n, c, k):
+    """Unbiased pass@k = 1 − C(n−c, k)/C(n, k) (Chen et al. 2021), from n samples of which c are correct."""
+    if n - c < k:
+        return 1.0
+    return 1.0 - math.comb(n - c, k) / math.comb(n, k)
+
+
+def decode_responses(tok, rollout):
+    """The text of each response, up to (not including) its EOS."""
+    out = []
+    for row, m in zip(rollout.response.tolist(), rollout.mask.tolist()):
+        ids = [t for t, keep in zip(row, m) if keep and t != tok.eos_id]
+        out.append(tok.decode(ids))
+    return out
+
+
+@torch.no_grad()
+def exact_correct_probs(model, tok, task, problems):
+    """For enumerable tasks: the policy's exact probability of each correct answer (answer + EOS),
+    by teacher forcing. Returns one tensor of probabilities per problem."""
+    prompts, answers, owner = [], [], []
+    for i, p in enumerate(problems):
+        for s in task.solutions(p):
+            prompts.append(tok.encode(p.prompt))
+            answers.append(tok.encode(s) + [tok.eos_id])
+            owner.append(i)
+    batch = from_tokens(prompts, answers, tok.eos_id, next(model.parameters()).device)
+    logp = sequence_logprobs(model, batch)[0].sum(-1).exp().cpu()                    # (M,)
+    owner = torch.tensor(owner)
+    return [logp[owner == i] for i in range(len(problems))]
+
+
+def evaluate(model, tok, task, problems, args, step):
+    """avg@k, pass@k, distinct correct answers among k samples, the effective number of correct
+    answers exp(H(π restricted to correct answers)) (exact where the task's answers can be
+    enumerated, else from the samples), and the mean token entropy of the samples."""
+    k = args.eval_k
+    gen = torch.Generator(device=next(model.parameters()).device).manual_seed(args.seed * 1000003 + step)
+    prompts = [tok.encode(p.prompt) for p in problems]
+    ro = generate(model, prompts, num_samples=k, max_new_tokens=args.max_new_tokens, temperature=1.0,
+                  eos_id=tok.eos_id, generator=gen)
+    with torch.no_grad():
+        _, ent = sequence_logprobs(model, ro)
+    texts = decode_responses(tok, ro)
+    ks = sorted({1, min(4, k), k})
+    acc, passes, distinct, eff, ans_h = [], {j: [] for j in ks}, [], [], []
+    for i, p in enumerate(problems):
+        scores = [task.score(p, t) for t in texts[i * k:(i + 1) * k]]
+        c = sum(s["correct"] for s in scores)
+        acc.append(c / k)
+        for j in ks:
+            passes[j].append(pass_at_k(k, c, j))
+        correct = Counter(s["answer"] for s in scores if s["correct"])
+        distinct.append(len(correct))
+        if not hasattr(task, "all_answers"):    # not enumerable: the empirical distribution
+            n = sum(correct.values())
+            h = -sum(v / n * math.log(v / n) for v in correct.values()) if n else 0.0
+            ans_h.append(h)
+            eff.append(math.exp(h) if n else 0.0)
+    out = {"kind": "eval", "step": step, f"avg@{k}": sum(acc) / len(acc), "accuracy": sum(acc) / len(acc)}
+    for j in ks:
+        out[f"pass@{j}"] = sum(passes[j]) / len(passes[j])
+    out["pass@k"], out["k"] = out[f"pass@{k}"], k
+    out[f"distinct_correct@{k}"] = out["distinct_correct"] = sum(distinct) / len(distinct)
+    if hasattr(task, "all_answers"):            # exact, from the policy's probabilities
+        exact_acc, ans_h, eff = [], [], []
+        for probs in exact_correct_probs(model, tok, task, problems):
+            m = probs.sum().item()
+            q = probs / probs.sum()
+            h = -(q * q.clamp(min=1e-30).log()).sum().item()
+            exact_acc.append(m)
+            ans_h.append(h)
+            eff.append(math.exp(h))
+        out["correct_mass"] = sum(exact_acc) / len(exact_acc)
+    out["effective_correct"] = sum(eff) / len(eff)
+    out["answer_entropy"] = sum(ans_h) / len(ans_h)
+    out["entropy"] = (ent.sum() / ro.mask.sum()).item()
+    return out
+
+
+def eval_problems(args, task):
+    if args.task == "make_n":   # the whole (small) prompt set
+        return [Problem(prompt=task.raw_prompt({"n": n}), data={"n": n}) for n in task.targets]
+    rng = random.Random(10 ** 6 + args.seed)   # a held-out stream: training prompts use another seed
+    return [task.sample(rng) for _ in range(args.eval_prompts)]
+
+
+# ---------------------------------------------------------------------------------------------
+# RL
+
+def algo_settings(args, algo):
+    """The FlowRL form each name stands for (PAPER.md §3, §5)."""
+    if algo == "flowrl":        # the paper's practical form
+        return {"length_norm": True if args.length_norm is None else args.length_norm, "group_norm": True}
+    if algo == "flowrl_exact":  # raw reward, summed log-probs: Proposition 1's form
+        return {"length_norm": False if args.length_norm is None else args.length_norm, "group_norm": False}
+    return {}
+
+
+def prompt_key(task, problem):
+    """make_n prompts index the log Z table by target."""
+    return task.targets.index(problem.data["n"])
+
+
+def train_algo(args, algo, warm, tok, task, device):
+    run_dir = os.path.join(args.out_dir, algo)
+    os.makedirs(run_dir, exist_ok=True)
+    metrics_path = os.path.join(run_dir, "metrics.jsonl")
+    ckpt_path = os.path.join(run_dir, "ckpt.pt")
+    settings = algo_settings(args, algo)
+
+    policy = copy.deepcopy(warm).train()
+    ref = copy.deepcopy(warm).eval().requires_grad_(False)     # π_ref: the frozen warm start
+    torch.manual_seed(args.seed)
+    head = None
+    if algo.startswith("flowrl"):
+        head = (flowrl.LogZHead(warm.config.n_embd) if args.logz == "head"
+                else flowrl.LogZTable(len(task.targets))).to(device)
+        head_lr = args.logz_lr
+    elif algo == "ppo":
+        head, head_lr = flowrl.ValueHead(warm.config.n_embd).to(device), args.value_lr
+    groups = [{"params": list(policy.parameters()), "lr": args.lr, "weight_decay": args.weight_decay}]
+    if head is not None:
+        groups.append({"params": list(head.parameters()), "lr": head_lr, "weight_decay": 0.0})
+    opt = torch.optim.AdamW(groups)
+
+    prompt_rng = random.Random(args.seed)                    # the same prompt order for every algorithm
+    gen = torch.Generator(device=device).manual_seed(args.seed)
+    start, skipped = 0, 0
+    if args.resume:
+        ck = load_checkpoint(ckpt_path)
+        if ck["algo"] != algo:
+            raise UserError(f"--resume: {ckpt_path} holds a {ck['algo']} run, not {algo}")
+        policy.load_state_dict(ck["model"])
+        if head is not None:
+            head.load_state_dict(ck["head"])
+        opt.load_state_dict(ck["optimizer"])
+        prompt_rng.setstate((ck["rng"]["python"][0], tuple(ck["rng"]["python"][1]), ck["rng"]["python"][2]))
+        gen.set_state(ck["rng"]["sampler"])
+        torch.set_rng_state(ck["rng"]["torch"])
+        start, skipped = ck["step"], ck["skipped"]
+        keep = []                                            # drop records written after the checkpoint
+        if os.path.exists(metrics_path):
+            with open(metrics_path) as f:
+                keep = [line for line in f if json.loads(line)["step"] <= start]
+        with open(metrics_path, "w") as f:
+            f.writelines(keep)
+        print(f"{algo}: resumed from {ckpt_path} at step {start}")
+    else:
+        open(metrics_path, "w").close()
+
+    def checkpoint(step):
+        save_atomic({"algo": algo, "step": step, "skipped": skipped, "model": policy.state_dict(),
+                     "head": head.state_dict() if head is not None else None, "optimizer": opt.state_dict(),
+                     "rng": {"python": [list(x) if isinstance(x, tuple) else x for x in prompt_rng.getstate()],
+                             "sampler": gen.get_state(), "torch": torch.get_rng_state()},
+                     "config": {k: v for k, v in vars(args).items() if k != "clip_bounds"},
+                     "model_config": asdict(policy.config)}, ckpt_path)
+
+    problems_eval = eval_problems(args, task)
+    if start == 0:
+        rec = evaluate(policy, tok, task, problems_eval, args, 0)
+        append_jsonl(metrics_path, {"algo": algo, **rec})
+    G = args.group_size
+    t_run = time.time()
+    for step in range(start, args.steps):
+        t0 = time.time()
+        problems = [task.sample(prompt_rng) for _ in range(args.batch_prompts)]
+        ro = generate(policy, [tok.encode(p.prompt) for p in problems], num_samples=G,
+                      max_new_tokens=args.max_new_tokens, temperature=args.temperature, eos_id=tok.eos_id,
+                      generator=gen)
+        texts = decode_responses(tok, ro)
+        scores = [task.score(problems[i // G], t) for i, t in enumerate(texts)]
+        rewards = torch.tensor([s["reward"] for s in scores], device=device)          # (N,)
+        with torch.no_grad():
+            ref_logprobs, _ = sequence_logprobs(ref, ro, temperature=args.temperature)  # (N, T)
+        if args.no_ref:
+            ref_logprobs = torch.zeros_like(ref_logprobs)
+        r_hat = flowrl.group_normalize(rewards, G)                                     # (N,)
+
+        # per-algorithm targets computed once over the whole batch
+        if algo == "flowrl_exact" and step == 0:   # log Z starts at log E_ref[exp(β r)] (EXPERIMENTS.md)
+            init = flowrl.log_partition_init(rewards, len(rewards), args.reward_beta).item()  # pooled over the batch
+            with torch.no_grad():
+                (head.out.bias if args.logz == "head" else head.table).fill_(init)
+        if algo == "reinforce_pp":
+            adv_tok = flowrl.reinforce_pp_advantages(rewards, ro.logprobs, ref_logprobs, ro.mask, args.kl_coef)
+        if algo == "ppo":
+            with torch.no_grad():
+                _, _, h = sequence_logprobs(policy, ro, temperature=args.temperature, return_hidden=True)
+                old_values = head(h[:, ro.prompt.shape[1] - 1:-1])                     # (N, T)
+                kl_reward = -args.kl_coef * (ro.logprobs - ref_logprobs) * ro.mask    # KL in the reward
+                adv_tok, returns = flowrl.gae(rewards, old_values, ro.mask, token_rewards=kl_reward)
+        keys = torch.tensor([prompt_key(task, problems[i // G]) for i in range(len(texts))], device=device) \
+            if args.logz == "table" and head is not None and algo.startswith("flowrl") else None
+
+        stats_acc, ent_first, grad_norms, step_skipped = {}, None, [], False
+        n_mb = args.minibatches
+        for epoch in range(args.epochs):
+            order = torch.randperm(args.batch_prompts, generator=torch.Generator().manual_seed(step * 31 + epoch)) \
+                if n_mb > 1 else torch.arange(args.batch_prompts)
+            for chunk in order.chunk(n_mb):
+                rows = (chunk[:, None] * G + torch.arange(G)).reshape(-1).to(device)   # whole groups
+                mb = ro.select(rows)
+                logprobs, entropy, h = sequence_logprobs(policy, mb, temperature=args.temperature, return_hidden=True)
+                if ent_first is None:
+                    ent_first = (entropy.sum() / mb.mask.sum()).item()
+                Tp = mb.prompt.shape[1]
+                if algo.startswith("flowrl"):
+                    log_z = head(h[:, :Tp], mb.prompt_mask) if keys is None else head(keys[rows])
+                    r_in = r_hat[rows] if settings["group_norm"] else rewards[rows]
+                    loss, st = flowrl.flowrl_loss(logprobs, mb.logprobs, ref_logprobs[rows], mb.mask, r_in, log_z,
+                                                  beta=args.reward_beta, clip=args.clip_bounds,
+                                                  length_norm=settings["length_norm"])
+                elif algo == "grpo":
+                    loss, st = flowrl.grpo_loss(logprobs, mb.logprobs, ref_logprobs[rows], mb.mask, r_hat[rows],
+                                                clip_eps=args.clip_eps, kl_coef=args.kl_coef)
+                elif algo == "reinforce_pp":
+                    loss, st = flowrl.reinforce_pp_loss(logprobs, mb.logprobs, mb.mask, adv_tok[rows], clip_eps=args.clip_eps)
+                else:  # ppo
+                    values = head(h[:, Tp - 1:-1])
+                    loss, st = flowrl.ppo_loss(logprobs, mb.logprobs, mb.mask, adv_tok[rows], values, returns[rows],
+                                               clip_eps=args.clip_eps)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                params = [p for g in opt.param_groups for p in g["params"]]
+                gn = torch.nn.utils.clip_grad_norm_(params, args.grad_clip if args.grad_clip > 0 else float("inf"))
+                if not (torch.isfinite(loss) and torch.isfinite(gn)):
+                    opt.zero_grad(set_to_none=True)                 # never written into the weights
+                    step_skipped = True
+                    continue
+                opt.step()
+                grad_norms.append(gn.item())
+                for k, v in st.items():
+                    stats_acc.setdefault(k, []).append(v)
+        skipped += step_skipped
+        dt = time.time() - t0
+
+        # metrics (names as TRL / veRL users know them)
+        with torch.no_grad():
+            lengths = ro.mask.sum(-1).float()
+            kl_ref = (flowrl.k3_kl(ro.logprobs, ref_logprobs) * ro.mask).sum() / ro.mask.sum()
+        rg = rewards.view(-1, G)
+        distinct = [len({s["answer"] for s in scores[i * G:(i + 1) * G] if s["correct"]}) for i in range(len(problems))]
+        rec = {"kind": "train", "step": step + 1, "algo": algo,
+               "reward/mean": rewards.mean().item(), "reward/std": rewards.std().item(),
+               "accuracy": sum(s["correct"] for s in scores) / len(scores),
+               "format": sum(s["format"] for s in scores) / len(scores),
+               "frac_reward_zero_std": (rg.std(1) == 0).float().mean().item(),
+               "entropy": ent_first, "kl_ref": kl_ref.item(),
+               "completions/mean_length": lengths.mean().item(),
+               "completions/clipped_ratio": (~ro.finished).float().mean().item(),
+               "distinct_correct": sum(distinct) / len(distinct),
+               "grad_norm": sum(grad_norms) / len(grad_norms) if grad_norms else float("nan"),
+               "lr": args.lr, "skipped_steps": skipped,
+               "time/step_s": dt, "tokens_per_s": ro.mask.sum().item() / dt}
+        mean = lambda k: sum(stats_acc[k]) / len(stats_acc[k]) if stats_acc.get(k) else float("nan")
+        if algo.startswith("flowrl"):
+            rec.update({"log_z/mean": mean("log_z"), "tb_residual/mean": mean("tb_residual"),
+                        "is_weight/mean": mean("is_weight")})
+        rec["clip_frac"] = mean("clip_frac")
+        if algo == "ppo":
+            rec["value_loss"] = mean("value_loss")
+        append_jsonl(metrics_path, rec)
+
+        s = step + 1
+        if s % args.log_every == 0 or s == args.steps:
+            eta = (time.time() - t_run) / (s - start) * (args.steps - s)
+            lz = f" logZ {rec['log_z/mean']:7.3f}" if "log_z/mean" in rec else ""
+            print(f"{algo:12s} step {s:5d}/{args.steps} reward {rec['reward/mean']:.3f} acc {rec['accuracy']:.3f} "
+                  f"entropy {rec['entropy']:.3f} distinct {rec['distinct_correct']:.2f}{lz} "
+                  f"{dt:.3f}s/step eta {eta:.0f}s", flush=True)
+        if s % args.eval_every == 0 or s == args.steps:
+            append_jsonl(metrics_path, {"algo": algo, **evaluate(policy, tok, task, problems_eval, args, s)})
+        if s % args.ckpt_every == 0 or s == args.steps:
+            checkpoint(s)
+    return run_dir
+
+
+def summarize(run_dir, algo):
+    """Final eval metrics, and the same at the first eval with accuracy >= 0.9 (matched accuracy) or None."""
+    with open(os.path.join(run_dir, "metrics.jsonl")) as f:
+        evals = [r for r in map(json.loads, f) if r["kind"] == "eval"]
+    keys = ("step", "accuracy", "pass@1", "pass@k", "k", "distinct_correct", "effective_correct", "entropy",
+            "answer_entropy", "correct_mass")
+    pick = lambda r: {k: r[k] for k in keys if k in r}
+    matched = next((r for r in evals if r["accuracy"] >= 0.9), None)
+    return {**pick(evals[-1]), "matched_accuracy": pick(matched) if matched else None}
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    device = torch.device(args.device)
+    tok = Tokenizer.for_chars(ALPHABET)
+    task = get_task(args.task)
+    os.makedirs(args.out_dir, exist_ok=True)
+    t0 = time.time()
+    warm = warm_start(args, task, tok, device)
+    print(f"model: {warm.num_params() / 1e6:.2f}M parameters on {device}")
+    summary = {}
+    for algo in args.algo:
+        run_dir = train_algo(args, algo, warm, tok, task, device)
+        summary[algo] = summarize(run_dir, algo)
+    summary_path = os.path.join(args.out_dir, "summary.json")
+    old = {}
+    if os.path.exists(summary_path):
+        with open(summary_path) as f:
+            old = json.load(f)
+    with open(summary_path + ".tmp", "w") as f:
+        json.dump({**old, **summary}, f, indent=2)
+    os.replace(summary_path + ".tmp", summary_path)
+
+    k = args.eval_k
+    print(f"\nfinal eval ({len(eval_problems(args, task))} prompts x {k} samples; grad clip {args.grad_clip}):")
+    print(f"{'algo':14s} {'accuracy':>9s} {'pass@1':>7s} {'pass@' + str(k):>8s} {'distinct':>9s} {'effective':>10s} {'entropy':>8s}")
+    for algo, s in summary.items():
+        print(f"{algo:14s} {s['accuracy']:9.3f} {s['pass@1']:7.3f} {s['pass@k']:8.3f} {s['distinct_correct']:9.2f} "
+              f"{s['effective_correct']:10.2f} {s['entropy']:8.3f}")
+    if not args.no_plot:
+        import plot
+        fig = os.path.join(args.out_dir, "compare.png")
+        plot.plot_runs([os.path.join(args.out_dir, a) for a in args.algo], fig)
+        print(f"figure: {fig}")
+    print(f"total wall time {time.time() - t0:.0f}s")
+    return summary
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except UserError as e:
+        print(f"train.py: error: {e}", file=sys.stderr)
+        sys.exit(2)
