@@ -237,3 +237,26 @@ def log_partition_init(rewards, group_size, beta):
     of β·r (Jensen makes that far too low). rewards: (N,) -> (N/G,)."""
     r = rewards.view(-1, group_size).double()
     return (torch.logsumexp(beta * r, dim=1) - math.log(group_size)).float()
+
+
+# ---------------------------------------------------------------------------------------------
+# The target distribution, exactly, where every answer can be enumerated (PAPER.md §1, §8)
+
+def target_log_partition(log_ref, rewards, beta):
+    """The true log Z(x) = log Σ_y π_ref(y|x)·exp(β·r(x,y)), over every response y.
+    log_ref, rewards: (M,) over all M responses -> scalar."""
+    return torch.logsumexp(log_ref + beta * rewards, dim=0)
+
+
+def binary_log_partition(ref_mass_correct, beta):
+    """log Z for a 0/1 reward: Σ_y π_ref(y)·exp(β·r(y)) = e^β·m + (1 − m), m = π_ref's mass on the
+    correct answers (which can be enumerated even where the wrong ones cannot)."""
+    m = torch.as_tensor(ref_mass_correct, dtype=torch.float64)
+    return torch.logaddexp(beta + m.log(), (1 - m).log())
+
+
+def kl_to_target(log_pi, log_ref, rewards, beta, log_z):
+    """KL(π ‖ p*) = Σ_y π(y)·(log π(y) − log π_ref(y) − β·r(y)) + log Z, summed over the given
+    responses (all of π's support, or all but a pruned remainder). All (M,) -> scalar."""
+    pi = log_pi.exp()
+    return (pi * (log_pi - log_ref - beta * rewards)).sum() + pi.sum() * log_z

@@ -107,14 +107,22 @@ class KVCache:
         self.n_real = torch.zeros(batch_size, dtype=torch.long, device=device)  # real tokens so far
         self.length = 0  # slots filled, the same for every row
 
-    def expand(self, n):
-        """Repeat each row n times (row i -> rows i*n .. i*n+n-1): one prefill shared by a group."""
+    def select(self, rows):
+        """A new cache holding the given rows (LongTensor (B',)), e.g. each prompt's row repeated G
+        times so that one prefill is shared by the G samples of its group."""
         out = KVCache.__new__(KVCache)
-        out.k = self.k.repeat_interleave(n, dim=1)
-        out.v = self.v.repeat_interleave(n, dim=1)
-        out.valid = self.valid.repeat_interleave(n, dim=0)
-        out.n_real = self.n_real.repeat_interleave(n, dim=0)
+        out.k, out.v = self.k[:, rows], self.v[:, rows]
+        out.valid, out.n_real = self.valid[rows], self.n_real[rows]
         out.length = self.length
+        return out
+
+    @staticmethod
+    def concat(caches):
+        """The rows of several caches of the same length, in order, as one cache."""
+        out = KVCache.__new__(KVCache)
+        out.k, out.v = torch.cat([c.k for c in caches], 1), torch.cat([c.v for c in caches], 1)
+        out.valid, out.n_real = torch.cat([c.valid for c in caches]), torch.cat([c.n_real for c in caches])
+        out.length = caches[0].length
         return out
 
 

@@ -6,6 +6,7 @@ flowrl.group_normalize reads groups. Each prompt is prefilled once and its KV ca
 G samples.
 """
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -90,7 +91,7 @@ def generate(model, prompts, *, num_samples, max_new_tokens, temperature=1.0, to
     with torch.inference_mode():
         cache = model.make_cache(P, Tp + max_new_tokens)
         logits = model(ids, valid=valid, cache=cache)[:, -1]                        # (P, V): one prefill per prompt
-        cache = cache.expand(G)                                                      # (N, ...) shared by the group
+        cache = cache.select(torch.arange(P, device=device).repeat_interleave(G))   # (N, ...) shared by the group
         logits = logits.repeat_interleave(G, dim=0)                                  # (N, V)
         response = torch.full((N, max_new_tokens), eos_id, dtype=torch.long, device=device)
         mask = torch.zeros(N, max_new_tokens, dtype=torch.bool, device=device)
@@ -148,3 +149,51 @@ def sequence_logprobs(model, rollout, temperature=1.0, return_hidden=False):
     logprobs = logprobs * rollout.mask
     entropy = entropy * rollout.mask
     return (logprobs, entropy, h) if return_hidden else (logprobs, entropy)
+
+
+@torch.no_grad()
+def enumerate_responses(model, prompt, *, eos_id, max_new_tokens, min_prob=1e-7, max_frontier=20000,
+                        batch_size=4096):
+    """The policy's exact probability of every response to one prompt (a token-id list), by expanding
+    the token tree breadth first with the KV cache: the frontier holds prefixes; each step scores all
+    their children in batched forwards. A response ends at EOS, or at max_new_tokens (a cut
+    response, as generate makes them). A prefix with probability below min_prob is not expanded and
+    its mass is reported as `pruned` (min_prob=0 expands everything).
+    Returns (responses: list of token tuples, logp: (M,) float64 tensor of log π(y|x), pruned: float)."""
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    cache = model.make_cache(1, len(prompt) + max_new_tokens)
+    logits = model(torch.tensor([prompt], device=device), cache=cache)[:, -1]       # (F=1, V)
+    prefixes = [()]
+    prefix_logp = torch.zeros(1, dtype=torch.float64, device=device)                 # (F,)
+    responses, logps, pruned = [], [], 0.0
+    for depth in range(max_new_tokens):
+        child = prefix_logp[:, None] + F.log_softmax(logits.double(), -1)            # (F, V)
+        responses += [p + (eos_id,) for p in prefixes]                               # ends with EOS
+        logps.append(child[:, eos_id].clone())
+        child[:, eos_id] = -math.inf
+        last = depth == max_new_tokens - 1
+        keep = torch.isfinite(child) if last or min_prob <= 0 else child >= math.log(min_prob)
+        if not last and max_frontier is not None and int(keep.sum()) > max_frontier:
+            cutoff = child.flatten().topk(max_frontier).values[-1]
+            keep &= child >= cutoff
+        pruned += child[torch.isfinite(child) & ~keep].exp().sum().item()
+        parent, token = keep.nonzero(as_tuple=True)                                   # (F',), (F',)
+        prefixes = [prefixes[i] + (t,) for i, t in zip(parent.tolist(), token.tolist())]
+        prefix_logp = child[parent, token]
+        if last:                                                                      # cut responses
+            responses += prefixes
+            logps.append(prefix_logp)
+            break
+        if not prefixes:
+            break
+        caches, chunks = [], []
+        for s in range(0, len(prefixes), batch_size):                                # children in batches
+            c = cache.select(parent[s:s + batch_size])
+            chunks.append(model(token[s:s + batch_size, None], cache=c)[:, -1])      # (b, V)
+            caches.append(c)
+        logits = torch.cat(chunks)                                                    # (F', V)
+        cache = caches[0] if len(caches) == 1 else caches[0].concat(caches)
+    model.train(was_training)
+    return responses, torch.cat(logps).cpu(), pruned

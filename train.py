@@ -33,7 +33,7 @@ import torch
 import flowrl
 from model import GPT, GPTConfig, Tokenizer
 from rewards import ALPHABET, TASKS, Problem, get_task
-from rollout import from_tokens, generate, sequence_logprobs
+from rollout import enumerate_responses, from_tokens, generate, left_pad, sequence_logprobs
 
 ALGOS = ("flowrl", "flowrl_exact", "grpo", "reinforce_pp", "ppo")
 MAX_NEW_TOKENS = {"make_n": 6, "add": 5, "countdown": 16}   # per-task default response budget
@@ -78,7 +78,10 @@ def build_parser():
     a("--clip_eps", type=float, default=0.2, help="the PPO ratio clip ε of grpo, reinforce_pp and ppo")
     a("--length_norm", action=argparse.BooleanOptionalAction, default=None,
       help="FlowRL's length-normalized log-probs (default: on for flowrl, off for flowrl_exact)")
-    a("--logz", default="head", choices=["head", "table"], help="FlowRL's log Z: the paper's MLP head or one free value per prompt (make_n only)")
+    a("--logz", default="head", choices=["head", "table", "group"],
+      help="FlowRL's log Z: the paper's MLP head, one free value per prompt (make_n only), or no learned Z: "
+           "each group's own estimate mean_g(β·r + ℓ_ref − ℓ_θ), detached")
+    a("--tag", default="", help="suffix of the run directory: out_dir/<algo><tag> (to keep variants apart)")
     a("--no_ref", action="store_true", help="ablation: drop FlowRL's π_ref term (log π_ref := 0)")
     a("--grad_clip", type=float, default=1.0, help="gradient-norm clip; 0 turns it off")
     a("--epochs", type=int, default=1, help="passes over each rollout batch")
@@ -132,7 +135,8 @@ def parse_args(argv=None):
         (args.eval_k >= 1 and args.eval_prompts >= 1, "--eval_k and --eval_prompts must be >= 1"),
         (min(args.n_layer, args.n_embd, args.n_head, args.n_kv_head) >= 1, "--n_layer, --n_embd, --n_head, --n_kv_head must be >= 1"),
         (args.n_embd % args.n_head == 0 and args.n_head % args.n_kv_head == 0, "--n_head must divide --n_embd and --n_kv_head must divide --n_head"),
-        (args.logz == "head" or args.task == "make_n", "--logz table needs a task with a fixed prompt set: --task make_n"),
+        (args.logz != "table" or args.task == "make_n", "--logz table needs a task with a fixed prompt set: --task make_n"),
+        (all(c.isalnum() or c in "_-.=" for c in args.tag), "--tag may hold letters, digits and _-.= only"),
     ]
     for ok, msg in checks:
         if not ok:
@@ -269,7 +273,36 @@ def exact_correct_probs(model, tok, task, problems):
     return [logp[owner == i] for i in range(len(problems))]
 
 
-def evaluate(model, tok, task, problems, args, step):
+@torch.no_grad()
+def exact_target_metrics(model, ref, tok, task, problems, beta, max_new_tokens, min_prob=1e-6):
+    """Exact distances to the target p* ∝ π_ref·exp(β·r) with the raw 0/1 reward (PAPER.md §1), per
+    prompt, averaged: KL(π‖p*) over π's enumerated responses (enumerate_responses; `pruned_mass`
+    is what was left unexpanded), KL(p*‖π) (the correct answers exactly, the wrong ones lumped
+    into one bucket: a lower bound on their part, which is below e^-β), and the true log Z."""
+    out = {"kl_to_target": [], "kl_from_target": [], "log_z_true": [], "pruned_mass": []}
+    pi_c = exact_correct_probs(model, tok, task, problems)
+    ref_c = exact_correct_probs(ref, tok, task, problems)
+    device = next(model.parameters()).device
+    for p, pc, rc in zip(problems, pi_c, ref_c):
+        prompt = tok.encode(p.prompt)
+        resp, log_pi, pruned = enumerate_responses(model, prompt, eos_id=tok.eos_id, max_new_tokens=max_new_tokens,
+                                                   min_prob=min_prob)
+        texts = [tok.decode([t for t in y if t != tok.eos_id]) for y in resp]
+        r = torch.tensor([task.reward(p, t) for t in texts], dtype=torch.float64)
+        batch = from_tokens([prompt] * len(resp), [list(y) for y in resp], tok.eos_id, device)
+        log_ref = sequence_logprobs(ref, batch)[0].sum(-1).double().cpu()
+        log_z = flowrl.binary_log_partition(rc.double().sum(), beta)
+        log_pstar_c = rc.double().log() + beta - log_z
+        P, Q = (1 - rc.double().sum()) / log_z.exp(), (1 - pc.double().sum()).clamp(min=1e-300)
+        rev = (log_pstar_c.exp() * (log_pstar_c - pc.double().log())).sum() + P * (P / Q).log()
+        out["kl_to_target"].append(flowrl.kl_to_target(log_pi, log_ref, r, beta, log_z).item())
+        out["kl_from_target"].append(rev.item())
+        out["log_z_true"].append(log_z.item())
+        out["pruned_mass"].append(pruned)
+    return {k: sum(v) / len(v) for k, v in out.items()}, out["log_z_true"]
+
+
+def evaluate(model, tok, task, problems, args, step, ref=None, learned_log_z=None):
     """avg@k, pass@k, distinct correct answers among k samples, the effective number of correct
     answers exp(H(π restricted to correct answers)) (exact where the task's answers can be
     enumerated, else from the samples), and the mean token entropy of the samples."""
@@ -314,6 +347,13 @@ def evaluate(model, tok, task, problems, args, step):
     out["effective_correct"] = sum(eff) / len(eff)
     out["answer_entropy"] = sum(ans_h) / len(ans_h)
     out["entropy"] = (ent.sum() / ro.mask.sum()).item()
+    if hasattr(task, "all_answers") and ref is not None:   # exact distances to p* (issue: Figure 1)
+        exact, true_z = exact_target_metrics(model, ref, tok, task, problems, args.reward_beta, args.max_new_tokens)
+        out.update(exact)
+        if learned_log_z is not None:
+            lz = learned_log_z(problems).double().cpu()
+            out["log_z/learned"] = lz.mean().item()
+            out["log_z_abs_err"] = (lz - torch.tensor(true_z)).abs().mean().item()
     return out
 
 
@@ -342,7 +382,7 @@ def prompt_key(task, problem):
 
 
 def train_algo(args, algo, warm, tok, task, device):
-    run_dir = os.path.join(args.out_dir, algo)
+    run_dir = os.path.join(args.out_dir, algo + args.tag)
     os.makedirs(run_dir, exist_ok=True)
     metrics_path = os.path.join(run_dir, "metrics.jsonl")
     ckpt_path = os.path.join(run_dir, "ckpt.pt")
@@ -352,7 +392,7 @@ def train_algo(args, algo, warm, tok, task, device):
     ref = copy.deepcopy(warm).eval().requires_grad_(False)     # π_ref: the frozen warm start
     torch.manual_seed(args.seed)
     head = None
-    if algo.startswith("flowrl"):
+    if algo.startswith("flowrl") and args.logz != "group":
         head = (flowrl.LogZHead(warm.config.n_embd) if args.logz == "head"
                 else flowrl.LogZTable(len(task.targets))).to(device)
         head_lr = args.logz_lr
@@ -397,8 +437,23 @@ def train_algo(args, algo, warm, tok, task, device):
                      "model_config": asdict(policy.config)}, ckpt_path)
 
     problems_eval = eval_problems(args, task)
+
+    @torch.no_grad()
+    def learned_log_z(problems):
+        """The learned log Z_φ(x) of the eval prompts (dropout off)."""
+        if args.logz == "table":
+            return head(torch.tensor([prompt_key(task, p) for p in problems], device=device))
+        ids, valid = left_pad([tok.encode(p.prompt) for p in problems], tok.eos_id, device)
+        was = head.training
+        head.eval()
+        _, h = policy(ids, valid=valid, return_hidden=True)
+        z = head(h, valid)
+        head.train(was)
+        return z
+
+    log_z_fn = learned_log_z if algo.startswith("flowrl") and head is not None else None
     if start == 0:
-        rec = evaluate(policy, tok, task, problems_eval, args, 0)
+        rec = evaluate(policy, tok, task, problems_eval, args, 0, ref, log_z_fn)
         append_jsonl(metrics_path, {"algo": algo, **rec})
     G = args.group_size
     t_run = time.time()
@@ -418,7 +473,7 @@ def train_algo(args, algo, warm, tok, task, device):
         r_hat = flowrl.group_normalize(rewards, G)                                     # (N,)
 
         # per-algorithm targets computed once over the whole batch
-        if algo == "flowrl_exact" and step == 0:   # log Z starts at log E_ref[exp(β r)] (EXPERIMENTS.md)
+        if algo == "flowrl_exact" and step == 0 and head is not None:   # log Z starts at log E_ref[exp(β r)] (EXPERIMENTS.md)
             init = flowrl.log_partition_init(rewards, len(rewards), args.reward_beta).item()  # pooled over the batch
             with torch.no_grad():
                 (head.out.bias if args.logz == "head" else head.table).fill_(init)
@@ -446,8 +501,16 @@ def train_algo(args, algo, warm, tok, task, device):
                     ent_first = (entropy.sum() / mb.mask.sum()).item()
                 Tp = mb.prompt.shape[1]
                 if algo.startswith("flowrl"):
-                    log_z = head(h[:, :Tp], mb.prompt_mask) if keys is None else head(keys[rows])
                     r_in = r_hat[rows] if settings["group_norm"] else rewards[rows]
+                    if args.logz == "group":   # no learned Z: the group's minimizer of Σ δ², detached
+                        pool = flowrl.masked_mean if settings["length_norm"] else flowrl.masked_sum
+                        m = mb.mask.to(logprobs.dtype)
+                        est = args.reward_beta * r_in + pool(ref_logprobs[rows], m) - pool(logprobs.detach(), m)
+                        log_z = est.view(-1, G).mean(1).repeat_interleave(G)
+                    elif keys is None:
+                        log_z = head(h[:, :Tp], mb.prompt_mask)
+                    else:
+                        log_z = head(keys[rows])
                     loss, st = flowrl.flowrl_loss(logprobs, mb.logprobs, ref_logprobs[rows], mb.mask, r_in, log_z,
                                                   beta=args.reward_beta, clip=args.clip_bounds,
                                                   length_norm=settings["length_norm"])
@@ -510,7 +573,7 @@ def train_algo(args, algo, warm, tok, task, device):
                   f"entropy {rec['entropy']:.3f} distinct {rec['distinct_correct']:.2f}{lz} "
                   f"{dt:.3f}s/step eta {eta:.0f}s", flush=True)
         if s % args.eval_every == 0 or s == args.steps:
-            append_jsonl(metrics_path, {"algo": algo, **evaluate(policy, tok, task, problems_eval, args, s)})
+            append_jsonl(metrics_path, {"algo": algo, **evaluate(policy, tok, task, problems_eval, args, s, ref, log_z_fn)})
         if s % args.ckpt_every == 0 or s == args.steps:
             checkpoint(s)
     return run_dir
