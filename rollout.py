@@ -152,7 +152,7 @@ def sequence_logprobs(model, rollout, temperature=1.0, return_hidden=False):
 
 
 @torch.no_grad()
-def enumerate_responses(model, prompt, *, eos_id, max_new_tokens, min_prob=1e-7, max_frontier=20000,
+def enumerate_responses(model, prompt, *, eos_id, max_new_tokens, min_prob=1e-7, max_frontier=4096,
                         batch_size=4096):
     """The policy's exact probability of every response to one prompt (a token-id list), by expanding
     the token tree breadth first with the KV cache: the frontier holds prefixes; each step scores all
@@ -174,8 +174,8 @@ def enumerate_responses(model, prompt, *, eos_id, max_new_tokens, min_prob=1e-7,
         logps.append(child[:, eos_id].clone())
         child[:, eos_id] = -math.inf
         last = depth == max_new_tokens - 1
-        keep = torch.isfinite(child) if last or min_prob <= 0 else child >= math.log(min_prob)
-        if not last and max_frontier is not None and int(keep.sum()) > max_frontier:
+        keep = torch.isfinite(child) if min_prob <= 0 else child >= math.log(min_prob)
+        if max_frontier is not None and int(keep.sum()) > max_frontier:
             cutoff = child.flatten().topk(max_frontier).values[-1]
             keep &= child >= cutoff
         pruned += child[torch.isfinite(child) & ~keep].exp().sum().item()
