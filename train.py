@@ -274,7 +274,7 @@ def exact_correct_probs(model, tok, task, problems):
 
 
 @torch.no_grad()
-def exact_target_metrics(model, ref, tok, task, problems, beta, max_new_tokens, min_prob=1e-6):
+def exact_target_metrics(model, ref, tok, task, problems, beta, max_new_tokens, min_prob=1e-6, max_frontier=1000):
     """Exact distances to the target p* ∝ π_ref·exp(β·r) with the raw 0/1 reward (PAPER.md §1), per
     prompt, averaged: KL(π‖p*) over π's enumerated responses (enumerate_responses; `pruned_mass`
     is what was left unexpanded), KL(p*‖π) (the correct answers exactly, the wrong ones lumped
@@ -286,7 +286,7 @@ def exact_target_metrics(model, ref, tok, task, problems, beta, max_new_tokens, 
     for p, pc, rc in zip(problems, pi_c, ref_c):
         prompt = tok.encode(p.prompt)
         resp, log_pi, pruned = enumerate_responses(model, prompt, eos_id=tok.eos_id, max_new_tokens=max_new_tokens,
-                                                   min_prob=min_prob)
+                                                   min_prob=min_prob, max_frontier=max_frontier)
         texts = [tok.decode([t for t in y if t != tok.eos_id]) for y in resp]
         r = torch.tensor([task.reward(p, t) for t in texts], dtype=torch.float64)
         batch = from_tokens([prompt] * len(resp), [list(y) for y in resp], tok.eos_id, device)
