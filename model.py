@@ -12,6 +12,7 @@ left-padded row computes exactly what the same row would compute unpadded.
 """
 
 import math
+import os
 from dataclasses import dataclass
 
 import tiktoken
@@ -93,6 +94,14 @@ def rotate(x, cos, sin):
     x: (B, nh, T, hs); cos, sin: (B, 1, T, hs/2)."""
     x1, x2 = x.chunk(2, dim=-1)                                  # (B, nh, T, hs/2) each
     return torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1)
+
+
+def rope_tables(config, device=None):
+    """cos and sin of the rotary angles pos·θ^(−2i/hs), (block_size, hs/2), computed in float64."""
+    hs = config.head_dim
+    inv_freq = 1.0 / config.rope_theta ** (torch.arange(0, hs, 2, dtype=torch.float64, device=device) / hs)
+    angles = torch.outer(torch.arange(config.block_size, dtype=torch.float64, device=device), inv_freq)
+    return angles.cos().float(), angles.sin().float()
 
 
 class KVCache:
@@ -201,11 +210,9 @@ class GPT(nn.Module):
         if config.tie_embeddings:
             self.lm_head.weight = self.wte.weight
         if config.pos == "rope":
-            hs = config.head_dim
-            inv_freq = 1.0 / config.rope_theta ** (torch.arange(0, hs, 2, dtype=torch.float64) / hs)
-            angles = torch.outer(torch.arange(config.block_size, dtype=torch.float64), inv_freq)
-            self.register_buffer("rope_cos", angles.cos().float(), persistent=False)  # (block_size, hs/2)
-            self.register_buffer("rope_sin", angles.sin().float(), persistent=False)
+            cos, sin = rope_tables(config)
+            self.register_buffer("rope_cos", cos, persistent=False)                  # (block_size, hs/2)
+            self.register_buffer("rope_sin", sin, persistent=False)
         self.apply(self._init_weights)
         for name, p in self.named_parameters():   # GPT-2's scaled init of the residual projections
             if name.endswith(("o_proj.weight", "down_proj.weight")):
@@ -277,20 +284,42 @@ class GPT(nn.Module):
         return (logits, h) if return_hidden else logits
 
 
+# pre-tokenizer patterns of the byte-level BPE families (split text before merging)
+GPT2_PATTERN = r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
+QWEN2_PATTERN = (r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|"""
+                 r"""\s*[\r\n]+|\s+(?!\S)|\s+""")
+
+
+def byte_to_unicode():
+    """GPT-2's reversible map from the 256 bytes to printable characters, in which byte-level BPE
+    vocabularies are written: printable Latin-1 bytes stand for themselves, the others for 256 + n."""
+    keep = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    out, n = {}, 0
+    for b in range(256):
+        if b in keep:
+            out[b] = chr(b)
+        else:
+            out[b] = chr(256 + n)
+            n += 1
+    return out
+
+
 class Tokenizer:
     """A tiktoken.Encoding plus the ids training needs (end of sequence, padding).
 
-    For the from-scratch tasks: one token per character of a fixed alphabet (explicit ranks,
-    so nothing is downloaded), then the special tokens."""
+    Two kinds: for the from-scratch tasks, one token per character of a fixed alphabet (explicit
+    ranks, nothing downloaded: Tokenizer.for_chars); for Hugging Face checkpoints, their byte-level
+    BPE rebuilt from vocab.json + merges.txt or tokenizer.json (Tokenizer.from_pretrained)."""
 
     EOS = "<|endoftext|>"
     PAD = "<|pad|>"
 
-    def __init__(self, encoding, eos_id, pad_id, alphabet=None):
+    def __init__(self, encoding, eos_id, pad_id, alphabet=None, chat=None):
         self.enc = encoding
         self.eos_id = eos_id
         self.pad_id = pad_id
-        self.alphabet = alphabet  # for character-level tokenizers: the characters it knows
+        self.alphabet = alphabet  # character-level tokenizers: the characters it knows
+        self.chat = chat          # "chatml" for instruct models that use it, else None
 
     @classmethod
     def for_chars(cls, alphabet):
@@ -303,17 +332,242 @@ class Tokenizer:
                                 special_tokens=specials)
         return cls(enc, specials[cls.EOS], specials[cls.PAD], alphabet="".join(chars))
 
+    @classmethod
+    def from_pretrained(cls, path):
+        """The byte-level BPE of a GPT-2 or Qwen2 checkpoint directory as a tiktoken.Encoding: ranks from
+        vocab.json (+ merges.txt) or tokenizer.json, the family's pre-tokenizer pattern, the special
+        (added) tokens; end of sequence from generation_config.json, else tokenizer_config.json."""
+        import json
+        if not os.path.isdir(path):
+            raise CheckpointError(f"tokenizer directory {path} does not exist")
+        files = {n: os.path.join(path, n) for n in ("vocab.json", "merges.txt", "tokenizer.json",
+                                                     "tokenizer_config.json", "generation_config.json", "config.json")}
+        have = {n: os.path.exists(f) for n, f in files.items()}
+        tj = _read_json(files["tokenizer.json"]) if have["tokenizer.json"] else {}
+        if have["vocab.json"]:
+            vocab = _read_json(files["vocab.json"])
+        elif tj.get("model", {}).get("type") == "BPE":
+            vocab = tj["model"]["vocab"]
+        else:
+            raise CheckpointError(f"no vocab.json or BPE tokenizer.json in {path}")
+        specials = {}
+        for t in tj.get("added_tokens", []):
+            specials[t["content"]] = t["id"]
+        tc = _read_json(files["tokenizer_config.json"]) if have["tokenizer_config.json"] else {}
+        for i, t in tc.get("added_tokens_decoder", {}).items():
+            specials[t["content"]] = int(i)
+        decode_byte = {c: b for b, c in byte_to_unicode().items()}
+        ranks = {}
+        for token, i in vocab.items():
+            if token in specials:
+                continue
+            try:
+                ranks[bytes(decode_byte[c] for c in token)] = i
+            except KeyError:
+                raise CheckpointError(f"{path}: vocabulary entry {token!r} is not byte-level BPE")
+        model_type = _read_json(files["config.json"]).get("model_type", "") if have["config.json"] else ""
+        family = "qwen2" if "qwen" in (model_type + tc.get("tokenizer_class", "")).lower() else "gpt2"
+        pattern = QWEN2_PATTERN if family == "qwen2" else GPT2_PATTERN
+        pre = tj.get("pre_tokenizer") or {}
+        for step in pre.get("pretokenizers", [pre]):
+            if step.get("type") == "Split" and "Regex" in step.get("pattern", {}):
+                pattern = step["pattern"]["Regex"]
+        enc = tiktoken.Encoding(name=f"hf-{family}", pat_str=pattern, mergeable_ranks=ranks, special_tokens=specials)
+        ids = {**{t: i for t, i in specials.items()}}
+        eos = None
+        if have["generation_config.json"]:
+            e = _read_json(files["generation_config.json"]).get("eos_token_id")
+            eos = e[0] if isinstance(e, list) else e
+        if eos is None:
+            name = tc.get("eos_token")
+            name = name.get("content") if isinstance(name, dict) else name
+            eos = ids.get(name or cls.EOS)
+        if eos is None:
+            raise CheckpointError(f"{path}: no end-of-sequence token (generation_config.json eos_token_id, "
+                                  f"tokenizer_config.json eos_token, or {cls.EOS})")
+        pad = tc.get("pad_token")
+        pad = pad.get("content") if isinstance(pad, dict) else pad
+        chat = "chatml" if "<|im_start|>" in specials and "<|im_end|>" in specials else None
+        return cls(enc, eos, ids.get(pad, eos), chat=chat)
+
     @property
     def vocab_size(self):
         return self.enc.n_vocab
 
     def encode(self, text):
-        if self.alphabet is not None:
-            # tiktoken panics (a BaseException) on a character without a rank: check first
-            for c in text:
-                if c not in self.alphabet:
-                    raise ValueError(f"character {c!r} is not in the tokenizer's alphabet {self.alphabet!r}")
+        if self.alphabet is None:          # Hugging Face BPE: special tokens in the text are specials
+            return self.enc.encode(text, allowed_special="all")
+        for c in text:                     # tiktoken panics (a BaseException) on a character without a rank
+            if c not in self.alphabet:
+                raise ValueError(f"character {c!r} is not in the tokenizer's alphabet {self.alphabet!r}")
         return self.enc.encode_ordinary(text)
 
     def decode(self, ids):
         return self.enc.decode(list(ids))
+
+    def prompt(self, text):
+        """A task prompt in the model's format: ChatML for instruct models that use it, else as is."""
+        if self.chat == "chatml":
+            return (f"<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n"
+                    f"<|im_start|>user\n{text}<|im_end|>\n<|im_start|>assistant\n")
+        return text
+
+
+# ---------------------------------------------------------------------------------------------
+# Hugging Face checkpoints (local directories only: config.json + safetensors), loaded exactly
+
+class CheckpointError(ValueError):
+    """A checkpoint directory that cannot be loaded: the message names the file, the key, the shape."""
+
+
+def _read_json(path):
+    import json
+    if not os.path.exists(path):
+        raise CheckpointError(f"missing file {path}")
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except json.JSONDecodeError as e:
+        raise CheckpointError(f"{path} is not valid JSON: {e}")
+
+
+def hf_config(path):
+    """GPTConfig for a Hugging Face config.json (GPT2LMHeadModel, Qwen2ForCausalLM, LlamaForCausalLM)."""
+    cfg_path = os.path.join(path, "config.json")
+    c = _read_json(cfg_path)
+    arch = (c.get("architectures") or [None])[0]
+    if arch == "GPT2LMHeadModel":
+        if c.get("activation_function", "gelu_new") not in ("gelu_new", "gelu_pytorch_tanh"):
+            raise CheckpointError(f"{cfg_path}: activation_function {c['activation_function']!r} is not supported")
+        return GPTConfig(vocab_size=c["vocab_size"], n_layer=c["n_layer"], n_head=c["n_head"], n_kv_head=c["n_head"],
+                         n_embd=c["n_embd"], block_size=c["n_positions"], n_inner=c.get("n_inner") or 0,
+                         norm="layernorm", norm_eps=c.get("layer_norm_epsilon", 1e-5), pos="learned", mlp="gelu",
+                         bias=True, tie_embeddings=c.get("tie_word_embeddings", True))
+    if arch in ("Qwen2ForCausalLM", "LlamaForCausalLM"):
+        rope = c.get("rope_parameters") or {}
+        scaling = c.get("rope_scaling") or (rope if rope.get("rope_type", "default") != "default" else None)
+        if scaling and scaling.get("rope_type", scaling.get("type")) not in (None, "default"):
+            raise CheckpointError(f"{cfg_path}: rope scaling {scaling} is not supported")
+        if c.get("hidden_act", "silu") != "silu":
+            raise CheckpointError(f"{cfg_path}: hidden_act {c['hidden_act']!r} is not supported")
+        heads = c["num_attention_heads"]
+        if c.get("head_dim", c["hidden_size"] // heads) * heads != c["hidden_size"]:
+            raise CheckpointError(f"{cfg_path}: head_dim x num_attention_heads != hidden_size is not supported")
+        qkv_bias = arch == "Qwen2ForCausalLM" or c.get("attention_bias", False)
+        return GPTConfig(vocab_size=c["vocab_size"], n_layer=c["num_hidden_layers"], n_head=heads,
+                         n_kv_head=c.get("num_key_value_heads", heads), n_embd=c["hidden_size"],
+                         block_size=c.get("max_position_embeddings", 2048), n_inner=c["intermediate_size"],
+                         norm="rmsnorm", norm_eps=c.get("rms_norm_eps", 1e-6), pos="rope",
+                         rope_theta=float(c.get("rope_theta", rope.get("rope_theta", 10000.0))), mlp="swiglu",
+                         bias=False, qkv_bias=qkv_bias, tie_embeddings=c.get("tie_word_embeddings", False))
+    raise CheckpointError(f"{cfg_path}: architecture {arch!r} is not supported "
+                          f"(GPT2LMHeadModel, Qwen2ForCausalLM, LlamaForCausalLM)")
+
+
+def _hf_names(config, arch):
+    """Our parameter name -> (Hugging Face key, transform). GPT-2's fused, transposed Conv1D c_attn
+    (C, 3C) is split into q, k, v; every Conv1D weight is transposed to Linear's (out, in)."""
+    C = config.n_embd
+    names = {}
+    if arch == "GPT2LMHeadModel":
+        T = lambda w: w.t()
+        names["wte.weight"] = ("wte.weight", None)
+        names["wpe.weight"] = ("wpe.weight", None)
+        for i in range(config.n_layer):
+            h = f"h.{i}."
+            for j, q in enumerate("qkv"):
+                names[f"blocks.{i}.attn.{q}_proj.weight"] = (h + "attn.c_attn.weight", lambda w, j=j: w[:, j * C:(j + 1) * C].t())
+                names[f"blocks.{i}.attn.{q}_proj.bias"] = (h + "attn.c_attn.bias", lambda b, j=j: b[j * C:(j + 1) * C])
+            names.update({
+                f"blocks.{i}.attn.o_proj.weight": (h + "attn.c_proj.weight", T),
+                f"blocks.{i}.attn.o_proj.bias": (h + "attn.c_proj.bias", None),
+                f"blocks.{i}.mlp.up_proj.weight": (h + "mlp.c_fc.weight", T),
+                f"blocks.{i}.mlp.up_proj.bias": (h + "mlp.c_fc.bias", None),
+                f"blocks.{i}.mlp.down_proj.weight": (h + "mlp.c_proj.weight", T),
+                f"blocks.{i}.mlp.down_proj.bias": (h + "mlp.c_proj.bias", None),
+            })
+            for n in ("ln_1", "ln_2"):
+                names[f"blocks.{i}.{n}.weight"] = (h + n + ".weight", None)
+                names[f"blocks.{i}.{n}.bias"] = (h + n + ".bias", None)
+        names["ln_f.weight"], names["ln_f.bias"] = ("ln_f.weight", None), ("ln_f.bias", None)
+    else:
+        names["wte.weight"] = ("model.embed_tokens.weight", None)
+        for i in range(config.n_layer):
+            h = f"model.layers.{i}."
+            for q in "qkvo":
+                names[f"blocks.{i}.attn.{q}_proj.weight"] = (h + f"self_attn.{q}_proj.weight", None)
+                if q != "o" and config.qkv_bias:
+                    names[f"blocks.{i}.attn.{q}_proj.bias"] = (h + f"self_attn.{q}_proj.bias", None)
+            for m in ("gate", "up", "down"):
+                names[f"blocks.{i}.mlp.{m}_proj.weight"] = (h + f"mlp.{m}_proj.weight", None)
+            names[f"blocks.{i}.ln_1.weight"] = (h + "input_layernorm.weight", None)
+            names[f"blocks.{i}.ln_2.weight"] = (h + "post_attention_layernorm.weight", None)
+        names["ln_f.weight"] = ("model.norm.weight", None)
+    if not config.tie_embeddings:
+        names["lm_head.weight"] = ("lm_head.weight", None)
+    return names
+
+
+def from_pretrained(path, dtype=torch.float32):
+    """A GPT holding the weights of a local Hugging Face checkpoint directory: config.json and
+    model.safetensors, or shards listed in model.safetensors.index.json. Read with safetensors
+    (never pickle) and strict: every tensor of the files is used, every parameter is filled, every
+    shape is checked; an error (CheckpointError) names the file, the key and the expected shape."""
+    from safetensors import safe_open
+    if not os.path.isdir(path):
+        raise CheckpointError(f"checkpoint directory {path} does not exist")
+    config = hf_config(path)
+    arch = _read_json(os.path.join(path, "config.json"))["architectures"][0]
+    single, index = os.path.join(path, "model.safetensors"), os.path.join(path, "model.safetensors.index.json")
+    if os.path.exists(index):
+        files = sorted(set(_read_json(index)["weight_map"].values()))
+    elif os.path.exists(single):
+        files = ["model.safetensors"]
+    else:
+        raise CheckpointError(f"no model.safetensors or model.safetensors.index.json in {path}")
+    where = {}                                                                       # HF key -> file
+    for fname in files:
+        fpath = os.path.join(path, fname)
+        if not os.path.exists(fpath):
+            raise CheckpointError(f"missing shard {fpath} (listed in {index})")
+        with safe_open(fpath, framework="pt") as f:
+            for k in f.keys():
+                where[k[len("transformer."):] if k.startswith("transformer.") else k] = (fpath, k)
+    # buffers some GPT-2 files carry (causal masks) and rotary tables are not weights
+    ignored = {k for k in where if k.endswith("rotary_emb.inv_freq") or
+               (arch == "GPT2LMHeadModel" and k.endswith((".attn.bias", ".attn.masked_bias")))}
+    if config.tie_embeddings and "lm_head.weight" in where:
+        ignored.add("lm_head.weight")                                                # tied: the same tensor as wte
+    with torch.device("meta"):
+        model = GPT(config)
+    names = _hf_names(config, arch)
+    params = dict(model.named_parameters())
+    missing = [n for n in params if n not in names and not (n == "lm_head.weight" and config.tie_embeddings)]
+    assert not missing, f"no Hugging Face name for {missing}"                        # a bug of ours, not the user's
+    state, used = {}, set(ignored)
+    handles = {}
+    for ours, (key, fn) in names.items():
+        if key not in where:
+            raise CheckpointError(f"{path}: tensor {key!r} (for {ours}, shape {tuple(params[ours].shape)}) is in no file")
+        fpath, raw_key = where[key]
+        if fpath not in handles:
+            handles[fpath] = safe_open(fpath, framework="pt")
+        t = handles[fpath].get_tensor(raw_key)
+        t = fn(t) if fn is not None else t
+        if tuple(t.shape) != tuple(params[ours].shape):
+            raise CheckpointError(f"{fpath}: tensor {raw_key!r} has shape {tuple(t.shape)} (after transposition "
+                                  f"where GPT-2 needs it); expected {tuple(params[ours].shape)} for {ours}")
+        state[ours] = t.to(dtype).contiguous()
+        used.add(key)
+    unused = sorted(set(where) - used)
+    if unused:
+        fpath, raw = where[unused[0]]
+        raise CheckpointError(f"{fpath}: tensor {raw!r} is not used by a {arch} of this config "
+                              f"({len(unused)} unused tensors in all)")
+    model = model.to_empty(device="cpu").to(dtype)
+    model.load_state_dict(state, strict=False)                                       # every parameter checked above
+    if config.tie_embeddings:
+        model.lm_head.weight = model.wte.weight
+    if config.pos == "rope":                                                          # buffers, kept in float32
+        model.rope_cos, model.rope_sin = rope_tables(config)
+    return model

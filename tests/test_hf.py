@@ -1,0 +1,167 @@
+"""Hugging Face checkpoints: our model.py against transformers on tiny random checkpoints written
+to a temp dir (no hub), and our tiktoken BPE against the tokenizers library."""
+import json
+import os
+import random
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from model import CheckpointError, Tokenizer, from_pretrained
+from rollout import generate
+
+transformers = pytest.importorskip("transformers")   # installed by requirements-test.txt; CI runs these
+
+V = 96
+
+
+def make(tmp, arch, shard=False, **kw):
+    torch.manual_seed(0)
+    if arch == "gpt2":
+        cfg = transformers.GPT2Config(vocab_size=V, n_positions=64, n_embd=32, n_layer=2, n_head=4,
+                                      bos_token_id=1, eos_token_id=2, **kw)
+        m = transformers.GPT2LMHeadModel(cfg)
+    elif arch == "qwen2":
+        base = dict(vocab_size=V, hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4,
+                    num_key_value_heads=2, max_position_embeddings=64, tie_word_embeddings=False)
+        base.update(kw)
+        m = transformers.Qwen2ForCausalLM(transformers.Qwen2Config(**base))
+    else:
+        base = dict(vocab_size=V, hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4,
+                    num_key_value_heads=4, max_position_embeddings=64, tie_word_embeddings=False)
+        base.update(kw)
+        m = transformers.LlamaForCausalLM(transformers.LlamaConfig(**base))
+    with torch.no_grad():                       # non-trivial biases and norms, so that a swap would show
+        for n, p in m.named_parameters():
+            if n.endswith("bias") or "norm" in n or "ln_" in n:
+                p.add_(0.1 * torch.randn_like(p))
+    path = str(tmp / f"{arch}_{len(os.listdir(tmp))}")
+    m.save_pretrained(path, max_shard_size="20KB" if shard else "5GB")
+    return path, m.eval()
+
+
+CONFIGS = [
+    ("gpt2", False, {}),
+    ("gpt2", True, {"n_inner": 80}),
+    ("qwen2", False, {}),                                                        # untied, GQA 2:1
+    ("qwen2", True, {"tie_word_embeddings": True, "num_key_value_heads": 1}),    # tied, GQA 4:1, sharded
+    ("qwen2", False, {"num_key_value_heads": 4, "rope_theta": 1e6}),             # MHA, Qwen2.5's rope theta
+    ("llama", False, {}),
+]
+
+
+@pytest.mark.parametrize("arch,shard,kw", CONFIGS)
+def test_logits_and_greedy_match_transformers(tmp_path, arch, shard, kw):
+    path, ref = make(tmp_path, arch, shard, **kw)
+    if shard:
+        assert os.path.exists(os.path.join(path, "model.safetensors.index.json"))
+    ours = from_pretrained(path).eval()
+    idx = torch.randint(0, V, (3, 20), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        diff = (ours(idx) - ref(idx).logits).abs().max().item()
+    assert diff < 1e-4, diff
+    # greedy decoding with our KV cache equals transformers' greedy generate
+    prompts = [idx[0, :7].tolist(), idx[1, :7].tolist()]
+    eos = 5
+    r = generate(ours, prompts, num_samples=1, max_new_tokens=12, temperature=0, eos_id=eos)
+    for i, p in enumerate(prompts):
+        out = ref.generate(torch.tensor([p]), do_sample=False, max_new_tokens=12, eos_token_id=eos, pad_token_id=eos)
+        theirs = out[0, len(p):].tolist()
+        mine = r.response[i][r.mask[i]].tolist()
+        assert mine == theirs[:len(mine)] and len(mine) == len(theirs), (mine, theirs)
+
+
+def test_bf16_load_keeps_rope_tables_in_fp32(tmp_path):
+    path, _ = make(tmp_path, "qwen2")
+    m = from_pretrained(path, dtype=torch.bfloat16)
+    assert m.wte.weight.dtype == torch.bfloat16 and m.rope_cos.dtype == torch.float32
+    assert m(torch.randint(0, V, (1, 5))).dtype == torch.float32
+
+
+def test_errors_name_the_problem(tmp_path):
+    with pytest.raises(CheckpointError, match="does not exist"):
+        from_pretrained(str(tmp_path / "nope"))
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(CheckpointError, match="config.json"):
+        from_pretrained(str(empty))
+    path, _ = make(tmp_path, "qwen2")
+    cfg = json.load(open(os.path.join(path, "config.json")))
+    cfg["architectures"] = ["MambaForCausalLM"]
+    json.dump(cfg, open(os.path.join(path, "config.json"), "w"))
+    with pytest.raises(CheckpointError, match="MambaForCausalLM"):
+        from_pretrained(path)
+    path, _ = make(tmp_path, "qwen2")
+    f = os.path.join(path, "model.safetensors")
+    sd = load_file(f)
+    sd["model.layers.1.mlp.up_proj.weight"] = torch.zeros(47, 32)
+    save_file(sd, f)
+    with pytest.raises(CheckpointError, match=r"model\.layers\.1\.mlp\.up_proj\.weight.*\(47, 32\).*\(48, 32\)"):
+        from_pretrained(path)
+    del sd["model.layers.1.mlp.up_proj.weight"]
+    save_file(sd, f)
+    with pytest.raises(CheckpointError, match=r"'model\.layers\.1\.mlp\.up_proj\.weight'.*\(48, 32\)"):
+        from_pretrained(path)
+    sd["model.layers.1.mlp.up_proj.weight"] = torch.zeros(48, 32)
+    sd["model.layers.1.mlp.extra.weight"] = torch.zeros(3)
+    save_file(sd, f)
+    with pytest.raises(CheckpointError, match="extra.weight.*not used"):
+        from_pretrained(path)
+    os.remove(f)
+    with pytest.raises(CheckpointError, match="no model.safetensors"):
+        from_pretrained(path)
+
+
+# ---- tokenizer parity ----
+
+def train_bpe(tmp, qwen=False):
+    from tokenizers import Tokenizer as HFTok, decoders, models, pre_tokenizers, trainers
+    tok = HFTok(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"] if qwen else ["<|endoftext|>"]
+    trainer = trainers.BpeTrainer(vocab_size=600, special_tokens=specials,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    rng = random.Random(0)
+    words = ["the", "answer", "is", "12", "345", "flow", "reward", "  ", "\n", "x=7", "héllo", "naïve", "日本", "'s", "'ll"]
+    corpus = [" ".join(rng.choice(words) for _ in range(30)) for _ in range(400)]
+    tok.train_from_iterator(corpus, trainer)
+    path = tmp / ("qwen_tok" if qwen else "gpt2_tok")
+    path.mkdir()
+    tok.save(str(path / "tokenizer.json"))
+    tok.model.save(str(path))                                   # vocab.json + merges.txt
+    json.dump({"model_type": "gpt2"}, open(path / "config.json", "w"))
+    json.dump({"eos_token_id": tok.token_to_id("<|im_end|>" if qwen else "<|endoftext|>")},
+              open(path / "generation_config.json", "w"))
+    return str(path), tok
+
+
+def random_text(rng):
+    pieces = ["0", "42", "31415", " ", "  ", "   ", "\n", "\n\n", "\t", "a", "The", " reward", "'s", "'ll", "é", "ü",
+              "日本語", "🙂", "<|endoftext|>", "x+y=3", "  \n ", "...", "!?", "ΔlogZ", "\u00a0"]
+    return "".join(rng.choice(pieces) for _ in range(rng.randint(0, 25)))
+
+
+def test_tokenizer_matches_tokenizers_library(tmp_path):
+    path, hf = train_bpe(tmp_path)
+    ours = Tokenizer.from_pretrained(path)
+    rng = random.Random(1)
+    for _ in range(500):
+        text = random_text(rng)
+        ids = ours.encode(text)
+        assert ids == hf.encode(text).ids, text
+        assert ours.decode(ids) == text
+    assert ours.eos_id == hf.token_to_id("<|endoftext|>") and ours.chat is None
+
+
+def test_tokenizer_chatml_specials(tmp_path):
+    path, hf = train_bpe(tmp_path, qwen=True)
+    ours = Tokenizer.from_pretrained(path)
+    assert ours.chat == "chatml" and ours.eos_id == hf.token_to_id("<|im_end|>")
+    text = ours.prompt("Compute 2+3.")
+    assert text.startswith("<|im_start|>system\n") and text.endswith("<|im_start|>assistant\n")
+    assert ours.encode(text) == hf.encode(text).ids
+    assert ours.encode(text).count(hf.token_to_id("<|im_start|>")) == 3
+    with pytest.raises(CheckpointError, match="does not exist"):
+        Tokenizer.from_pretrained(str(tmp_path / "missing"))
