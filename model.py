@@ -19,6 +19,7 @@ import tiktoken
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+import torch.utils.checkpoint
 
 
 @dataclass
@@ -201,6 +202,7 @@ class GPT(nn.Module):
     def __init__(self, config):
         super().__init__()
         self.config = config
+        self.grad_checkpointing = False   # activation checkpointing: less memory, one more forward
         self.wte = nn.Embedding(config.vocab_size, config.n_embd)
         if config.pos == "learned":
             self.wpe = nn.Embedding(config.block_size, config.n_embd)
@@ -275,7 +277,10 @@ class GPT(nn.Module):
         else:
             rope = (self.rope_cos[pos][:, None].to(x.dtype), self.rope_sin[pos][:, None].to(x.dtype))
         for layer, block in enumerate(self.blocks):
-            x = block(x, rope, attn_mask, cache, layer)
+            if self.grad_checkpointing and cache is None and torch.is_grad_enabled():  # recompute in backward
+                x = torch.utils.checkpoint.checkpoint(block, x, rope, attn_mask, None, layer, use_reentrant=False)
+            else:
+                x = block(x, rope, attn_mask, cache, layer)
         if cache is not None:
             cache.length = t0 + T
             cache.n_real += valid.long().sum(-1)
@@ -403,7 +408,20 @@ class Tokenizer:
         return self.enc.encode_ordinary(text)
 
     def decode(self, ids):
-        return self.enc.decode(list(ids))
+        """Text of the ids; an id the tokenizer lacks (an embedding table may have more rows than the
+        tokenizer has ids) decodes to U+FFFD, so that it can never pass for a real answer."""
+        ids, n = list(ids), self.enc.n_vocab
+        if all(0 <= i < n for i in ids):
+            return self.enc.decode(ids)
+        out, run = [], []
+        for i in ids + [-1]:
+            if 0 <= i < n:
+                run.append(i)
+                continue
+            out.append(self.enc.decode(run))
+            run = []
+            out.append("\ufffd")
+        return "".join(out[:-1])
 
     def prompt(self, text):
         """A task prompt in the model's format: ChatML for instruct models that use it, else as is."""

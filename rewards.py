@@ -149,7 +149,10 @@ class Task:
         self.style = style
 
     def sample(self, rng):
-        data = self.make(rng)
+        return self.problem(self.make(rng))
+
+    def problem(self, data):
+        """The Problem for given data (e.g. {"n": 7} for make_n), its prompt in the task's style."""
         prompt = self.raw_prompt(data) if self.style == "raw" else (
             self.instruction(data) + " Think briefly, then give only the final answer inside "
             "<answer>...</answer>.")

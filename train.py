@@ -18,6 +18,7 @@ Outputs: out/<algo>/metrics.jsonl, out/<algo>/ckpt.pt, out/summary.json, out/com
 """
 
 import argparse
+import contextlib
 import copy
 import json
 import math
@@ -29,10 +30,11 @@ from collections import Counter
 from dataclasses import asdict
 
 import torch
+import torch.distributed as dist
 
 import flowrl
-from model import GPT, GPTConfig, Tokenizer
-from rewards import ALPHABET, TASKS, Problem, get_task
+from model import GPT, CheckpointError, GPTConfig, Tokenizer, from_pretrained
+from rewards import ALPHABET, TASKS, get_task
 from rollout import enumerate_responses, from_tokens, generate, left_pad, sequence_logprobs
 
 ALGOS = ("flowrl", "flowrl_exact", "grpo", "reinforce_pp", "ppo")
@@ -102,6 +104,10 @@ def build_parser():
     a("--device", default="auto", help="'auto' (cuda if available), 'cpu', 'cuda', 'cuda:1', ...")
     a("--out_dir", default="out", help="where runs are written")
     a("--resume", action="store_true", help="continue each algorithm from out_dir/<algo>/ckpt.pt")
+    a("--init_from", default=None, help="a local Hugging Face checkpoint directory (GPT-2, Qwen2/Qwen2.5, Llama) to "
+      "start from instead of the warm start; its tokenizer too (instruct models get the instruct prompts)")
+    a("--bf16", action=argparse.BooleanOptionalAction, default=True, help="bf16 autocast on CUDA (ignored on CPU)")
+    a("--grad_checkpoint", action="store_true", help="activation checkpointing: less memory for one more forward")
     a("--no_plot", action="store_true", help="skip the comparison figure")
     return p
 
@@ -112,7 +118,10 @@ def parse_args(argv=None):
         if getattr(args, k) is None:
             setattr(args, k, v)
     if args.max_new_tokens is None:
-        args.max_new_tokens = MAX_NEW_TOKENS[args.task]
+        args.max_new_tokens = MAX_NEW_TOKENS[args.task] if args.init_from is None else 256
+    if args.init_from is not None and not os.path.isdir(args.init_from):
+        raise UserError(f"--init_from: {args.init_from} is not a directory (a local Hugging Face checkpoint: "
+                        f"config.json, model.safetensors, tokenizer files)")
     checks = [
         (args.steps >= 1, "--steps must be >= 1"),
         (args.batch_prompts >= 1, "--batch_prompts must be >= 1"),
@@ -160,6 +169,46 @@ def parse_args(argv=None):
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise UserError("--device cuda: no CUDA device is available here; use --device cpu")
     return args
+
+
+# ---------------------------------------------------------------------------------------------
+# data parallel (torchrun): each rank samples its share of the prompts; gradients are averaged
+
+def setup_distributed(args):
+    """(rank, world size). Under torchrun (WORLD_SIZE > 1): one process per device, NCCL on CUDA,
+    gloo on the CPU. Plain `python train.py` stays a single process with no distributed setup."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world == 1:
+        return 0, 1
+    if args.batch_prompts % world:
+        raise UserError(f"--batch_prompts={args.batch_prompts} must be divisible by the {world} processes")
+    rank, local = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
+    if args.device.startswith("cuda"):
+        args.device = f"cuda:{local}"
+        torch.cuda.set_device(local)
+    dist.init_process_group(backend="nccl" if args.device.startswith("cuda") else "gloo")
+    return rank, world
+
+
+def allreduce_grads(params, world):
+    """Average the gradients over the ranks. Each rank's loss is a mean over its own sequences (the
+    same number on every rank), so the average of the ranks' gradients is the gradient of the
+    mean over the whole batch: what one process would compute. (Token-mean losses, REINFORCE++
+    and PPO, are averaged per rank, then over ranks: exact only when ranks hold equal token counts.)"""
+    for p in params:
+        if p.grad is None:
+            p.grad = torch.zeros_like(p)
+        dist.all_reduce(p.grad, op=dist.ReduceOp.SUM)
+        p.grad /= world
+
+
+def gather_rows(x, world):
+    """Concatenate a (n, ...) tensor over the ranks, in rank order (every rank holds n rows)."""
+    if world == 1:
+        return x
+    parts = [torch.empty_like(x) for _ in range(world)]
+    dist.all_gather(parts, x.contiguous())
+    return torch.cat(parts)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -241,6 +290,23 @@ def warm_start(args, task, tok, device):
 # ---------------------------------------------------------------------------------------------
 # evaluation
 
+def amp(device, args):
+    """bf16 autocast on CUDA (weights and optimizer stay fp32); nothing on the CPU."""
+    if device.type == "cuda" and args.bf16:
+        return torch.autocast(device_type="cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def enumerable(task, tok):
+    """Exact metrics need a task whose answers can be listed, in the raw style of a character
+    tokenizer (one tokenization per answer)."""
+    return hasattr(task, "all_answers") and tok.alphabet is not None and task.style == "raw"
+
+
+def encode_prompt(tok, problem):
+    return tok.encode(tok.prompt(problem.prompt))
+
+
 def pass_at_k(n, c, k):
     """Unbiased pass@k = 1 − C(n−c, k)/C(n, k) (Chen et al. 2021), from n samples of which c are correct."""
     if n - c < k:
@@ -264,7 +330,7 @@ def exact_correct_probs(model, tok, task, problems):
     prompts, answers, owner = [], [], []
     for i, p in enumerate(problems):
         for s in task.solutions(p):
-            prompts.append(tok.encode(p.prompt))
+            prompts.append(encode_prompt(tok, p))
             answers.append(tok.encode(s) + [tok.eos_id])
             owner.append(i)
     batch = from_tokens(prompts, answers, tok.eos_id, next(model.parameters()).device)
@@ -284,7 +350,7 @@ def exact_target_metrics(model, ref, tok, task, problems, beta, max_new_tokens, 
     ref_c = exact_correct_probs(ref, tok, task, problems)
     device = next(model.parameters()).device
     for p, pc, rc in zip(problems, pi_c, ref_c):
-        prompt = tok.encode(p.prompt)
+        prompt = encode_prompt(tok, p)
         resp, log_pi, pruned = enumerate_responses(model, prompt, eos_id=tok.eos_id, max_new_tokens=max_new_tokens,
                                                    min_prob=min_prob, max_frontier=max_frontier)
         texts = [tok.decode([t for t in y if t != tok.eos_id]) for y in resp]
@@ -306,9 +372,14 @@ def evaluate(model, tok, task, problems, args, step, ref=None, learned_log_z=Non
     """avg@k, pass@k, distinct correct answers among k samples, the effective number of correct
     answers exp(H(π restricted to correct answers)) (exact where the task's answers can be
     enumerated, else from the samples), and the mean token entropy of the samples."""
+    with amp(next(model.parameters()).device, args):
+        return _evaluate(model, tok, task, problems, args, step, ref, learned_log_z)
+
+
+def _evaluate(model, tok, task, problems, args, step, ref, learned_log_z):
     k = args.eval_k
     gen = torch.Generator(device=next(model.parameters()).device).manual_seed(args.seed * 1000003 + step)
-    prompts = [tok.encode(p.prompt) for p in problems]
+    prompts = [encode_prompt(tok, p) for p in problems]
     ro = generate(model, prompts, num_samples=k, max_new_tokens=args.max_new_tokens, temperature=1.0,
                   eos_id=tok.eos_id, generator=gen)
     with torch.no_grad():
@@ -324,7 +395,7 @@ def evaluate(model, tok, task, problems, args, step, ref=None, learned_log_z=Non
             passes[j].append(pass_at_k(k, c, j))
         correct = Counter(s["answer"] for s in scores if s["correct"])
         distinct.append(len(correct))
-        if not hasattr(task, "all_answers"):    # not enumerable: the empirical distribution
+        if not enumerable(task, tok):           # not enumerable: the empirical distribution
             n = sum(correct.values())
             h = -sum(v / n * math.log(v / n) for v in correct.values()) if n else 0.0
             ans_h.append(h)
@@ -334,7 +405,7 @@ def evaluate(model, tok, task, problems, args, step, ref=None, learned_log_z=Non
         out[f"pass@{j}"] = sum(passes[j]) / len(passes[j])
     out["pass@k"], out["k"] = out[f"pass@{k}"], k
     out[f"distinct_correct@{k}"] = out["distinct_correct"] = sum(distinct) / len(distinct)
-    if hasattr(task, "all_answers"):            # exact, from the policy's probabilities
+    if enumerable(task, tok):                   # exact, from the policy's probabilities
         exact_acc, ans_h, eff = [], [], []
         for probs in exact_correct_probs(model, tok, task, problems):
             m = probs.sum().item()
@@ -347,7 +418,7 @@ def evaluate(model, tok, task, problems, args, step, ref=None, learned_log_z=Non
     out["effective_correct"] = sum(eff) / len(eff)
     out["answer_entropy"] = sum(ans_h) / len(ans_h)
     out["entropy"] = (ent.sum() / ro.mask.sum()).item()
-    if hasattr(task, "all_answers") and ref is not None:   # exact distances to p* (issue: Figure 1)
+    if enumerable(task, tok) and ref is not None:   # exact distances to p* (Figure 1)
         exact, true_z = exact_target_metrics(model, ref, tok, task, problems, args.reward_beta, args.max_new_tokens)
         out.update(exact)
         if learned_log_z is not None:
@@ -359,7 +430,7 @@ def evaluate(model, tok, task, problems, args, step, ref=None, learned_log_z=Non
 
 def eval_problems(args, task):
     if args.task == "make_n":   # the whole (small) prompt set
-        return [Problem(prompt=task.raw_prompt({"n": n}), data={"n": n}) for n in task.targets]
+        return [task.problem({"n": n}) for n in task.targets]
     rng = random.Random(10 ** 6 + args.seed)   # a held-out stream: training prompts use another seed
     return [task.sample(rng) for _ in range(args.eval_prompts)]
 
@@ -381,15 +452,19 @@ def prompt_key(task, problem):
     return task.targets.index(problem.data["n"])
 
 
-def train_algo(args, algo, warm, tok, task, device):
+def train_algo(args, algo, warm, tok, task, device, rank=0, world=1):
     run_dir = os.path.join(args.out_dir, algo + args.tag)
-    os.makedirs(run_dir, exist_ok=True)
+    is_main = rank == 0                                       # rank 0 alone writes files
+    if is_main:
+        os.makedirs(run_dir, exist_ok=True)
     metrics_path = os.path.join(run_dir, "metrics.jsonl")
     ckpt_path = os.path.join(run_dir, "ckpt.pt")
     settings = algo_settings(args, algo)
 
     policy = copy.deepcopy(warm).train()
     ref = copy.deepcopy(warm).eval().requires_grad_(False)     # π_ref: the frozen warm start
+    if device.type == "cuda" and args.bf16:
+        ref = ref.to(torch.bfloat16)                           # it is only ever run under bf16 autocast
     torch.manual_seed(args.seed)
     head = None
     if algo.startswith("flowrl") and args.logz != "group":
@@ -404,7 +479,7 @@ def train_algo(args, algo, warm, tok, task, device):
     opt = torch.optim.AdamW(groups)
 
     prompt_rng = random.Random(args.seed)                    # the same prompt order for every algorithm
-    gen = torch.Generator(device=device).manual_seed(args.seed)
+    gen = torch.Generator(device=device).manual_seed(args.seed + rank)
     start, skipped = 0, 0
     if args.resume:
         ck = load_checkpoint(ckpt_path)
@@ -415,20 +490,26 @@ def train_algo(args, algo, warm, tok, task, device):
             head.load_state_dict(ck["head"])
         opt.load_state_dict(ck["optimizer"])
         prompt_rng.setstate((ck["rng"]["python"][0], tuple(ck["rng"]["python"][1]), ck["rng"]["python"][2]))
-        gen.set_state(ck["rng"]["sampler"])
+        if rank == 0:                                        # other ranks: a fresh stream (not bit-exact)
+            gen.set_state(ck["rng"]["sampler"])
+        else:
+            gen.manual_seed(args.seed + rank + 7919 * ck["step"])
         torch.set_rng_state(ck["rng"]["torch"])
         start, skipped = ck["step"], ck["skipped"]
         keep = []                                            # drop records written after the checkpoint
-        if os.path.exists(metrics_path):
+        if is_main and os.path.exists(metrics_path):
             with open(metrics_path) as f:
                 keep = [line for line in f if json.loads(line)["step"] <= start]
-        with open(metrics_path, "w") as f:
-            f.writelines(keep)
+        if is_main:
+            with open(metrics_path, "w") as f:
+                f.writelines(keep)
         print(f"{algo}: resumed from {ckpt_path} at step {start}")
-    else:
+    elif is_main:
         open(metrics_path, "w").close()
 
     def checkpoint(step):
+        if not is_main:
+            return
         save_atomic({"algo": algo, "step": step, "skipped": skipped, "model": policy.state_dict(),
                      "head": head.state_dict() if head is not None else None, "optimizer": opt.state_dict(),
                      "rng": {"python": [list(x) if isinstance(x, tuple) else x for x in prompt_rng.getstate()],
@@ -443,7 +524,7 @@ def train_algo(args, algo, warm, tok, task, device):
         """The learned log Z_φ(x) of the eval prompts (dropout off)."""
         if args.logz == "table":
             return head(torch.tensor([prompt_key(task, p) for p in problems], device=device))
-        ids, valid = left_pad([tok.encode(p.prompt) for p in problems], tok.eos_id, device)
+        ids, valid = left_pad([encode_prompt(tok, p) for p in problems], tok.eos_id, device)
         was = head.training
         head.eval()
         _, h = policy(ids, valid=valid, return_hidden=True)
@@ -452,89 +533,94 @@ def train_algo(args, algo, warm, tok, task, device):
         return z
 
     log_z_fn = learned_log_z if algo.startswith("flowrl") and head is not None else None
-    if start == 0:
+    if start == 0 and is_main:
         rec = evaluate(policy, tok, task, problems_eval, args, 0, ref, log_z_fn)
         append_jsonl(metrics_path, {"algo": algo, **rec})
+    P = args.batch_prompts // world                           # this rank's prompts
     G = args.group_size
     t_run = time.time()
     for step in range(start, args.steps):
         t0 = time.time()
-        problems = [task.sample(prompt_rng) for _ in range(args.batch_prompts)]
-        ro = generate(policy, [tok.encode(p.prompt) for p in problems], num_samples=G,
-                      max_new_tokens=args.max_new_tokens, temperature=args.temperature, eos_id=tok.eos_id,
-                      generator=gen)
-        texts = decode_responses(tok, ro)
-        scores = [task.score(problems[i // G], t) for i, t in enumerate(texts)]
-        rewards = torch.tensor([s["reward"] for s in scores], device=device)          # (N,)
-        with torch.no_grad():
-            ref_logprobs, _ = sequence_logprobs(ref, ro, temperature=args.temperature)  # (N, T)
-        if args.no_ref:
-            ref_logprobs = torch.zeros_like(ref_logprobs)
-        r_hat = flowrl.group_normalize(rewards, G)                                     # (N,)
-
-        # per-algorithm targets computed once over the whole batch
-        if algo == "flowrl_exact" and step == 0 and head is not None:   # log Z starts at log E_ref[exp(β r)] (EXPERIMENTS.md)
-            init = flowrl.log_partition_init(rewards, len(rewards), args.reward_beta).item()  # pooled over the batch
+        with amp(device, args):                               # bf16 autocast on CUDA
+            problems = [task.sample(prompt_rng) for _ in range(args.batch_prompts)][rank * P:(rank + 1) * P]
+            ro = generate(policy, [encode_prompt(tok, p) for p in problems], num_samples=G,
+                          max_new_tokens=args.max_new_tokens, temperature=args.temperature, eos_id=tok.eos_id,
+                          generator=gen)
+            texts = decode_responses(tok, ro)
+            scores = [task.score(problems[i // G], t) for i, t in enumerate(texts)]
+            rewards = torch.tensor([s["reward"] for s in scores], device=device)          # (N,)
             with torch.no_grad():
-                (head.out.bias if args.logz == "head" else head.table).fill_(init)
-        if algo == "reinforce_pp":
-            adv_tok = flowrl.reinforce_pp_advantages(rewards, ro.logprobs, ref_logprobs, ro.mask, args.kl_coef)
-        if algo == "ppo":
-            with torch.no_grad():
-                _, _, h = sequence_logprobs(policy, ro, temperature=args.temperature, return_hidden=True)
-                old_values = head(h[:, ro.prompt.shape[1] - 1:-1])                     # (N, T)
-                kl_reward = -args.kl_coef * (ro.logprobs - ref_logprobs) * ro.mask    # KL in the reward
-                adv_tok, returns = flowrl.gae(rewards, old_values, ro.mask, token_rewards=kl_reward)
-        keys = torch.tensor([prompt_key(task, problems[i // G]) for i in range(len(texts))], device=device) \
-            if args.logz == "table" and head is not None and algo.startswith("flowrl") else None
+                ref_logprobs, _ = sequence_logprobs(ref, ro, temperature=args.temperature)  # (N, T)
+            if args.no_ref:
+                ref_logprobs = torch.zeros_like(ref_logprobs)
+            r_hat = flowrl.group_normalize(rewards, G)                                     # (N,)
 
-        stats_acc, ent_first, grad_norms, step_skipped = {}, None, [], False
-        n_mb = args.minibatches
-        for epoch in range(args.epochs):
-            order = torch.randperm(args.batch_prompts, generator=torch.Generator().manual_seed(step * 31 + epoch)) \
-                if n_mb > 1 else torch.arange(args.batch_prompts)
-            for chunk in order.chunk(n_mb):
-                rows = (chunk[:, None] * G + torch.arange(G)).reshape(-1).to(device)   # whole groups
-                mb = ro.select(rows)
-                logprobs, entropy, h = sequence_logprobs(policy, mb, temperature=args.temperature, return_hidden=True)
-                if ent_first is None:
-                    ent_first = (entropy.sum() / mb.mask.sum()).item()
-                Tp = mb.prompt.shape[1]
-                if algo.startswith("flowrl"):
-                    r_in = r_hat[rows] if settings["group_norm"] else rewards[rows]
-                    if args.logz == "group":   # no learned Z: the group's minimizer of Σ δ², detached
-                        pool = flowrl.masked_mean if settings["length_norm"] else flowrl.masked_sum
-                        m = mb.mask.to(logprobs.dtype)
-                        est = args.reward_beta * r_in + pool(ref_logprobs[rows], m) - pool(logprobs.detach(), m)
-                        log_z = est.view(-1, G).mean(1).repeat_interleave(G)
-                    elif keys is None:
-                        log_z = head(h[:, :Tp], mb.prompt_mask)
-                    else:
-                        log_z = head(keys[rows])
-                    loss, st = flowrl.flowrl_loss(logprobs, mb.logprobs, ref_logprobs[rows], mb.mask, r_in, log_z,
-                                                  beta=args.reward_beta, clip=args.clip_bounds,
-                                                  length_norm=settings["length_norm"])
-                elif algo == "grpo":
-                    loss, st = flowrl.grpo_loss(logprobs, mb.logprobs, ref_logprobs[rows], mb.mask, r_hat[rows],
-                                                clip_eps=args.clip_eps, kl_coef=args.kl_coef)
-                elif algo == "reinforce_pp":
-                    loss, st = flowrl.reinforce_pp_loss(logprobs, mb.logprobs, mb.mask, adv_tok[rows], clip_eps=args.clip_eps)
-                else:  # ppo
-                    values = head(h[:, Tp - 1:-1])
-                    loss, st = flowrl.ppo_loss(logprobs, mb.logprobs, mb.mask, adv_tok[rows], values, returns[rows],
-                                               clip_eps=args.clip_eps)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                params = [p for g in opt.param_groups for p in g["params"]]
-                gn = torch.nn.utils.clip_grad_norm_(params, args.grad_clip if args.grad_clip > 0 else float("inf"))
-                if not (torch.isfinite(loss) and torch.isfinite(gn)):
-                    opt.zero_grad(set_to_none=True)                 # never written into the weights
-                    step_skipped = True
-                    continue
-                opt.step()
-                grad_norms.append(gn.item())
-                for k, v in st.items():
-                    stats_acc.setdefault(k, []).append(v)
+            # per-algorithm targets computed once over the whole batch
+            if algo == "flowrl_exact" and step == 0 and head is not None:   # log Z starts at log E_ref[exp(β r)] (EXPERIMENTS.md)
+                everyone = gather_rows(rewards, world)
+                init = flowrl.log_partition_init(everyone, len(everyone), args.reward_beta).item()  # pooled over the batch
+                with torch.no_grad():
+                    (head.out.bias if args.logz == "head" else head.table).fill_(init)
+            if algo == "reinforce_pp":
+                adv_tok = flowrl.reinforce_pp_advantages(rewards, ro.logprobs, ref_logprobs, ro.mask, args.kl_coef)
+            if algo == "ppo":
+                with torch.no_grad():
+                    _, _, h = sequence_logprobs(policy, ro, temperature=args.temperature, return_hidden=True)
+                    old_values = head(h[:, ro.prompt.shape[1] - 1:-1])                     # (N, T)
+                    kl_reward = -args.kl_coef * (ro.logprobs - ref_logprobs) * ro.mask    # KL in the reward
+                    adv_tok, returns = flowrl.gae(rewards, old_values, ro.mask, token_rewards=kl_reward)
+            keys = torch.tensor([prompt_key(task, problems[i // G]) for i in range(len(texts))], device=device) \
+                if args.logz == "table" and head is not None and algo.startswith("flowrl") else None
+
+            stats_acc, ent_first, grad_norms, step_skipped = {}, None, [], False
+            n_mb = args.minibatches
+            for epoch in range(args.epochs):
+                order = torch.randperm(P, generator=torch.Generator().manual_seed(step * 31 + epoch)) \
+                    if n_mb > 1 else torch.arange(P)
+                for chunk in order.chunk(n_mb):
+                    rows = (chunk[:, None] * G + torch.arange(G)).reshape(-1).to(device)   # whole groups
+                    mb = ro.select(rows)
+                    logprobs, entropy, h = sequence_logprobs(policy, mb, temperature=args.temperature, return_hidden=True)
+                    if ent_first is None:
+                        ent_first = (entropy.sum() / mb.mask.sum()).item()
+                    Tp = mb.prompt.shape[1]
+                    if algo.startswith("flowrl"):
+                        r_in = r_hat[rows] if settings["group_norm"] else rewards[rows]
+                        if args.logz == "group":   # no learned Z: the group's minimizer of Σ δ², detached
+                            pool = flowrl.masked_mean if settings["length_norm"] else flowrl.masked_sum
+                            m = mb.mask.to(logprobs.dtype)
+                            est = args.reward_beta * r_in + pool(ref_logprobs[rows], m) - pool(logprobs.detach(), m)
+                            log_z = est.view(-1, G).mean(1).repeat_interleave(G)
+                        elif keys is None:
+                            log_z = head(h[:, :Tp], mb.prompt_mask)
+                        else:
+                            log_z = head(keys[rows])
+                        loss, st = flowrl.flowrl_loss(logprobs, mb.logprobs, ref_logprobs[rows], mb.mask, r_in, log_z,
+                                                      beta=args.reward_beta, clip=args.clip_bounds,
+                                                      length_norm=settings["length_norm"])
+                    elif algo == "grpo":
+                        loss, st = flowrl.grpo_loss(logprobs, mb.logprobs, ref_logprobs[rows], mb.mask, r_hat[rows],
+                                                    clip_eps=args.clip_eps, kl_coef=args.kl_coef)
+                    elif algo == "reinforce_pp":
+                        loss, st = flowrl.reinforce_pp_loss(logprobs, mb.logprobs, mb.mask, adv_tok[rows], clip_eps=args.clip_eps)
+                    else:  # ppo
+                        values = head(h[:, Tp - 1:-1])
+                        loss, st = flowrl.ppo_loss(logprobs, mb.logprobs, mb.mask, adv_tok[rows], values, returns[rows],
+                                                   clip_eps=args.clip_eps)
+                    opt.zero_grad(set_to_none=True)
+                    loss.backward()
+                    params = [p for g in opt.param_groups for p in g["params"]]
+                    if world > 1:
+                        allreduce_grads(params, world)
+                    gn = torch.nn.utils.clip_grad_norm_(params, args.grad_clip if args.grad_clip > 0 else float("inf"))
+                    if not (torch.isfinite(loss) and torch.isfinite(gn)):
+                        opt.zero_grad(set_to_none=True)                 # never written into the weights
+                        step_skipped = True
+                        continue
+                    opt.step()
+                    grad_norms.append(gn.item())
+                    for k, v in st.items():
+                        stats_acc.setdefault(k, []).append(v)
         skipped += step_skipped
         dt = time.time() - t0
 
@@ -563,7 +649,16 @@ def train_algo(args, algo, warm, tok, task, device):
         rec["clip_frac"] = mean("clip_frac")
         if algo == "ppo":
             rec["value_loss"] = mean("value_loss")
-        append_jsonl(metrics_path, rec)
+        if world > 1:   # every rank's share: means over ranks (equal shares), the batch's reward std, summed speed
+            everyone = gather_rows(rewards, world)
+            keys = [k for k, v in rec.items() if isinstance(v, float) and k not in ("lr", "time/step_s")]
+            vals = torch.tensor([rec[k] for k in keys], dtype=torch.float64, device=device)
+            dist.all_reduce(vals)
+            rec.update({k: v / world for k, v in zip(keys, vals.tolist())})
+            rec["tokens_per_s"] *= world
+            rec["reward/mean"], rec["reward/std"] = everyone.mean().item(), everyone.std().item()
+        if is_main:
+            append_jsonl(metrics_path, rec)
 
         s = step + 1
         if s % args.log_every == 0 or s == args.steps:
@@ -572,7 +667,7 @@ def train_algo(args, algo, warm, tok, task, device):
             print(f"{algo:12s} step {s:5d}/{args.steps} reward {rec['reward/mean']:.3f} acc {rec['accuracy']:.3f} "
                   f"entropy {rec['entropy']:.3f} distinct {rec['distinct_correct']:.2f}{lz} "
                   f"{dt:.3f}s/step eta {eta:.0f}s", flush=True)
-        if s % args.eval_every == 0 or s == args.steps:
+        if is_main and (s % args.eval_every == 0 or s == args.steps):
             append_jsonl(metrics_path, {"algo": algo, **evaluate(policy, tok, task, problems_eval, args, s, ref, log_z_fn)})
         if s % args.ckpt_every == 0 or s == args.steps:
             checkpoint(s)
@@ -592,17 +687,42 @@ def summarize(run_dir, algo):
 
 def main(argv=None):
     args = parse_args(argv)
+    rank, world = setup_distributed(args)
     device = torch.device(args.device)
-    tok = Tokenizer.for_chars(ALPHABET)
-    task = get_task(args.task)
+    if rank != 0:
+        sys.stdout = open(os.devnull, "w")      # one voice: rank 0 prints, writes metrics, checkpoints, figures
     os.makedirs(args.out_dir, exist_ok=True)
     t0 = time.time()
-    warm = warm_start(args, task, tok, device)
+    if args.init_from is None:
+        tok = Tokenizer.for_chars(ALPHABET)
+        task = get_task(args.task)
+        if rank != 0:
+            dist.barrier()                      # rank 0 makes (or checks) the warm start; the others load it
+        warm = warm_start(args, task, tok, device)
+        if world > 1 and rank == 0:
+            dist.barrier()
+    else:                           # a Hugging Face checkpoint is the start (and the reference)
+        try:
+            warm = from_pretrained(args.init_from).to(device)
+            tok = Tokenizer.from_pretrained(args.init_from)
+        except CheckpointError as e:
+            raise UserError(f"--init_from: {e}")
+        task = get_task(args.task, style="instruct" if tok.chat else "raw")
+        print(f"loaded {args.init_from}: {warm.config.n_layer} layers, {warm.config.n_embd} wide, "
+              f"prompts in the {task.style} style{' (ChatML)' if tok.chat else ''}")
+    warm.grad_checkpointing = args.grad_checkpoint
     print(f"model: {warm.num_params() / 1e6:.2f}M parameters on {device}")
     summary = {}
     for algo in args.algo:
-        run_dir = train_algo(args, algo, warm, tok, task, device)
-        summary[algo] = summarize(run_dir, algo)
+        run_dir = train_algo(args, algo, warm, tok, task, device, rank, world)
+        if world > 1:
+            dist.barrier()
+        if rank == 0:
+            summary[algo + args.tag] = summarize(run_dir, algo)
+    if world > 1:
+        dist.destroy_process_group()
+        if rank != 0:
+            return None
     summary_path = os.path.join(args.out_dir, "summary.json")
     old = {}
     if os.path.exists(summary_path):
@@ -621,7 +741,7 @@ def main(argv=None):
     if not args.no_plot:
         import plot
         fig = os.path.join(args.out_dir, "compare.png")
-        plot.plot_runs([os.path.join(args.out_dir, a) for a in args.algo], fig)
+        plot.plot_runs([os.path.join(args.out_dir, a + args.tag) for a in args.algo], fig)
         print(f"figure: {fig}")
     print(f"total wall time {time.time() - t0:.0f}s")
     return summary

@@ -165,3 +165,40 @@ def test_tokenizer_chatml_specials(tmp_path):
     assert ours.encode(text).count(hf.token_to_id("<|im_start|>")) == 3
     with pytest.raises(CheckpointError, match="does not exist"):
         Tokenizer.from_pretrained(str(tmp_path / "missing"))
+
+
+@pytest.mark.slow
+def test_train_init_from_tiny_qwen2(tmp_path):
+    import train
+    path, hf = train_bpe(tmp_path, qwen=True)
+    torch.manual_seed(0)
+    cfg = transformers.Qwen2Config(vocab_size=hf.get_vocab_size() + 13, hidden_size=32, intermediate_size=48,
+                                   num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                                   max_position_embeddings=256, tie_word_embeddings=True)
+    transformers.Qwen2ForCausalLM(cfg).save_pretrained(path)   # beside the tokenizer files; more rows than ids
+    json.dump({"eos_token_id": [hf.token_to_id("<|im_end|>"), hf.token_to_id("<|endoftext|>")]},
+              open(os.path.join(path, "generation_config.json"), "w"))
+    out = str(tmp_path / "out")
+    summary = train.main(["--init_from", path, "--task", "countdown", "--algo", "flowrl", "grpo", "--steps", "2",
+                          "--batch_prompts", "2", "--group_size", "2", "--max_new_tokens", "12", "--eval_k", "2",
+                          "--eval_prompts", "2", "--eval_every", "1", "--out_dir", out, "--no_plot"])
+    for algo in ("flowrl", "grpo"):
+        rows = [json.loads(line) for line in open(os.path.join(out, algo, "metrics.jsonl"))]
+        tr = [r for r in rows if r["kind"] == "train"]
+        assert len(tr) == 2 and all(torch.isfinite(torch.tensor(r["entropy"])) for r in tr)
+        assert tr[0]["completions/mean_length"] > 0
+        assert "kl_to_target" not in rows[0]                    # BPE + instruct prompts: no exact metrics
+        assert summary[algo]["k"] == 2
+    ck = torch.load(os.path.join(out, "flowrl", "ckpt.pt"), weights_only=True)
+    assert ck["head"]["out.weight"].shape == (1, 32)            # log Z head sized to the model
+
+
+def test_train_init_from_bad_directory_exits_2(tmp_path):
+    import subprocess
+    import sys
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    for target, needle in ((str(tmp_path / "missing"), "not a directory"), (str(tmp_path), "config.json")):
+        p = subprocess.run([sys.executable, os.path.join(root, "train.py"), "--init_from", target, "--out_dir",
+                            str(tmp_path / "o")], capture_output=True, text=True, timeout=120)
+        lines = p.stderr.strip().splitlines()
+        assert p.returncode == 2 and len(lines) == 1 and needle in lines[0], p.stderr

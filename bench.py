@@ -1,0 +1,180 @@
+"""
+Throughput, side by side: rollout.generate against transformers' generate on identical weights, the
+machine's matmul rate at the decode step's shapes, and the FlowRL training step against GRPO's.
+
+    python bench.py                 # CPU, fp32 (a few minutes)
+    python bench.py --device cuda --dtype bf16
+
+Both samplers load the same random weights, saved in the Hugging Face layout. Repetitions are
+interleaved (ours, theirs, ours, ...) after a warm-up, and medians are reported.
+"""
+
+import argparse
+import os
+import resource
+import statistics
+import tempfile
+import time
+
+import torch
+
+import flowrl
+from model import from_pretrained
+from rollout import generate, sequence_logprobs
+
+SHAPES = {
+    # (a) a Qwen2-shaped model the size of train.py's default small GPT; (b) a GPT-2-shaped 6 x 384, vocab 2048
+    "a: qwen2 2x64": ("qwen2", dict(vocab_size=32, hidden_size=64, intermediate_size=192, num_hidden_layers=2,
+                                    num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=128,
+                                    tie_word_embeddings=True)),
+    "b: gpt2 6x384": ("gpt2", dict(vocab_size=2048, n_embd=384, n_layer=6, n_head=6, n_positions=128)),
+}
+
+
+def sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def timed(fn, device):
+    sync(device)
+    t0 = time.perf_counter()
+    out = fn()
+    sync(device)
+    return time.perf_counter() - t0, out
+
+
+def save_random(kind, cfg, path):
+    import transformers
+    torch.manual_seed(0)
+    if kind == "qwen2":
+        m = transformers.Qwen2ForCausalLM(transformers.Qwen2Config(**cfg))
+    else:
+        m = transformers.GPT2LMHeadModel(transformers.GPT2Config(**cfg))
+    m.save_pretrained(path)
+    return transformers.AutoModelForCausalLM.from_pretrained(path)
+
+
+def linear_shapes(model):
+    """(in, out) of every matmul of one decode step: the projections and the LM head."""
+    return [(m.in_features, m.out_features) for m in model.modules() if isinstance(m, torch.nn.Linear)]
+
+
+def matmul_rate(shapes, rows, device, dtype, reps):
+    """FLOP/s of the decode step's matmuls alone, (rows, in) @ (in, out) for each shape in turn."""
+    xs = [(torch.randn(rows, i, device=device, dtype=dtype), torch.randn(i, o, device=device, dtype=dtype)) for i, o in shapes]
+    flops = sum(2 * rows * i * o for i, o in shapes)
+
+    def run():
+        for x, w in xs:
+            x @ w
+    for _ in range(3):
+        run()
+    times = [timed(run, device)[0] for _ in range(reps * 5)]
+    return flops / statistics.median(times)
+
+
+def peak_mb(device):
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated() / 2 ** 20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 10      # process peak RSS (Linux: KiB)
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0].strip())
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--dtype", default="fp32", choices=["fp32", "bf16"])
+    p.add_argument("--prompts", type=int, default=32)
+    p.add_argument("--samples", type=int, default=8)
+    p.add_argument("--new_tokens", type=int, default=64)
+    p.add_argument("--reps", type=int, default=5)
+    p.add_argument("--only", default=None, help="run one shape: a or b")
+    args = p.parse_args()
+    device = torch.device(args.device)
+    dtype = torch.float32 if args.dtype == "fp32" else torch.bfloat16
+    torch.manual_seed(0)
+    rows = []
+    for name, (kind, cfg) in SHAPES.items():
+        if args.only and not name.startswith(args.only):
+            continue
+        with tempfile.TemporaryDirectory() as d:
+            theirs = save_random(kind, cfg, d).to(device=device, dtype=dtype).eval()
+            ours = from_pretrained(d, dtype=dtype).to(device).eval()
+        V = ours.config.vocab_size
+        g = torch.Generator().manual_seed(0)
+        prompts = torch.randint(0, V, (args.prompts, 8), generator=g)
+        eos = V - 1
+        gen = torch.Generator(device=device).manual_seed(0)
+
+        def run_ours():
+            r = generate(ours, prompts.tolist(), num_samples=args.samples, max_new_tokens=args.new_tokens,
+                         eos_id=eos, generator=gen)
+            return int(r.mask.sum())
+
+        def run_theirs():
+            with torch.inference_mode():
+                out = theirs.generate(prompts.to(device), do_sample=True, use_cache=True, num_return_sequences=args.samples,
+                                      max_new_tokens=args.new_tokens, min_new_tokens=args.new_tokens, top_k=0, top_p=1.0,
+                                      eos_token_id=eos, pad_token_id=eos, attention_mask=torch.ones_like(prompts).to(device))
+            return out[:, prompts.shape[1]:].numel()
+
+        run_ours(), run_theirs()                                                  # warm-up
+        t_ours, t_theirs, n_ours, n_theirs = [], [], 0, 0
+        for _ in range(args.reps):                                                # interleaved
+            t, n_ours = timed(run_ours, device)
+            t_ours.append(t)
+            t, n_theirs = timed(run_theirs, device)
+            t_theirs.append(t)
+        tps_ours = n_ours / statistics.median(t_ours)
+        tps_theirs = n_theirs / statistics.median(t_theirs)
+        flops_per_token = 2 * sum(i * o for i, o in linear_shapes(ours))
+        rate = matmul_rate(linear_shapes(ours), args.prompts * args.samples, device, dtype, args.reps)
+        achieved = flops_per_token * tps_ours
+
+        # training step on one rollout: FlowRL loss (with its log Z head) vs GRPO loss
+        ro = generate(ours, prompts.tolist(), num_samples=args.samples, max_new_tokens=args.new_tokens, eos_id=eos,
+                      generator=gen)
+        ours.train()
+        head = flowrl.LogZHead(ours.config.n_embd).to(device)
+        opt = torch.optim.AdamW(list(ours.parameters()) + list(head.parameters()), lr=1e-6)
+        rewards = (torch.rand(ro.mask.shape[0], generator=g) > 0.5).float().to(device)
+        r_hat = flowrl.group_normalize(rewards, args.samples)
+        ref_lp = ro.logprobs.clone()
+        amp = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" and dtype == torch.bfloat16 else None
+
+        def step(which):
+            with (amp if amp is not None else torch.autocast("cpu", enabled=False)):
+                lp, _, h = sequence_logprobs(ours, ro, return_hidden=True)
+                if which == "flowrl":
+                    log_z = head(h[:, :ro.prompt.shape[1]], ro.prompt_mask)
+                    loss, _ = flowrl.flowrl_loss(lp, ro.logprobs, ref_lp, ro.mask, r_hat, log_z)
+                else:
+                    loss, _ = flowrl.grpo_loss(lp, ro.logprobs, ref_lp, ro.mask, r_hat)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+        step("flowrl"), step("grpo")
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats()
+        t_f, t_g = [], []
+        for _ in range(args.reps):
+            t_f.append(timed(lambda: step("flowrl"), device)[0])
+            t_g.append(timed(lambda: step("grpo"), device)[0])
+        train_tokens = int(ro.mask.sum()) + int(ro.prompt_mask.sum())
+        rows.append((name, tps_ours, tps_theirs, rate, achieved, statistics.median(t_f), statistics.median(t_g),
+                     train_tokens, peak_mb(device)))
+        ours.eval()
+
+    dev = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({os.cpu_count()} cores, {torch.get_num_threads()} threads)"
+    print(f"\n{dev}, {args.dtype}, torch {torch.__version__}; rollout: {args.prompts} prompts x {args.samples} samples x "
+          f"{args.new_tokens} new tokens; medians of {args.reps} interleaved repetitions after a warm-up\n")
+    print("| model | ours tok/s | transformers tok/s | speed-up | matmul rate (GFLOP/s) | our decode (GFLOP/s) | of the rate "
+          "| FlowRL step (s) | GRPO step (s) | FlowRL/GRPO | train tok/s (FlowRL) | peak mem (MB) |")
+    print("|---" * 12 + "|")
+    for name, a, b, rate, ach, tf, tg, ntok, mem in rows:
+        print(f"| {name} | {a:,.0f} | {b:,.0f} | {a / b:.2f}x | {rate / 1e9:,.1f} | {ach / 1e9:,.1f} | {ach / rate:.0%} "
+              f"| {tf:.3f} | {tg:.3f} | {tf / tg:.2f}x | {ntok / tf:,.0f} | {mem:,.0f} |")
+
+
+if __name__ == "__main__":
+    main()

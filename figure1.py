@@ -1,0 +1,172 @@
+"""
+The paper's Figure 1, trained for real: on make_n, where every answer can be enumerated, train
+FlowRL (both forms), the reward maximizers and the ablations from one warm start, and measure
+exactly how far each policy ends from the target p* ∝ π_ref·exp(β·r) (raw 0/1 reward, β of the
+run: 15 unless the variant says otherwise), and how close FlowRL's learned log Z comes to the true one.
+
+    python figure1.py                       # every variant below, 2 at a time (CPU: about 10 minutes)
+    python figure1.py --only flowrl_exact grpo --steps 400
+
+Writes out_fig1/<variant>/metrics.jsonl (with kl_to_target, kl_from_target, log_z_abs_err over
+steps), out_fig1/figure1.json (the summary) and out_fig1/figure1.png.
+"""
+
+import argparse
+import json
+import math
+import os
+import sys
+import time
+from multiprocessing import get_context
+
+import torch
+
+# name -> (algo, extra train.py flags). The name is the run directory: algo + tag.
+VARIANTS = {
+    "flowrl_exact": ("flowrl_exact", []),
+    "flowrl": ("flowrl", []),
+    "grpo": ("grpo", []),
+    "grpo_kl": ("grpo", ["--kl_coef", "0.04"]),
+    "reinforce_pp": ("reinforce_pp", ["--kl_coef", "0.01"]),
+    "ppo": ("ppo", []),
+    # ablations the paper's reviewers asked about
+    "flowrl_exact_no_ref": ("flowrl_exact", ["--no_ref"]),
+    "flowrl_no_ref": ("flowrl", ["--no_ref"]),
+    "flowrl_exact_beta5": ("flowrl_exact", ["--reward_beta", "5"]),
+    "flowrl_exact_beta2": ("flowrl_exact", ["--reward_beta", "2"]),
+    "flowrl_beta5": ("flowrl", ["--reward_beta", "5"]),
+    "flowrl_beta2": ("flowrl", ["--reward_beta", "2"]),
+    "flowrl_exact_noclip": ("flowrl_exact", ["--grad_clip", "0"]),
+    "flowrl_noclip": ("flowrl", ["--grad_clip", "0"]),
+    "flowrl_exact_table": ("flowrl_exact", ["--logz", "table"]),
+    "flowrl_exact_group": ("flowrl_exact", ["--logz", "group"]),
+}
+MAIN = ["flowrl_exact", "flowrl", "grpo", "grpo_kl", "reinforce_pp", "ppo"]
+
+
+def run_variant(job):
+    name, common = job
+    torch.set_num_threads(1)                     # two runs side by side on two cores
+    import train
+    algo, extra = VARIANTS[name]
+    tag = name[len(algo):]
+    t0 = time.time()
+    train.main(common + ["--algo", algo, "--tag", tag, "--no_plot"] + extra)
+    return name, time.time() - t0
+
+
+def final_eval(run_dir):
+    with open(os.path.join(run_dir, "metrics.jsonl")) as f:
+        rows = [json.loads(line) for line in f]
+    return [r for r in rows if r["kind"] == "eval"]
+
+
+@torch.no_grad()
+def answer_distributions(out_dir, names, prompts_n):
+    """π(y) over the correct answers of a few prompts for each run, and p*(y) restricted to them."""
+    import train
+    from model import GPT, GPTConfig, Tokenizer
+    from rewards import ALPHABET, Problem, get_task
+    tok, task = Tokenizer.for_chars(ALPHABET), get_task("make_n")
+    problems = [Problem(prompt=task.raw_prompt({"n": n}), data={"n": n}) for n in prompts_n]
+    warm = torch.load(os.path.join(out_dir, "warmstart.pt"), weights_only=True)
+    ref = GPT(GPTConfig(**warm["model_config"]))
+    ref.load_state_dict(warm["model"])
+    out = {"answers": [task.solutions(p) for p in problems]}
+    ref_c = train.exact_correct_probs(ref, tok, task, problems)
+    out["p_star"] = [(rc / rc.sum()).tolist() for rc in ref_c]     # p* on correct answers ∝ π_ref
+    out["p_star_mass"] = [(rc.sum() * math.exp(15) / (rc.sum() * math.exp(15) + 1 - rc.sum())).item() for rc in ref_c]
+    for name in names:
+        ck = torch.load(os.path.join(out_dir, name, "ckpt.pt"), weights_only=True)
+        m = GPT(GPTConfig(**ck["model_config"]))
+        m.load_state_dict(ck["model"])
+        out[name] = [pc.tolist() for pc in train.exact_correct_probs(m, tok, task, problems)]
+    return out
+
+
+def draw(out_dir, summary, dists, prompts_n, path):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    names = [n for n in MAIN if n in summary]
+    fig = plt.figure(figsize=(16, 9))
+    gs = fig.add_gridspec(2, len(prompts_n) + 0, height_ratios=[1, 1])
+    colors = {n: plt.cm.tab10(i) for i, n in enumerate(names)}
+    for j, n in enumerate(prompts_n):
+        ax = fig.add_subplot(gs[0, j])
+        answers = dists["answers"][j]
+        width = 0.8 / (len(names) + 1)
+        x = range(len(answers))
+        ax.bar([i for i in x], [p * dists["p_star_mass"][j] for p in dists["p_star"][j]], width=width, color="black",
+               label="target p* (β=15)")
+        for k, name in enumerate(names):
+            ax.bar([i + (k + 1) * width for i in x], dists[name][j], width=width, color=colors[name], label=name)
+        ax.set_xticks([i + width * len(names) / 2 for i in x], answers, rotation=60, fontsize=7)
+        ax.set(title=f"prompt N={n}: π(y) over the correct answers", ylabel="probability")
+        if j == 0:
+            ax.legend(fontsize=7)
+    ax = fig.add_subplot(gs[1, : max(1, len(prompts_n) // 2)])
+    for name in names:
+        ev = final_eval(os.path.join(out_dir, name))
+        ax.plot([r["step"] for r in ev], [max(r["kl_to_target"], 1e-3) for r in ev], marker="o", ms=3,
+                color=colors[name], label=name)
+    ax.set_yscale("log")
+    ax.set(title="exact KL(π ‖ p*) on the eval prompts", xlabel="RL step", ylabel="nats (log scale)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    ax = fig.add_subplot(gs[1, max(1, len(prompts_n) // 2):])
+    for name in [n for n in summary if n.startswith("flowrl_exact") and summary[n].get("log_z_abs_err") is not None]:
+        ev = [r for r in final_eval(os.path.join(out_dir, name)) if "log_z/learned" in r and r["step"] > 0]
+        line, = ax.plot([r["step"] for r in ev], [r["log_z/learned"] for r in ev], marker="o", ms=3, label=f"{name}: learned")
+        ax.plot([r["step"] for r in ev], [r["log_z_true"] for r in ev], ls="--", color=line.get_color(), label=f"{name}: true")
+    ax.set(title="learned vs true log Z (exact form)", xlabel="RL step", ylabel="log Z (nats)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.suptitle("Figure 1 trained for real: make_n, a 2-layer GPT, exact enumeration of every answer")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0].strip())
+    p.add_argument("--only", nargs="+", default=None, choices=sorted(VARIANTS), help="variants to run (default: all)")
+    p.add_argument("--steps", type=int, default=1500, help="RL steps of every variant")
+    p.add_argument("--eval_every", type=int, default=250, help="steps between exact evaluations")
+    p.add_argument("--lr", type=float, default=6e-4, help="policy learning rate of every run")
+    p.add_argument("--logz_lr", type=float, default=0.01, help="log Z learning rate of the FlowRL runs")
+    p.add_argument("--seed", type=int, default=0, help="seed of the warm start and of every run")
+    p.add_argument("--workers", type=int, default=2, help="runs side by side (one thread each)")
+    p.add_argument("--out_dir", default="out_fig1", help="where runs, summary and figure go")
+    args = p.parse_args()
+    names = args.only or list(VARIANTS)
+    common = ["--task", "make_n", "--steps", str(args.steps), "--eval_every", str(args.eval_every),
+              "--seed", str(args.seed), "--out_dir", args.out_dir, "--lr", str(args.lr), "--logz_lr", str(args.logz_lr), "--log_every", "250", "--ckpt_every", str(args.steps)]
+    t0 = time.time()
+    times = dict([run_variant((names[0], common))])       # first alone: it makes the shared warm start
+    with get_context("spawn").Pool(args.workers) as pool:
+        times.update(pool.map(run_variant, [(n, common) for n in names[1:]], chunksize=1))
+    summary = {}
+    for name in names:
+        last = final_eval(os.path.join(args.out_dir, name))[-1]
+        algo, extra = VARIANTS[name]
+        summary[name] = {"algo": algo, "flags": " ".join(extra), "beta": float(extra[1]) if "--reward_beta" in extra else 15.0,
+                         "kl_to_target": last["kl_to_target"], "kl_from_target": last["kl_from_target"],
+                         "log_z_abs_err": last.get("log_z_abs_err") if algo.startswith("flowrl") else None,
+                         "correct_mass": last["correct_mass"], "effective_correct": last["effective_correct"],
+                         "pruned_mass": last["pruned_mass"], "wall_s": round(times[name], 1)}
+    with open(os.path.join(args.out_dir, "figure1.json"), "w") as f:
+        json.dump(summary, f, indent=2)
+    prompts_n = [6, 9, 12]
+    dists = answer_distributions(args.out_dir, [n for n in MAIN if n in summary], prompts_n)
+    draw(args.out_dir, summary, dists, prompts_n, os.path.join(args.out_dir, "figure1.png"))
+    print(f"\n{'variant':22s} {'β':>4s} {'KL(π‖p*)':>9s} {'KL(p*‖π)':>9s} {'|ΔlogZ|':>8s} {'correct':>8s} {'effective':>9s}")
+    for name, s in summary.items():
+        lz = f"{s['log_z_abs_err']:8.3f}" if s["log_z_abs_err"] is not None else f"{'-':>8s}"
+        print(f"{name:22s} {s['beta']:4.0f} {s['kl_to_target']:9.3f} {s['kl_from_target']:9.3f} {lz} "
+              f"{s['correct_mass']:8.4f} {s['effective_correct']:9.2f}")
+    print(f"figure: {os.path.join(args.out_dir, 'figure1.png')}; total wall time {time.time() - t0:.0f}s")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
