@@ -80,6 +80,54 @@ def peak_mb(device):
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 10      # process peak RSS (Linux: KiB)
 
 
+QWEN25 = {  # the Qwen2.5 family's config.json values: hidden, layers, heads, KV heads, MLP, vocab, tied
+    "0.5B": (896, 24, 14, 2, 4864, 151936, True), "1.5B": (1536, 28, 12, 2, 8960, 151936, True),
+    "3B": (2048, 36, 16, 2, 11008, 151936, True), "7B": (3584, 28, 28, 4, 18944, 152064, False),
+}
+
+
+def memory_table():
+    """Bytes for RL on one GPU: policy weights fp32 (4P) + gradients fp32 (4P) + AdamW moments fp32 (8P)
+    + the frozen reference in bf16 (2P) = 18P; activations and the KV cache come on top (they scale with
+    batch x length; activation checkpointing, --grad_checkpoint, cuts the former)."""
+    from model import GPT, GPTConfig
+    print("| model | parameters P | policy fp32 + grads + AdamW (16P) | reference bf16 (2P) | total 18P |")
+    print("|---|---|---|---|---|")
+    for name, (C, L, H, KV, I, V, tied) in QWEN25.items():
+        with torch.device("meta"):
+            P = GPT(GPTConfig(vocab_size=V, n_layer=L, n_head=H, n_kv_head=KV, n_embd=C, n_inner=I, block_size=8,
+                              qkv_bias=True, tie_embeddings=tied)).num_params()
+        gb = lambda b: f"{b / 1e9:.1f} GB"
+        print(f"| Qwen2.5-{name} | {P / 1e9:.2f}B | {gb(16 * P)} | {gb(2 * P)} | {gb(18 * P)} |")
+
+
+def bench_qwen05b(args):
+    """Qwen2.5-0.5B's shape (its config.json): 24 layers, 896 wide, 14 heads, 2 KV heads, MLP 4864,
+    vocab 151936, tied embeddings, rope theta 1e6."""
+    from model import GPT, GPTConfig
+    device = torch.device(args.device)
+    dtype = torch.float32 if args.dtype == "fp32" else torch.bfloat16
+    cfg = GPTConfig(vocab_size=151936, n_layer=24, n_head=14, n_kv_head=2, n_embd=896, n_inner=4864,
+                    block_size=4096, norm_eps=1e-6, rope_theta=1e6, qkv_bias=True, tie_embeddings=True)
+    torch.manual_seed(0)
+    model = GPT(cfg).to(device=device, dtype=dtype).eval()
+    prompts = torch.randint(0, cfg.vocab_size, (args.prompts, 64)).tolist()
+    gen = torch.Generator(device=device).manual_seed(0)
+    run = lambda: int(generate(model, prompts, num_samples=args.samples, max_new_tokens=args.new_tokens,
+                               eos_id=cfg.vocab_size - 1, generator=gen).mask.sum())
+    run()
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    times, n = [], 0
+    for _ in range(args.reps):
+        t, n = timed(run, device)
+        times.append(t)
+    dev = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
+    print(f"Qwen2.5-0.5B-shaped ({model.num_params() / 1e6:.0f}M parameters, random weights), {dev}, {args.dtype}: "
+          f"{args.prompts} prompts (64 tokens) x {args.samples} samples x {args.new_tokens} new tokens: "
+          f"{n / statistics.median(times):,.0f} tokens/s (median of {args.reps}), peak memory {peak_mb(device):,.0f} MB")
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0].strip())
     p.add_argument("--device", default="cpu")
@@ -89,7 +137,14 @@ def main():
     p.add_argument("--new_tokens", type=int, default=64)
     p.add_argument("--reps", type=int, default=5)
     p.add_argument("--only", default=None, help="run one shape: a or b")
+    p.add_argument("--qwen05b", action="store_true", help="instead: rollout speed and peak memory of a "
+                   "Qwen2.5-0.5B-shaped model (random weights, ours only; for a GPU)")
+    p.add_argument("--memory_table", action="store_true", help="instead: the memory each Qwen2.5 size needs for RL")
     args = p.parse_args()
+    if args.memory_table:
+        return memory_table()
+    if args.qwen05b:
+        return bench_qwen05b(args)
     device = torch.device(args.device)
     dtype = torch.float32 if args.dtype == "fp32" else torch.bfloat16
     torch.manual_seed(0)

@@ -54,20 +54,22 @@ def main():
     p.add_argument("--steps", type=int, default=400, help="RL steps per run (the main job's default)")
     p.add_argument("--workers", type=int, default=2, help="runs side by side (one thread each)")
     p.add_argument("--out_dir", default="out_table", help="where runs and the table go")
+    p.add_argument("--aggregate_only", action="store_true", help="only rebuild the table from finished runs")
     args = p.parse_args()
     t0 = time.time()
     names = list(VARIANTS)
     common = lambda seed: ["--steps", str(args.steps), "--out_dir", os.path.join(args.out_dir, f"seed{seed}")]
-    with get_context("spawn").Pool(args.workers) as pool:
-        # first one run per seed (it makes that seed's warm start), then the rest
-        pool.map(run, [(names[0], s, common(s)) for s in args.seeds], chunksize=1)
-        pool.map(run, [(n, s, common(s)) for s in args.seeds for n in names[1:]], chunksize=1)
+    if not args.aggregate_only:
+        with get_context("spawn").Pool(args.workers) as pool:
+            # first one run per seed (it makes that seed's warm start), then the rest
+            pool.map(run, [(names[0], s, common(s)) for s in args.seeds], chunksize=1)
+            pool.map(run, [(n, s, common(s)) for s in args.seeds for n in names[1:]], chunksize=1)
+    import train
     table = {}
     for n in names:
         sums = []
-        for s in args.seeds:
-            with open(os.path.join(args.out_dir, f"seed{s}", "summary.json")) as f:
-                sums.append(json.load(f)[n])
+        for s in args.seeds:   # from each run's own metrics (runs side by side share summary.json)
+            sums.append(train.summarize(os.path.join(args.out_dir, f"seed{s}", n), VARIANTS[n][0]))
         table[n] = {"final": {m: mean_std([x[m] for x in sums]) for m in METRICS},
                     "matched": {m: mean_std([x["matched_accuracy"][m] if x["matched_accuracy"] else None for x in sums])
                                 for m in METRICS + ["step"]},
