@@ -86,6 +86,49 @@ QWEN25 = {  # the Qwen2.5 family's config.json values: hidden, layers, heads, KV
 }
 
 
+def cache_vs_nocache(args):
+    """rollout.generate against the same sampling without a cache (a full forward per new token)."""
+    from model import GPT, GPTConfig
+    from rollout import left_pad, sample_token
+    device = torch.device(args.device)
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(vocab_size=24, n_layer=4, n_head=4, n_kv_head=4, n_embd=128, block_size=64)).to(device).eval()
+    prompts = torch.randint(0, 22, (args.prompts, 6)).tolist()
+    T, eos = 32, 23
+    gen = torch.Generator(device=device).manual_seed(0)
+
+    def cached():
+        return int(generate(model, prompts, num_samples=args.samples, max_new_tokens=T, eos_id=eos, generator=gen).mask.sum())
+
+    @torch.inference_mode()
+    def uncached():
+        ids, valid = left_pad(prompts, eos, device)
+        ids, valid = ids.repeat_interleave(args.samples, 0), valid.repeat_interleave(args.samples, 0)
+        done = torch.zeros(ids.shape[0], dtype=torch.bool, device=device)
+        n = 0
+        for _ in range(T):
+            logits = model(ids, valid=valid)[:, -1]
+            tok, _ = sample_token(logits, 1.0, 1.0, gen)
+            tok = tok.masked_fill(done, eos)
+            n += int((~done).sum())
+            done |= tok == eos
+            ids = torch.cat([ids, tok[:, None]], 1)
+            valid = torch.cat([valid, torch.ones_like(valid[:, :1])], 1)
+            if bool(done.all()):
+                break
+        return n
+    cached(), uncached()
+    a, b = [], []
+    for _ in range(args.reps):
+        t, na = timed(cached, device)
+        a.append(na / t)
+        t, nb = timed(uncached, device)
+        b.append(nb / t)
+    print(f"4 layers x 128 wide, {args.prompts} prompts x {args.samples} samples x {T} new tokens, {device}, "
+          f"{torch.get_num_threads()} threads: generate (KV cache) {statistics.median(a):,.0f} tokens/s, "
+          f"no cache {statistics.median(b):,.0f} tokens/s ({statistics.median(a) / statistics.median(b):.1f}x)")
+
+
 def memory_table():
     """Bytes for RL on one GPU: policy weights fp32 (4P) + gradients fp32 (4P) + AdamW moments fp32 (8P)
     + the frozen reference in bf16 (2P) = 18P; activations and the KV cache come on top (they scale with
@@ -139,10 +182,14 @@ def main():
     p.add_argument("--only", default=None, help="run one shape: a or b")
     p.add_argument("--qwen05b", action="store_true", help="instead: rollout speed and peak memory of a "
                    "Qwen2.5-0.5B-shaped model (random weights, ours only; for a GPU)")
+    p.add_argument("--cache_vs_nocache", action="store_true", help="instead: generate (KV cache) against a loop "
+                   "that reruns the whole sequence each step, 4 layers x 128 wide, 32 new tokens")
     p.add_argument("--memory_table", action="store_true", help="instead: the memory each Qwen2.5 size needs for RL")
     args = p.parse_args()
     if args.memory_table:
         return memory_table()
+    if args.cache_vs_nocache:
+        return cache_vs_nocache(args)
     if args.qwen05b:
         return bench_qwen05b(args)
     device = torch.device(args.device)

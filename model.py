@@ -255,13 +255,15 @@ class GPT(nn.Module):
             cache.valid[:, t0:t0 + T] = valid
             keys_valid = cache.valid[:, :t0 + T]                                    # (B, L), L = t0+T
             pos = cache.n_real[:, None] + valid.long().cumsum(-1) - 1               # (B, T)
-        pos = pos.clamp(min=0)
-        if int(pos.max()) >= self.config.block_size:
-            raise ValueError(f"position {int(pos.max())} exceeds block_size={self.config.block_size}")
+        pos = pos.clamp(min=0)          # (positions < block_size: checked by make_cache and below, no sync)
+        if cache is None and T > self.config.block_size:
+            raise ValueError(f"a sequence of {T} tokens exceeds block_size={self.config.block_size}")
 
         # attention mask (B, 1, T, L): causal, real keys only; a padding query sees itself (no NaN)
         if cache is None and bool(valid.all()):
             attn_mask = None
+        elif T == 1:                                                                # a decode step
+            attn_mask = keys_valid[:, None, None, :]                                # (B, 1, 1, L)
         else:
             L = t0 + T
             q_slot = torch.arange(t0, L, device=idx.device)[:, None]               # (T, 1)

@@ -87,7 +87,8 @@ def main():
     lines += ["", "At matched accuracy (the first eval with accuracy >= 0.9):", "",
               "| algo | step | " + " | ".join(head) + " |", "|---" * (len(head) + 2) + "|"]
     for n in names:
-        lines.append(f"| {n} | {fmt(table[n]['matched']['step'])} | " +
+        st = table[n]["matched"]["step"]
+        lines.append(f"| {n} | {'n/a' if st is None else f'{st[0]:.0f} ± {st[1]:.0f}'} | " +
                      " | ".join(fmt(table[n]["matched"][m]) for m in METRICS) + " |")
     md = "\n".join(lines)
     with open(os.path.join(args.out_dir, "table.md"), "w") as f:
