@@ -42,10 +42,10 @@ MAX_NEW_TOKENS = {"make_n": 6, "add": 5, "countdown": 16}   # per-task default r
 PRESETS = {
     # the default: about 7 minutes on 2 CPU cores for warm start + 3 algorithms (seconds on a GPU)
     "small": dict(n_layer=2, n_embd=64, n_head=4, n_kv_head=4, steps=400, batch_prompts=16, group_size=8,
-                  warm_steps=1500),
+                  warm_steps=1500, lr=3e-4),
     # a larger run for one GPU: a 6-layer, 384-wide model, more prompts per step, longer training
     "large": dict(n_layer=6, n_embd=384, n_head=6, n_kv_head=2, steps=1000, batch_prompts=64, group_size=8,
-                  warm_steps=4000),
+                  warm_steps=4000, lr=1e-4),
 }
 
 
@@ -70,7 +70,7 @@ def build_parser():
     a("--group_size", type=int, default=None, help="samples per prompt, G (preset: 8)")
     a("--max_new_tokens", type=int, default=None, help="response budget (per task: make_n 6, add 5, countdown 16)")
     a("--temperature", type=float, default=1.0, help="rollout sampling temperature")
-    a("--lr", type=float, default=3e-4, help="policy learning rate (AdamW)")
+    a("--lr", type=float, default=None, help="policy learning rate, AdamW (preset: 3e-4 / 1e-4)")
     a("--logz_lr", type=float, default=0.1, help="learning rate of the log Z head (FlowRL)")
     a("--value_lr", type=float, default=1e-3, help="learning rate of the value head (PPO)")
     a("--weight_decay", type=float, default=0.0, help="AdamW weight decay of the policy")
