@@ -116,6 +116,7 @@ class KVCache:
         self.valid = torch.zeros(batch_size, max_len, dtype=torch.bool, device=device)
         self.n_real = torch.zeros(batch_size, dtype=torch.long, device=device)  # real tokens so far
         self.length = 0  # slots filled, the same for every row
+        self.no_padding = None  # after the prefill: true when no row has padding (decode needs no mask)
 
     def select(self, rows):
         """A new cache holding the given rows (LongTensor (B',)), e.g. each prompt's row repeated G
@@ -123,7 +124,7 @@ class KVCache:
         out = KVCache.__new__(KVCache)
         out.k, out.v = self.k[:, rows], self.v[:, rows]
         out.valid, out.n_real = self.valid[rows], self.n_real[rows]
-        out.length = self.length
+        out.length, out.no_padding = self.length, self.no_padding
         return out
 
     @staticmethod
@@ -132,7 +133,7 @@ class KVCache:
         out = KVCache.__new__(KVCache)
         out.k, out.v = torch.cat([c.k for c in caches], 1), torch.cat([c.v for c in caches], 1)
         out.valid, out.n_real = torch.cat([c.valid for c in caches]), torch.cat([c.n_real for c in caches])
-        out.length = caches[0].length
+        out.length, out.no_padding = caches[0].length, caches[0].no_padding
         return out
 
 
@@ -161,8 +162,8 @@ class Attention(nn.Module):
             k = cache.k[layer, :, :, :t0 + T]                                          # (B, nkv, L, hs)
             v = cache.v[layer, :, :, :t0 + T]
         gqa = self.n_kv_head != self.n_head
-        if attn_mask is None:   # no padding, no cache: the plain causal (fast) path
-            y = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=gqa)
+        if attn_mask is None:   # no padding: plain causal attention, or one query seeing every key
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=cache is None, enable_gqa=gqa)
         else:                   # attn_mask: (B, 1, T, L) bool, true where a query may look
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, enable_gqa=gqa)
         y = y.transpose(1, 2).reshape(B, T, self.n_head * self.head_dim)               # (B, T, nh*hs)
@@ -253,6 +254,8 @@ class GPT(nn.Module):
             if t0 + T > cache.valid.shape[1]:
                 raise ValueError(f"KV cache full: {t0} + {T} tokens > {cache.valid.shape[1]} slots")
             cache.valid[:, t0:t0 + T] = valid
+            if T > 1:
+                cache.no_padding = None                                             # recheck at the next step
             keys_valid = cache.valid[:, :t0 + T]                                    # (B, L), L = t0+T
             pos = cache.n_real[:, None] + valid.long().cumsum(-1) - 1               # (B, T)
         pos = pos.clamp(min=0)          # (positions < block_size: checked by make_cache and below, no sync)
@@ -263,7 +266,9 @@ class GPT(nn.Module):
         if cache is None and bool(valid.all()):
             attn_mask = None
         elif T == 1:                                                                # a decode step
-            attn_mask = keys_valid[:, None, None, :]                                # (B, 1, 1, L)
+            no_pad = cache.no_padding if cache.no_padding is not None else bool(keys_valid.all())
+            cache.no_padding = no_pad                                               # known once: no sync per step
+            attn_mask = None if no_pad else keys_valid[:, None, None, :]           # (B, 1, 1, L)
         else:
             L = t0 + T
             q_slot = torch.arange(t0, L, device=idx.device)[:, None]               # (T, 1)
