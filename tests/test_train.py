@@ -130,3 +130,15 @@ def test_pass_at_k_is_unbiased():
         combos = list(itertools.combinations(range(n), k))
         brute = sum(any(items[i] for i in cb) for cb in combos) / len(combos)
         assert abs(train.pass_at_k(n, c, k) - brute) < 1e-12
+
+
+def test_plot_cli_overlays_runs_and_rejects_a_missing_run(tmp_path):
+    out = str(tmp_path)
+    train.main(TINY + ["--algo", "flowrl", "grpo", "--steps", "2", "--out_dir", out, "--no_plot"])
+    fig = str(tmp_path / "fig.png")
+    p = subprocess.run([sys.executable, os.path.join(ROOT, "plot.py"), os.path.join(out, "flowrl"),
+                        os.path.join(out, "grpo"), "-o", fig], capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0 and os.path.getsize(fig) > 10000, p.stderr
+    p = subprocess.run([sys.executable, os.path.join(ROOT, "plot.py"), os.path.join(out, "nope"), "-o", fig],
+                       capture_output=True, text=True, timeout=120)
+    assert p.returncode == 2 and "no metrics.jsonl" in p.stderr and "Traceback" not in p.stderr
