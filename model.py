@@ -349,7 +349,6 @@ class Tokenizer:
         """The byte-level BPE of a GPT-2 or Qwen2 checkpoint directory as a tiktoken.Encoding: ranks from
         vocab.json (+ merges.txt) or tokenizer.json, the family's pre-tokenizer pattern, the special
         (added) tokens; end of sequence from generation_config.json, else tokenizer_config.json."""
-        import json
         if not os.path.isdir(path):
             raise CheckpointError(f"tokenizer directory {path} does not exist")
         files = {n: os.path.join(path, n) for n in ("vocab.json", "merges.txt", "tokenizer.json",

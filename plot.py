@@ -51,11 +51,9 @@ def plot_runs(run_dirs, out_path, title=None):
         ax["eff"].plot(es, [r["effective_correct"] for r in evals], marker="o", ms=3, color=c, label=name)
         if train and "log_z/mean" in train[0]:
             ax["logz"].plot(steps, [r["log_z/mean"] for r in train], color=c, label=name)
-        if evals:
-            k = evals[-1]["k"]
-            finals[name] = (c, [evals[-1][key] for key in sorted((x for x in evals[-1] if x.startswith("pass@") and x != "pass@k"),
-                                                                  key=lambda s: int(s[5:]))],
-                            sorted(int(x[5:]) for x in evals[-1] if x.startswith("pass@") and x != "pass@k"))
+        if evals:   # pass@1, pass@4, ..., pass@k of the last eval
+            ks = sorted(int(x[5:]) for x in evals[-1] if x.startswith("pass@") and x != "pass@k")
+            finals[name] = (c, [evals[-1][f"pass@{k}"] for k in ks], ks)
     ax["acc"].set(title="eval accuracy (avg@k, T=1)", xlabel="RL step", ylabel="fraction correct", ylim=(0, 1.02))
     ax["ent"].set(title="token entropy of the policy (train, smoothed)", xlabel="RL step", ylabel="nats per token")
     ax["distinct"].set(title="distinct correct answers per group of G", xlabel="RL step", ylabel="answers")

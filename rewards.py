@@ -16,11 +16,9 @@ answer) and "instruct" (an instruction for chat models; the answer is read from 
 <answer>...</answer> in the completion).
 """
 
-import random
 import re
 from dataclasses import dataclass, field
 from fractions import Fraction
-from itertools import permutations
 
 # The characters raw prompts and answers use: the character tokenizer is built from this.
 ALPHABET = "0123456789+-*/()=:,N "
@@ -346,7 +344,7 @@ class CountdownTask(Task):
         rng.shuffle(items)
         while len(items) > 1:                     # join two random items with a random operator
             i, j = sorted(rng.sample(range(len(items)), 2))
-            (rv, rt, rp), (lv, lt, lp) = items.pop(j), items.pop(i)
+            (_, rt, rp), (_, lt, lp) = items.pop(j), items.pop(i)
             op = rng.choice("+-*")
             p = _PREC[op]
             ltxt = f"({lt})" if lp < p else lt
