@@ -143,9 +143,14 @@ def main():
     common = ["--task", "make_n", "--steps", str(args.steps), "--eval_every", str(args.eval_every),
               "--seed", str(args.seed), "--out_dir", args.out_dir, "--lr", str(args.lr), "--logz_lr", str(args.logz_lr), "--log_every", "250", "--ckpt_every", str(args.steps)]
     t0 = time.time()
-    times = dict([run_variant((names[0], common))])       # first alone: it makes the shared warm start
+    import train                                            # the shared warm start first, then every run
+    from model import Tokenizer
+    from rewards import ALPHABET, get_task
+    warm_args = train.parse_args(common)
+    os.makedirs(args.out_dir, exist_ok=True)
+    train.warm_start(warm_args, get_task("make_n"), Tokenizer.for_chars(ALPHABET), torch.device(warm_args.device))
     with get_context("spawn").Pool(args.workers) as pool:
-        times.update(pool.map(run_variant, [(n, common) for n in names[1:]], chunksize=1))
+        times = dict(pool.map(run_variant, [(n, common) for n in names], chunksize=1))
     summary = {}
     for name in names:
         last = final_eval(os.path.join(args.out_dir, name))[-1]

@@ -238,11 +238,12 @@ class GPT(nn.Module):
         p = self.wte.weight
         return KVCache(self.config, batch_size, max_len, p.device, p.dtype)
 
-    def forward(self, idx, valid=None, cache=None, return_hidden=False):
+    def forward(self, idx, valid=None, cache=None, return_hidden=False, logits_from=0):
         """idx: (B, T) token ids. valid: (B, T) bool, false at padding (None: all real).
         With a cache, idx holds the T tokens that follow the cache's filled slots.
-        Returns logits (B, T, vocab_size), and with return_hidden also the final-layer hidden
-        states after the last norm (B, T, n_embd), which the log Z and value heads read."""
+        Returns logits (B, T - logits_from, vocab_size) for the positions from logits_from on (0: all),
+        and with return_hidden also the final-layer hidden states after the last norm (B, T, n_embd),
+        which the log Z and value heads read."""
         B, T = idx.shape
         if valid is None:
             valid = torch.ones(B, T, dtype=torch.bool, device=idx.device)
@@ -292,7 +293,7 @@ class GPT(nn.Module):
             cache.length = t0 + T
             cache.n_real += valid.long().sum(-1)
         h = self.ln_f(x)                                                            # (B, T, C)
-        logits = self.lm_head(h).float()                                            # (B, T, V)
+        logits = self.lm_head(h[:, logits_from:]).float()                          # (B, T', V)
         return (logits, h) if return_hidden else logits
 
 

@@ -139,8 +139,8 @@ def sequence_logprobs(model, rollout, temperature=1.0, return_hidden=False):
     Tp = rollout.prompt.shape[1]
     idx = torch.cat([rollout.prompt, rollout.response], dim=1)                      # (N, Tp+T)
     valid = torch.cat([rollout.prompt_mask, torch.ones_like(rollout.mask)], dim=1)  # (N, Tp+T)
-    logits, h = model(idx, valid=valid, return_hidden=True)                          # (N, Tp+T, V)
-    logits = logits[:, Tp - 1:-1]                                                    # (N, T, V): predicts response
+    logits, h = model(idx, valid=valid, return_hidden=True, logits_from=Tp - 1)      # (N, T+1, V)
+    logits = logits[:, :-1]                                                          # (N, T, V): predicts response
     if temperature > 0:
         logits = logits / temperature
     logp_all = F.log_softmax(logits, dim=-1)                                         # (N, T, V)

@@ -297,6 +297,20 @@ def amp(device, args):
     return contextlib.nullcontext()
 
 
+def rows_per_chunk(args):
+    """Rows per forward pass: a minibatch's worth (G x batch_prompts / minibatches)."""
+    return args.group_size * max(1, args.batch_prompts // args.minibatches)
+
+
+@torch.no_grad()
+def chunked_logprobs(model, ro, temperature, rows):
+    """sequence_logprobs without gradients, `rows` rows at a time: bounds the (rows, T, vocab) logits,
+    which for a 150k vocabulary are what fills a GPU first."""
+    parts = [sequence_logprobs(model, ro.select(slice(s, s + rows)), temperature)
+             for s in range(0, ro.mask.shape[0], rows)]
+    return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
+
+
 def enumerable(task, tok):
     """Exact metrics need a task whose answers can be listed, in the raw style of a character
     tokenizer (one tokenization per answer)."""
@@ -383,7 +397,7 @@ def _evaluate(model, tok, task, problems, args, step, ref, learned_log_z):
     ro = generate(model, prompts, num_samples=k, max_new_tokens=args.max_new_tokens, temperature=1.0,
                   eos_id=tok.eos_id, generator=gen)
     with torch.no_grad():
-        _, ent = sequence_logprobs(model, ro)
+        _, ent = chunked_logprobs(model, ro, 1.0, rows_per_chunk(args))
     texts = decode_responses(tok, ro)
     ks = sorted({1, min(4, k), k})
     acc, passes, distinct, eff, ans_h = [], {j: [] for j in ks}, [], [], []
@@ -550,7 +564,7 @@ def train_algo(args, algo, warm, tok, task, device, rank=0, world=1):
             scores = [task.score(problems[i // G], t) for i, t in enumerate(texts)]
             rewards = torch.tensor([s["reward"] for s in scores], device=device)          # (N,)
             with torch.no_grad():
-                ref_logprobs, _ = sequence_logprobs(ref, ro, temperature=args.temperature)  # (N, T)
+                ref_logprobs, _ = chunked_logprobs(ref, ro, args.temperature, rows_per_chunk(args))  # (N, T)
             if args.no_ref:
                 ref_logprobs = torch.zeros_like(ref_logprobs)
             r_hat = flowrl.group_normalize(rewards, G)                                     # (N,)
