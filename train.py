@@ -84,7 +84,7 @@ def build_parser():
       help="FlowRL's log Z: the paper's MLP head, one free value per prompt (make_n only), or no learned Z: "
            "each group's own estimate mean_g(β·r + ℓ_ref − ℓ_θ), detached")
     a("--tag", default="", help="suffix of the run directory: out_dir/<algo><tag> (to keep variants apart)")
-    a("--no_ref", action="store_true", help="ablation: drop FlowRL's π_ref term (log π_ref := 0)")
+    a("--no_ref", action="store_true", help="ablation: drop the π_ref term (log π_ref := 0 in every loss and in kl_ref)")
     a("--grad_clip", type=float, default=1.0, help="gradient-norm clip; 0 turns it off")
     a("--epochs", type=int, default=1, help="passes over each rollout batch")
     a("--minibatches", type=int, default=1, help="minibatches (of whole groups) per pass")
