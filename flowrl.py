@@ -30,6 +30,15 @@ def masked_mean(x, mask):
     return (x * mask).sum(-1) / mask.sum(-1).clamp(min=1)
 
 
+def masked_whiten(x, mask, eps=1e-8):
+    """(x − mean) / (std + eps) with mean and unbiased std over the masked entries of the whole batch.
+    x, mask: (N, T) -> (N, T)."""
+    n = mask.sum()
+    mean = (x * mask).sum() / n
+    std = (((x - mean) * mask).pow(2).sum() / (n - 1).clamp(min=1)).sqrt()
+    return (x - mean) / (std + eps)
+
+
 def group_normalize(rewards, group_size, eps=1e-6):
     """r̂ = (r − mean_group(r)) / (std_group(r) + eps) over consecutive groups of group_size rows,
     unbiased std (PAPER.md §3; the GRPO advantage). rewards: (N,) -> (N,)."""
@@ -161,10 +170,7 @@ def reinforce_pp_advantages(rewards, old_logprobs, ref_logprobs, mask, kl_coef=0
     last = (mask.sum(-1) - 1).clamp(min=0).long()                                     # (N,)
     token_r = token_r.scatter_add(1, last[:, None], rewards.detach()[:, None].to(token_r.dtype))
     returns = token_r.flip(-1).cumsum(-1).flip(-1)                                   # Σ_{s≥t} r_s
-    n = mask.sum()
-    mean = (returns * mask).sum() / n
-    std = (((returns - mean) * mask).pow(2).sum() / (n - 1).clamp(min=1)).sqrt()
-    return (returns - mean) / (std + 1e-8) * mask
+    return masked_whiten(returns, mask) * mask
 
 
 def reinforce_pp_loss(logprobs, old_logprobs, mask, advantages, *, clip_eps=0.2):
@@ -219,10 +225,7 @@ def ppo_loss(logprobs, old_logprobs, mask, advantages, values, returns, *, clip_
     values: (N, T) with gradients; advantages, returns: (N, T) constants."""
     mask = mask.to(logprobs.dtype)
     n = mask.sum()
-    a = advantages.detach()
-    mean = (a * mask).sum() / n
-    std = (((a - mean) * mask).pow(2).sum() / (n - 1).clamp(min=1)).sqrt()
-    a = (a - mean) / (std + 1e-8)
+    a = masked_whiten(advantages.detach(), mask)
     pg, clipped = clipped_surrogate(logprobs, old_logprobs, a, clip_eps)
     pg_loss = (pg * mask).sum() / n
     v_loss = 0.5 * ((values - returns.detach()).pow(2) * mask).sum() / n

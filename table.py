@@ -16,27 +16,11 @@ import os
 import time
 from multiprocessing import get_context
 
-import torch
 
-# name -> (algo, extra train.py flags); the name is the run directory (algo + tag)
-VARIANTS = {
-    "flowrl": ("flowrl", []),
-    "flowrl_exact": ("flowrl_exact", []),
-    "grpo": ("grpo", []),
-    "grpo_kl": ("grpo", ["--kl_coef", "0.04"]),
-    "reinforce_pp": ("reinforce_pp", ["--kl_coef", "0.01"]),
-    "ppo": ("ppo", []),
-}
+from figure1 import VARIANTS, run_variant   # the same variants and runner as the Figure 1 experiment
+
+NAMES = ["flowrl", "flowrl_exact", "grpo", "grpo_kl", "reinforce_pp", "ppo"]
 METRICS = ["accuracy", "pass@1", "pass@k", "distinct_correct", "effective_correct", "entropy"]
-
-
-def run(job):
-    name, seed, common = job
-    torch.set_num_threads(1)                     # two runs side by side on two cores
-    import train
-    algo, extra = VARIANTS[name]
-    train.main(common + ["--seed", str(seed), "--algo", algo, "--tag", name[len(algo):], "--no_plot"] + extra)
-    return name, seed
 
 
 def mean_std(xs):
@@ -57,13 +41,14 @@ def main():
     p.add_argument("--aggregate_only", action="store_true", help="only rebuild the table from finished runs")
     args = p.parse_args()
     t0 = time.time()
-    names = list(VARIANTS)
-    common = lambda seed: ["--steps", str(args.steps), "--out_dir", os.path.join(args.out_dir, f"seed{seed}")]
+    names = NAMES
+    common = lambda seed: ["--steps", str(args.steps), "--seed", str(seed),
+                           "--out_dir", os.path.join(args.out_dir, f"seed{seed}")]
     if not args.aggregate_only:
         with get_context("spawn").Pool(args.workers) as pool:
             # first one run per seed (it makes that seed's warm start), then the rest
-            pool.map(run, [(names[0], s, common(s)) for s in args.seeds], chunksize=1)
-            pool.map(run, [(n, s, common(s)) for s in args.seeds for n in names[1:]], chunksize=1)
+            pool.map(run_variant, [(names[0], common(s)) for s in args.seeds], chunksize=1)
+            pool.map(run_variant, [(n, common(s)) for s in args.seeds for n in names[1:]], chunksize=1)
     import train
     table = {}
     for n in names:

@@ -491,6 +491,7 @@ def train_algo(args, algo, warm, tok, task, device, rank=0, world=1):
     if head is not None:
         groups.append({"params": list(head.parameters()), "lr": head_lr, "weight_decay": 0.0})
     opt = torch.optim.AdamW(groups)
+    params = [p for g in groups for p in g["params"]]        # what the gradient clip and all-reduce see
 
     prompt_rng = random.Random(args.seed)                    # the same prompt order for every algorithm
     gen = torch.Generator(device=device).manual_seed(args.seed + rank)
@@ -623,7 +624,6 @@ def train_algo(args, algo, warm, tok, task, device, rank=0, world=1):
                                                    clip_eps=args.clip_eps)
                     opt.zero_grad(set_to_none=True)
                     loss.backward()
-                    params = [p for g in opt.param_groups for p in g["params"]]
                     if world > 1:
                         allreduce_grads(params, world)
                     gn = torch.nn.utils.clip_grad_norm_(params, args.grad_clip if args.grad_clip > 0 else float("inf"))
