@@ -19,7 +19,8 @@ import time
 import torch
 
 import flowrl
-from model import from_pretrained
+from hf import from_pretrained
+from model import autocast
 from rollout import generate, sequence_logprobs
 
 SHAPES = {
@@ -62,7 +63,8 @@ def linear_shapes(model):
 
 def matmul_rate(shapes, rows, device, dtype, reps):
     """FLOP/s of the decode step's matmuls alone, (rows, in) @ (in, out) for each shape in turn."""
-    xs = [(torch.randn(rows, i, device=device, dtype=dtype), torch.randn(i, o, device=device, dtype=dtype)) for i, o in shapes]
+    rand = lambda *shape: torch.randn(*shape, device=device, dtype=dtype)
+    xs = [(rand(rows, i), rand(i, o)) for i, o in shapes]
     flops = sum(2 * rows * i * o for i, o in shapes)
 
     def run():
@@ -98,7 +100,8 @@ def cache_vs_nocache(args):
     gen = torch.Generator(device=device).manual_seed(0)
 
     def cached():
-        return int(generate(model, prompts, num_samples=args.samples, max_new_tokens=T, eos_id=eos, generator=gen).mask.sum())
+        ro = generate(model, prompts, num_samples=args.samples, max_new_tokens=T, eos_id=eos, generator=gen)
+        return int(ro.mask.sum())
 
     @torch.inference_mode()
     def uncached():
@@ -168,7 +171,8 @@ def bench_qwen05b(args):
     dev = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
     print(f"Qwen2.5-0.5B-shaped ({model.num_params() / 1e6:.0f}M parameters, random weights), {dev}, {args.dtype}: "
           f"{args.prompts} prompts (64 tokens) x {args.samples} samples x {args.new_tokens} new tokens: "
-          f"{n / statistics.median(times):,.0f} tokens/s (median of {args.reps}), peak memory {peak_mb(device):,.0f} MB")
+          f"{n / statistics.median(times):,.0f} tokens/s (median of {args.reps}), "
+          f"peak memory {peak_mb(device):,.0f} MB")
 
 
 def main():
@@ -215,9 +219,10 @@ def main():
 
         def run_theirs():
             with torch.inference_mode():
-                out = theirs.generate(prompts.to(device), do_sample=True, use_cache=True, num_return_sequences=args.samples,
-                                      max_new_tokens=args.new_tokens, min_new_tokens=args.new_tokens, top_k=0, top_p=1.0,
-                                      eos_token_id=eos, pad_token_id=eos, attention_mask=torch.ones_like(prompts).to(device))
+                out = theirs.generate(prompts.to(device), do_sample=True, use_cache=True,
+                                      num_return_sequences=args.samples, max_new_tokens=args.new_tokens,
+                                      min_new_tokens=args.new_tokens, top_k=0, top_p=1.0, eos_token_id=eos,
+                                      pad_token_id=eos, attention_mask=torch.ones_like(prompts).to(device))
             return out[:, prompts.shape[1]:].numel()
 
         run_ours(), run_theirs()                                                  # warm-up
@@ -242,10 +247,8 @@ def main():
         rewards = (torch.rand(ro.mask.shape[0], generator=g) > 0.5).float().to(device)
         r_hat = flowrl.group_normalize(rewards, args.samples)
         ref_lp = ro.logprobs.clone()
-        amp = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" and dtype == torch.bfloat16 else None
-
         def step(which):
-            with (amp if amp is not None else torch.autocast("cpu", enabled=False)):
+            with autocast(device, dtype == torch.bfloat16):
                 lp, _, h = sequence_logprobs(ours, ro, return_hidden=True)
                 if which == "flowrl":
                     log_z = head(h[:, :ro.prompt.shape[1]], ro.prompt_mask)
@@ -267,15 +270,16 @@ def main():
                      train_tokens, peak_mb(device)))
         ours.eval()
 
-    dev = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({os.cpu_count()} cores, {torch.get_num_threads()} threads)"
-    print(f"\n{dev}, {args.dtype}, torch {torch.__version__}; rollout: {args.prompts} prompts x {args.samples} samples x "
-          f"{args.new_tokens} new tokens; medians of {args.reps} interleaved repetitions after a warm-up\n")
-    print("| model | ours tok/s | transformers tok/s | speed-up | matmul rate (GFLOP/s) | our decode (GFLOP/s) | of the rate "
-          "| FlowRL step (s) | GRPO step (s) | FlowRL/GRPO | train tok/s (FlowRL) | peak mem (MB) |")
+    dev = (torch.cuda.get_device_name(device) if device.type == "cuda"
+           else f"CPU ({os.cpu_count()} cores, {torch.get_num_threads()} threads)")
+    print(f"\n{dev}, {args.dtype}, torch {torch.__version__}; rollout: {args.prompts} prompts x {args.samples} "
+          f"samples x {args.new_tokens} new tokens; medians of {args.reps} interleaved repetitions after a warm-up\n")
+    print("| model | ours tok/s | transformers tok/s | speed-up | matmul rate (GFLOP/s) | our decode (GFLOP/s) "
+          "| of the rate | FlowRL step (s) | GRPO step (s) | FlowRL/GRPO | train tok/s (FlowRL) | peak mem (MB) |")
     print("|---" * 12 + "|")
     for name, a, b, rate, ach, tf, tg, ntok, mem in rows:
-        print(f"| {name} | {a:,.0f} | {b:,.0f} | {a / b:.2f}x | {rate / 1e9:,.1f} | {ach / 1e9:,.1f} | {ach / rate:.0%} "
-              f"| {tf:.3f} | {tg:.3f} | {tf / tg:.2f}x | {ntok / tf:,.0f} | {mem:,.0f} |")
+        print(f"| {name} | {a:,.0f} | {b:,.0f} | {a / b:.2f}x | {rate / 1e9:,.1f} | {ach / 1e9:,.1f} "
+              f"| {ach / rate:.0%} | {tf:.3f} | {tg:.3f} | {tf / tg:.2f}x | {ntok / tf:,.0f} | {mem:,.0f} |")
 
 
 if __name__ == "__main__":

@@ -17,70 +17,35 @@ import math
 import os
 import sys
 import time
-from multiprocessing import get_context
 
 import torch
 
-# name -> (algo, extra train.py flags). The name is the run directory: algo + tag.
-VARIANTS = {
-    "flowrl_exact": ("flowrl_exact", []),
-    "flowrl": ("flowrl", []),
-    "grpo": ("grpo", []),
-    "grpo_kl": ("grpo", ["--kl_coef", "0.04"]),
-    "reinforce_pp": ("reinforce_pp", ["--kl_coef", "0.01"]),
-    "ppo": ("ppo", []),
-    # ablations the paper's reviewers asked about
-    "flowrl_exact_no_ref": ("flowrl_exact", ["--no_ref"]),
-    "flowrl_no_ref": ("flowrl", ["--no_ref"]),
-    "flowrl_exact_beta5": ("flowrl_exact", ["--reward_beta", "5"]),
-    "flowrl_exact_beta2": ("flowrl_exact", ["--reward_beta", "2"]),
-    "flowrl_beta5": ("flowrl", ["--reward_beta", "5"]),
-    "flowrl_beta2": ("flowrl", ["--reward_beta", "2"]),
-    "flowrl_exact_noclip": ("flowrl_exact", ["--grad_clip", "0"]),
-    "flowrl_noclip": ("flowrl", ["--grad_clip", "0"]),
-    "flowrl_exact_table": ("flowrl_exact", ["--logz", "table"]),
-    "flowrl_exact_group": ("flowrl_exact", ["--logz", "group"]),
-}
+from experiments import VARIANTS, read_evals, run_all
+
 MAIN = ["flowrl_exact", "flowrl", "grpo", "grpo_kl", "reinforce_pp", "ppo"]
-
-
-def run_variant(job):
-    name, common = job
-    torch.set_num_threads(1)                     # two runs side by side on two cores
-    import train
-    algo, extra = VARIANTS[name]
-    tag = name[len(algo):]
-    t0 = time.time()
-    train.main(common + ["--algo", algo, "--tag", tag, "--no_plot"] + extra)
-    return name, time.time() - t0
-
-
-def final_eval(run_dir):
-    with open(os.path.join(run_dir, "metrics.jsonl")) as f:
-        rows = [json.loads(line) for line in f]
-    return [r for r in rows if r["kind"] == "eval"]
 
 
 @torch.no_grad()
 def answer_distributions(out_dir, names, prompts_n):
     """π(y) over the correct answers of a few prompts for each run, and p*(y) restricted to them."""
-    import train
-    from model import GPT, GPTConfig, Tokenizer
+    from evaluate import exact_correct_probs
+    from model import GPT, GPTConfig
     from rewards import ALPHABET, Problem, get_task
+    from tokenizer import Tokenizer
     tok, task = Tokenizer.for_chars(ALPHABET), get_task("make_n")
     problems = [Problem(prompt=task.raw_prompt({"n": n}), data={"n": n}) for n in prompts_n]
     warm = torch.load(os.path.join(out_dir, "warmstart.pt"), weights_only=True)
     ref = GPT(GPTConfig(**warm["model_config"]))
     ref.load_state_dict(warm["model"])
     out = {"answers": [task.solutions(p) for p in problems]}
-    ref_c = train.exact_correct_probs(ref, tok, task, problems)
+    ref_c = exact_correct_probs(ref, tok, task, problems)
     out["p_star"] = [(rc / rc.sum()).tolist() for rc in ref_c]     # p* on correct answers ∝ π_ref
     out["p_star_mass"] = [(rc.sum() * math.exp(15) / (rc.sum() * math.exp(15) + 1 - rc.sum())).item() for rc in ref_c]
     for name in names:
         ck = torch.load(os.path.join(out_dir, name, "ckpt.pt"), weights_only=True)
         m = GPT(GPTConfig(**ck["model_config"]))
         m.load_state_dict(ck["model"])
-        out[name] = [pc.tolist() for pc in train.exact_correct_probs(m, tok, task, problems)]
+        out[name] = [pc.tolist() for pc in exact_correct_probs(m, tok, task, problems)]
     return out
 
 
@@ -107,7 +72,7 @@ def draw(out_dir, summary, dists, prompts_n, path):
             ax.legend(fontsize=7)
     ax = fig.add_subplot(gs[1, : max(1, len(prompts_n) // 2)])
     for name in names:
-        ev = final_eval(os.path.join(out_dir, name))
+        ev = read_evals(os.path.join(out_dir, name))
         ax.plot([r["step"] for r in ev], [max(r["kl_to_target"], 1e-3) for r in ev], marker="o", ms=3,
                 color=colors[name], label=name)
     ax.set_yscale("log")
@@ -116,9 +81,10 @@ def draw(out_dir, summary, dists, prompts_n, path):
     ax.legend(fontsize=7)
     ax = fig.add_subplot(gs[1, max(1, len(prompts_n) // 2):])
     for name in [n for n in summary if n.startswith("flowrl_exact") and summary[n].get("log_z_abs_err") is not None]:
-        ev = [r for r in final_eval(os.path.join(out_dir, name)) if "log_z/learned" in r and r["step"] > 0]
-        line, = ax.plot([r["step"] for r in ev], [r["log_z/learned"] for r in ev], marker="o", ms=3, label=f"{name}: learned")
-        ax.plot([r["step"] for r in ev], [r["log_z_true"] for r in ev], ls="--", color=line.get_color(), label=f"{name}: true")
+        ev = [r for r in read_evals(os.path.join(out_dir, name)) if "log_z/learned" in r and r["step"] > 0]
+        steps = [r["step"] for r in ev]
+        line, = ax.plot(steps, [r["log_z/learned"] for r in ev], marker="o", ms=3, label=f"{name}: learned")
+        ax.plot(steps, [r["log_z_true"] for r in ev], ls="--", color=line.get_color(), label=f"{name}: true")
     ax.set(title="learned vs true log Z (exact form)", xlabel="RL step", ylabel="log Z (nats)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
@@ -141,21 +107,17 @@ def main():
     args = p.parse_args()
     names = args.only or list(VARIANTS)
     common = ["--task", "make_n", "--steps", str(args.steps), "--eval_every", str(args.eval_every),
-              "--seed", str(args.seed), "--out_dir", args.out_dir, "--lr", str(args.lr), "--logz_lr", str(args.logz_lr), "--log_every", "250", "--ckpt_every", str(args.steps)]
+              "--seed", str(args.seed), "--out_dir", args.out_dir, "--lr", str(args.lr),
+              "--logz_lr", str(args.logz_lr), "--log_every", "250", "--ckpt_every", str(args.steps)]
     t0 = time.time()
-    import train                                            # the shared warm start first, then every run
-    from model import Tokenizer
-    from rewards import ALPHABET, get_task
-    warm_args = train.parse_args(common)
-    os.makedirs(args.out_dir, exist_ok=True)
-    train.warm_start(warm_args, get_task("make_n"), Tokenizer.for_chars(ALPHABET), torch.device(warm_args.device))
-    with get_context("spawn").Pool(args.workers) as pool:
-        times = dict(pool.map(run_variant, [(n, common) for n in names], chunksize=1))
+    times = run_all([(n, common) for n in names], args.workers)
+    times = {n: t for (n, _), t in times.items()}
     summary = {}
     for name in names:
-        last = final_eval(os.path.join(args.out_dir, name))[-1]
+        last = read_evals(os.path.join(args.out_dir, name))[-1]
         algo, extra = VARIANTS[name]
-        summary[name] = {"algo": algo, "flags": " ".join(extra), "beta": float(extra[1]) if "--reward_beta" in extra else 15.0,
+        beta = float(extra[extra.index("--reward_beta") + 1]) if "--reward_beta" in extra else 15.0
+        summary[name] = {"algo": algo, "flags": " ".join(extra), "beta": beta,
                          "kl_to_target": last["kl_to_target"], "kl_from_target": last["kl_from_target"],
                          "log_z_abs_err": last.get("log_z_abs_err") if algo.startswith("flowrl") else None,
                          "correct_mass": last["correct_mass"], "effective_correct": last["effective_correct"],
@@ -165,7 +127,8 @@ def main():
     prompts_n = [6, 9, 12]
     dists = answer_distributions(args.out_dir, [n for n in MAIN if n in summary], prompts_n)
     draw(args.out_dir, summary, dists, prompts_n, os.path.join(args.out_dir, "figure1.png"))
-    print(f"\n{'variant':22s} {'β':>4s} {'KL(π‖p*)':>9s} {'KL(p*‖π)':>9s} {'|ΔlogZ|':>8s} {'correct':>8s} {'effective':>9s}")
+    print(f"\n{'variant':22s} {'β':>4s} {'KL(π‖p*)':>9s} {'KL(p*‖π)':>9s} {'|ΔlogZ|':>8s} {'correct':>8s} "
+          f"{'effective':>9s}")
     for name, s in summary.items():
         lz = f"{s['log_z_abs_err']:8.3f}" if s["log_z_abs_err"] is not None else f"{'-':>8s}"
         print(f"{name:22s} {s['beta']:4.0f} {s['kl_to_target']:9.3f} {s['kl_from_target']:9.3f} {lz} "

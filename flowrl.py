@@ -1,6 +1,9 @@
 """
 The FlowRL loss and the reward-maximizing baselines it is compared with, as pure functions of the
-same tensors, side by side. Read beside ../shared/PAPER.md (Zhu et al., arXiv 2509.15207).
+same tensors, side by side. Read beside docs/method.md (our account of
+Zhu et al., arXiv 2509.15207), in its order: the target p* (§1), trajectory balance and
+Proposition 1 (§2, §3), the practical loss (§4), the two forms we train (§6), the log Z head
+(§4.4); then the baselines (§7).
 
 Shapes: N sequences (rows, prompt-major: the G samples of a prompt are consecutive), T response
 positions. logprobs, old_logprobs, ref_logprobs: (N, T) per-token log-probs of the sampled tokens
@@ -39,36 +42,69 @@ def masked_whiten(x, mask, eps=1e-8):
     return (x - mean) / (std + eps)
 
 
+# ---------------------------------------------------------------------------------------------
+# §1 The target p*(y|x) = π_ref(y|x)·exp(β·r(x, y)) / Z(x), exactly, where every answer can be listed
+
+def target_log_partition(log_ref, rewards, beta):
+    """The true log Z(x) = log Σ_y π_ref(y|x)·exp(β·r(x,y)), over every response y.
+    log_ref, rewards: (M,) over all M responses -> scalar."""
+    return torch.logsumexp(log_ref + beta * rewards, dim=0)
+
+
+def binary_log_partition(ref_mass_correct, beta):
+    """log Z for a 0/1 reward: Σ_y π_ref(y)·exp(β·r(y)) = e^β·m + (1 − m), m = π_ref's mass on the
+    correct answers (which can be enumerated even where the wrong ones cannot)."""
+    m = torch.as_tensor(ref_mass_correct, dtype=torch.float64)
+    return torch.logaddexp(beta + m.log(), (1 - m).log())
+
+
+def kl_to_target(log_pi, log_ref, rewards, beta, log_z):
+    """KL(π ‖ p*) = Σ_y π(y)·(log π(y) − log π_ref(y) − β·r(y)) + log Z, summed over the given
+    responses (all of π's support, or all but a pruned remainder). All (M,) -> scalar."""
+    pi = log_pi.exp()
+    return (pi * (log_pi - log_ref - beta * rewards)).sum() + pi.sum() * log_z
+
+
+# ---------------------------------------------------------------------------------------------
+# §2 Trajectory balance (Proposition 1) and §4 the practical loss
+
+def tb_residual(log_z, l_theta, l_ref, rewards, beta):
+    """The trajectory-balance residual δ = log Z(x) + ℓ_θ(y) − β·r − ℓ_ref(y) (docs/method.md §2).
+    All (N,) -> (N,). Proposition 1: on-policy, E_y[∇_θ ½δ²] = ∇_θ KL(π_θ ‖ p*) when ℓ is the summed
+    log-prob and r the raw reward."""
+    return log_z + l_theta - beta * rewards - l_ref
+
+
 def group_normalize(rewards, group_size, eps=1e-6):
     """r̂ = (r − mean_group(r)) / (std_group(r) + eps) over consecutive groups of group_size rows,
-    unbiased std (PAPER.md §3; the GRPO advantage). rewards: (N,) -> (N,)."""
+    unbiased std (docs/method.md §4.1; the GRPO advantage). rewards: (N,) -> (N,)."""
     if group_size < 2 or rewards.shape[0] % group_size:
         raise ValueError(f"group_size must be >= 2 and divide the {rewards.shape[0]} rows, got {group_size}")
     r = rewards.view(-1, group_size)                                                  # (P, G)
     return ((r - r.mean(1, keepdim=True)) / (r.std(1, keepdim=True) + eps)).view(-1)
 
 
-# ---------------------------------------------------------------------------------------------
-# FlowRL
+def importance_weight(logprobs, old_logprobs, mask, clip):
+    """w = π_θ(y|x) / π_old(y|x) = exp(Σ_t log π_θ − log π_old) per sequence, detached, clamped to
+    clip = (lo, hi) or not at all (None) (docs/method.md §4.3). Returns (w, w before the clamp), (N,)."""
+    w_raw = masked_sum(logprobs.detach() - old_logprobs.detach(), mask).exp()       # (N,)
+    return (w_raw if clip is None else w_raw.clamp(clip[0], clip[1])), w_raw
+
 
 def flowrl_loss(logprobs, old_logprobs, ref_logprobs, mask, rewards, log_z, *, beta=15.0,
                 clip=(0.8, 1.2), length_norm=True):
-    """FlowRL objective (PAPER.md §3), the trajectory-balance loss with importance weights:
+    """The FlowRL objective (docs/method.md §4): the trajectory-balance loss with importance weights,
 
-        δ_i = log Z_φ(x_i) + ℓ_θ(y_i) − β·r_i − ℓ_ref(y_i)
-        w_i = clamp(exp(Σ_t log π_θ(y_it) − log π_old(y_it)), *clip), detached
+        δ_i = log Z_φ(x_i) + ℓ_θ(y_i) − β·r_i − ℓ_ref(y_i)               (tb_residual, §2)
+        w_i = clamp(exp(Σ_t log π_θ(y_it) − log π_old(y_it)), *clip)      (importance_weight, detached)
         L   = (1/N) Σ_i w_i · δ_i²
 
     ℓ(y) is the token mean of the log-probs over the response mask if length_norm (the paper's
-    practical form), else their sum (the form for which Proposition 1 holds: on-policy with w = 1,
-    E_y[∇_θ ½δ²] = ∇_θ KL(π_θ ‖ p*), p* ∝ π_ref·exp(β·r); PAPER.md §2). Pass group-normalized
-    rewards r̂ (group_normalize) for the practical form, raw rewards for exact distribution matching.
-    Gradients reach logprobs and log_z only; old_logprobs, ref_logprobs and rewards are constants.
-
-    clip: (lo, hi) bounds of w, or None for no clamp. The paper's text clips to [1−ε, 1+ε], ε = 0.2,
-    our default. The official code (veRL fork, compute_flowrl_objective) differs across versions:
-    the clip computed but unused, a clamp to [0.8, 1.28], and now clamp(max=10) only: pass (0, 10).
-    The official code also takes the reward term as the token mean of the (constant per token)
+    practical form, §4.2), else their sum (the form for which Proposition 1 holds). Pass
+    group-normalized rewards r̂ for the practical form, raw rewards for exact distribution matching
+    (§6, FORMS). Gradients reach logprobs and log_z only; old_logprobs, ref_logprobs and rewards are
+    constants. clip: (lo, hi) bounds of w (the paper's text: [0.8, 1.2], our default), or None.
+    The official code takes the reward term as the token mean of the (constant per token)
     advantage, which equals r̂ here.
 
     logprobs, old_logprobs, ref_logprobs, mask: (N, T); rewards, log_z: (N,).
@@ -78,9 +114,8 @@ def flowrl_loss(logprobs, old_logprobs, ref_logprobs, mask, rewards, log_z, *, b
     pool = masked_mean if length_norm else masked_sum
     l_theta = pool(logprobs, mask)                                                    # (N,)
     l_ref = pool(ref_logprobs.detach(), mask)                                         # (N,)
-    delta = log_z + l_theta - beta * rewards.detach() - l_ref                         # (N,) TB residual
-    w_raw = masked_sum(logprobs.detach() - old_logprobs.detach(), mask).exp()        # (N,) π_θ/π_old
-    w = w_raw if clip is None else w_raw.clamp(clip[0], clip[1])
+    delta = tb_residual(log_z, l_theta, l_ref, rewards.detach(), beta)                # (N,)
+    w, w_raw = importance_weight(logprobs, old_logprobs, mask, clip)                  # (N,)
     loss = (w * delta.pow(2)).mean()
     stats = {
         "log_z": log_z.detach().mean().item(),
@@ -93,13 +128,53 @@ def flowrl_loss(logprobs, old_logprobs, ref_logprobs, mask, rewards, log_z, *, b
     return loss, stats
 
 
+# ---------------------------------------------------------------------------------------------
+# §6 The two forms of FlowRL we train: which reward and which pooling each name stands for
+
+FORMS = {
+    # the paper's practical loss (§4): group-normalized reward, token-mean log-probs, log Z from 0
+    "flowrl": {"reward": "group_normalized", "length_norm": True, "init_log_z": False},
+    # Proposition 1's form (§2): raw reward, summed log-probs, log Z started at log E_ref[exp(β·r)]
+    "flowrl_exact": {"reward": "raw", "length_norm": False, "init_log_z": True},
+}
+
+
+def flowrl_form(algo, length_norm=None):
+    """FORMS[algo], with --length_norm (None: the form's own) applied."""
+    form = dict(FORMS[algo])
+    if length_norm is not None:
+        form["length_norm"] = length_norm
+    return form
+
+
+def log_partition_init(rewards, group_size, beta):
+    """A starting log Z for the summed form (docs/method.md §6): at θ = ref the true value is
+    log E_ref[exp(β·r)], estimated per group as log mean_g exp(β·r_g), a log-sum-exp, not the mean
+    of β·r (Jensen makes that far too low). rewards: (N,) -> (N/G,)."""
+    r = rewards.view(-1, group_size).double()
+    return (torch.logsumexp(beta * r, dim=1) - math.log(group_size)).float()
+
+
+def group_log_z(logprobs, ref_logprobs, mask, rewards, beta, group_size, length_norm):
+    """--logz group: no learned log Z; each group's own minimizer of Σ_g δ², the group mean of
+    β·r + ℓ_ref − ℓ_θ, detached (on-policy a baseline, docs/method.md §3). All (N, T) / (N,) -> (N,)."""
+    pool = masked_mean if length_norm else masked_sum
+    m = mask.to(logprobs.dtype)
+    est = beta * rewards + pool(ref_logprobs, m) - pool(logprobs.detach(), m)         # (N,)
+    return est.view(-1, group_size).mean(1).repeat_interleave(group_size)
+
+
+# ---------------------------------------------------------------------------------------------
+# §4.4 The learned log-partition log Z_φ(x)
+
 class LogZHead(nn.Module):
-    """The learned log-partition log Z_φ(x) (PAPER.md §4): an MLP on the mean of the final-layer
-    hidden states of the prompt tokens, [Linear(H,H) → GELU → LayerNorm(H) → Dropout] × 2 →
-    Linear(H,1). The pooled states are not detached (the authors found detaching hurt), so the
-    head's gradient reaches the trunk too. Its own parameters: LogZHead.parameters(), for an
-    optimizer group with its own lr. init: the starting log Z (the last bias; the last weight starts
-    small, not zero, so that every layer gets a gradient from the first step)."""
+    """log Z_φ(x) (docs/method.md §4.4): an MLP on the mean of the final-layer hidden states of the
+    prompt tokens, [Linear(H,H) → GELU → LayerNorm(H) → Dropout] × 2 → Linear(H,1). The pooled states
+    are not detached, so the head's gradient reaches the trunk too. Its own parameters:
+    LogZHead.parameters(), for an optimizer group with its own lr. init: the starting log Z (the
+    last bias; the last weight starts small, not zero, so that every layer gets a gradient from the
+    first step). The head computes in float32 whatever the trunk's dtype (log Z is near 14 in the
+    summed form, where a bfloat16 step is 0.0625)."""
 
     def __init__(self, n_embd, dropout=0.1, init=0.0):
         super().__init__()
@@ -116,11 +191,11 @@ class LogZHead(nn.Module):
         Returns log Z: (N,)."""
         m = prompt_mask[..., None].to(hidden.dtype)                                    # (N, Tp, 1)
         pooled = (hidden * m).sum(1) / m.sum(1).clamp(min=1)                          # (N, H)
-        return self.out(self.mlp(pooled.to(self.out.weight.dtype)))[:, 0]                               # (N,)
+        return self.out(self.mlp(pooled.to(self.out.weight.dtype)))[:, 0]             # (N,)
 
 
 class LogZTable(nn.Module):
-    """An ablation of LogZHead: one free log Z per prompt, looked up by an integer prompt key."""
+    """An ablation of LogZHead (--logz table): one free log Z per prompt, looked up by an integer key."""
 
     def __init__(self, n_prompts, init=0.0):
         super().__init__()
@@ -131,7 +206,7 @@ class LogZTable(nn.Module):
 
 
 # ---------------------------------------------------------------------------------------------
-# Reward maximizers (PAPER.md §6). All share the token-level PPO clipped surrogate.
+# §7 The reward maximizers. All share the token-level PPO clipped surrogate.
 
 def clipped_surrogate(logprobs, old_logprobs, advantages, clip_eps):
     """Per-token PPO objective to minimize: −min(ρ·A, clip(ρ, 1−ε, 1+ε)·A), ρ = π_θ/π_old per token.
@@ -198,7 +273,8 @@ class ValueHead(nn.Module):
 
 def gae(rewards, values, mask, gamma=1.0, lam=0.95, token_rewards=None):
     """Generalized advantage estimation (Schulman et al. 2016) with the outcome reward on the last
-    response token, plus token_rewards (N, T) if given (e.g. a −c·KL penalty per token): δ_t = r_t + γ·V_{t+1} − V_t (V after the end = 0),
+    response token, plus token_rewards (N, T) if given (e.g. a −c·KL penalty per token):
+    δ_t = r_t + γ·V_{t+1} − V_t (V after the end = 0),
     A_t = Σ_k (γλ)^k δ_{t+k}; returns R_t = A_t + V_t. rewards: (N,); values, mask: (N, T).
     All detached. Returns (advantages (N, T), returns (N, T))."""
     mask = mask.to(values.dtype)
@@ -231,34 +307,3 @@ def ppo_loss(logprobs, old_logprobs, mask, advantages, values, returns, *, clip_
     v_loss = 0.5 * ((values - returns.detach()).pow(2) * mask).sum() / n
     return pg_loss + vf_coef * v_loss, {"value_loss": v_loss.item(),
                                         "clip_frac": ((clipped.to(mask.dtype) * mask).sum() / n).item()}
-
-
-def log_partition_init(rewards, group_size, beta):
-    """A starting log Z for the exact form (EXPERIMENTS.md pitfall): at θ = ref the true value is
-    log E_ref[exp(β·r)], estimated per group as log mean_g exp(β·r_g), a log-sum-exp, not the mean
-    of β·r (Jensen makes that far too low). rewards: (N,) -> (N/G,)."""
-    r = rewards.view(-1, group_size).double()
-    return (torch.logsumexp(beta * r, dim=1) - math.log(group_size)).float()
-
-
-# ---------------------------------------------------------------------------------------------
-# The target distribution, exactly, where every answer can be enumerated (PAPER.md §1, §8)
-
-def target_log_partition(log_ref, rewards, beta):
-    """The true log Z(x) = log Σ_y π_ref(y|x)·exp(β·r(x,y)), over every response y.
-    log_ref, rewards: (M,) over all M responses -> scalar."""
-    return torch.logsumexp(log_ref + beta * rewards, dim=0)
-
-
-def binary_log_partition(ref_mass_correct, beta):
-    """log Z for a 0/1 reward: Σ_y π_ref(y)·exp(β·r(y)) = e^β·m + (1 − m), m = π_ref's mass on the
-    correct answers (which can be enumerated even where the wrong ones cannot)."""
-    m = torch.as_tensor(ref_mass_correct, dtype=torch.float64)
-    return torch.logaddexp(beta + m.log(), (1 - m).log())
-
-
-def kl_to_target(log_pi, log_ref, rewards, beta, log_z):
-    """KL(π ‖ p*) = Σ_y π(y)·(log π(y) − log π_ref(y) − β·r(y)) + log Z, summed over the given
-    responses (all of π's support, or all but a pruned remainder). All (M,) -> scalar."""
-    pi = log_pi.exp()
-    return (pi * (log_pi - log_ref - beta * rewards)).sum() + pi.sum() * log_z

@@ -57,7 +57,8 @@ def plot_runs(run_dirs, out_path, title=None):
     ax["acc"].set(title="eval accuracy (avg@k, T=1)", xlabel="RL step", ylabel="fraction correct", ylim=(0, 1.02))
     ax["ent"].set(title="token entropy of the policy (train, smoothed)", xlabel="RL step", ylabel="nats per token")
     ax["distinct"].set(title="distinct correct answers per group of G", xlabel="RL step", ylabel="answers")
-    ax["eff"].set(title="effective number of correct answers (eval)", xlabel="RL step", ylabel="exp(entropy over correct)")
+    ax["eff"].set(title="effective number of correct answers (eval)", xlabel="RL step",
+                  ylabel="exp(entropy over correct)")
     ax["logz"].set(title="learned log Z (FlowRL)", xlabel="RL step", ylabel="log Z (nats)")
     width = 0.8 / max(1, len(finals))
     for i, (name, (c, vals, ks)) in enumerate(finals.items()):

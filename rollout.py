@@ -20,13 +20,12 @@ class Rollout:
     response: torch.Tensor      # (N, T) long, padded with eos_id after the first EOS
     mask: torch.Tensor          # (N, T) bool, true on generated tokens, the EOS included
     logprobs: torch.Tensor      # (N, T) log-prob of each sampled token under softmax(logits / T); 0 where masked
-    num_samples: int            # G, samples per prompt
-    eos_id: int
+    eos_id: int                 # the end-of-sequence id that pads responses
 
     def select(self, rows):
         """The sub-rollout of the given rows (a LongTensor or slice), e.g. a minibatch of whole groups."""
         return Rollout(self.prompt[rows], self.prompt_mask[rows], self.response[rows], self.mask[rows],
-                       self.logprobs[rows], self.num_samples, self.eos_id)
+                       self.logprobs[rows], self.eos_id)
 
     @property
     def finished(self):
@@ -112,7 +111,7 @@ def generate(model, prompts, *, num_samples, max_new_tokens, temperature=1.0, to
     out = Rollout(prompt=ids.repeat_interleave(G, dim=0).clone(),
                   prompt_mask=valid.repeat_interleave(G, dim=0).clone(),
                   response=response[:, :T].clone(), mask=mask[:, :T].clone(),
-                  logprobs=logprobs[:, :T].clone(), num_samples=G, eos_id=eos_id)
+                  logprobs=logprobs[:, :T].clone(), eos_id=eos_id)
     return out
 
 
@@ -128,14 +127,15 @@ def from_tokens(prompts, responses, eos_id, device="cpu"):
         response[i, :len(r)] = torch.tensor(r, dtype=torch.long)
         mask[i, :len(r)] = True
     return Rollout(ids, valid, response.to(device), mask.to(device), torch.zeros(response.shape, device=device),
-                   1, eos_id)
+                   eos_id)
 
 
 def sequence_logprobs(model, rollout, temperature=1.0, return_hidden=False):
     """Recompute, in one batched forward with gradients, the per-token log-probs of the rollout's
-    responses (N, T) and the per-token entropy of the full next-token distribution (N, T), both
-    under softmax(logits / temperature) and 0 where masked. With return_hidden, also the
-    final-layer hidden states (N, Tp + T, C), for the log Z and value heads."""
+    responses (N, T), and the per-token entropy of the full next-token distribution (N, T) (a
+    metric: computed outside the autograd graph), both under softmax(logits / temperature) and 0
+    where masked. With return_hidden, also the final-layer hidden states (N, Tp + T, C), for the
+    log Z and value heads."""
     Tp = rollout.prompt.shape[1]
     idx = torch.cat([rollout.prompt, rollout.response], dim=1)                      # (N, Tp+T)
     valid = torch.cat([rollout.prompt_mask, torch.ones_like(rollout.mask)], dim=1)  # (N, Tp+T)
@@ -144,11 +144,19 @@ def sequence_logprobs(model, rollout, temperature=1.0, return_hidden=False):
     if temperature > 0:
         logits = logits / temperature
     logp_all = F.log_softmax(logits, dim=-1)                                         # (N, T, V)
-    logprobs = logp_all.gather(2, rollout.response[..., None])[..., 0]              # (N, T)
-    entropy = -(logp_all.exp() * logp_all).sum(-1)                                   # (N, T)
-    logprobs = logprobs * rollout.mask
-    entropy = entropy * rollout.mask
+    logprobs = logp_all.gather(2, rollout.response[..., None])[..., 0] * rollout.mask   # (N, T)
+    with torch.no_grad():
+        entropy = -(logp_all.exp() * logp_all).sum(-1) * rollout.mask                # (N, T)
     return (logprobs, entropy, h) if return_hidden else (logprobs, entropy)
+
+
+@torch.no_grad()
+def chunked_logprobs(model, rollout, temperature, rows):
+    """sequence_logprobs without gradients, `rows` rows at a time: bounds the (rows, T, vocab) logits,
+    which for a 150k vocabulary are what fills a GPU first. Returns (logprobs, entropy), (N, T) each."""
+    parts = [sequence_logprobs(model, rollout.select(slice(s, s + rows)), temperature)
+             for s in range(0, rollout.mask.shape[0], rows)]
+    return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
 
 
 @torch.no_grad()

@@ -11,7 +11,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 import flowrl
-import train
+import parallel
 from model import GPT, GPTConfig
 from rollout import generate, sequence_logprobs
 
@@ -49,7 +49,7 @@ def worker(rank, world, init_file, out):
     model, head, ro, rewards = setup()
     n = ro.mask.shape[0] // world
     params = grads(model, head, ro, rewards, torch.arange(rank * n, (rank + 1) * n))
-    train.allreduce_grads(params, world)
+    parallel.allreduce_grads(params, world)
     if rank == 0:
         torch.save([p.grad for p in params], out)
     dist.destroy_process_group()

@@ -8,7 +8,8 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from model import CheckpointError, Tokenizer, from_pretrained
+from hf import from_pretrained
+from tokenizer import CheckpointError, Tokenizer
 from rollout import generate
 
 transformers = pytest.importorskip("transformers")   # installed by requirements-test.txt; CI runs these
@@ -155,8 +156,37 @@ def test_tokenizer_matches_tokenizers_library(tmp_path):
     assert ours.eos_id == hf.token_to_id("<|endoftext|>") and ours.chat is None
 
 
+CHATML_TEMPLATE = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+                   "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+
+
+def test_chat_prompts_only_with_a_chat_template(tmp_path):
+    path, hf = train_bpe(tmp_path, qwen=True)
+    base = Tokenizer.from_pretrained(path)             # ChatML specials but no chat template: a base model
+    assert base.chat is None and base.prompt("Compute 2+3.") == "Compute 2+3."
+    json.dump({"chat_template": CHATML_TEMPLATE}, open(os.path.join(path, "tokenizer_config.json"), "w"))
+    assert Tokenizer.from_pretrained(path).chat == "chatml"
+    os.remove(os.path.join(path, "tokenizer_config.json"))
+    with open(os.path.join(path, "chat_template.jinja"), "w") as f:   # where transformers 5 writes it
+        f.write(CHATML_TEMPLATE)
+    assert Tokenizer.from_pretrained(path).chat == "chatml"
+    with open(os.path.join(path, "chat_template.jinja"), "w") as f:
+        f.write("{% for m in messages %}[INST] {{ m['content'] }} [/INST]{% endfor %}")
+    with pytest.raises(CheckpointError, match="not ChatML"):
+        Tokenizer.from_pretrained(path)
+
+
+def test_every_eos_id_of_generation_config_is_a_stop_id(tmp_path):
+    path, hf = train_bpe(tmp_path, qwen=True)
+    ids = [hf.token_to_id("<|im_end|>"), hf.token_to_id("<|endoftext|>")]
+    json.dump({"eos_token_id": ids}, open(os.path.join(path, "generation_config.json"), "w"))
+    tok = Tokenizer.from_pretrained(path)
+    assert tok.stop_ids == tuple(ids) and tok.eos_id == ids[0]
+
+
 def test_tokenizer_chatml_specials(tmp_path):
     path, hf = train_bpe(tmp_path, qwen=True)
+    json.dump({"chat_template": CHATML_TEMPLATE}, open(os.path.join(path, "tokenizer_config.json"), "w"))
     ours = Tokenizer.from_pretrained(path)
     assert ours.chat == "chatml" and ours.eos_id == hf.token_to_id("<|im_end|>")
     text = ours.prompt("Compute 2+3.")

@@ -1,7 +1,8 @@
 import pytest
 import torch
 
-from model import GPT, GPTConfig, Tokenizer
+from model import GPT, GPTConfig
+from tokenizer import Tokenizer
 
 STYLES = {
     "default": dict(),
@@ -72,7 +73,7 @@ def test_tokenizer_round_trip_and_errors():
     assert tok.decode(ids) == text
     assert tok.vocab_size == len(set("0123456789+-*/()=:N, ")) + 2
     assert tok.decode([tok.eos_id]) == "<|endoftext|>"
-    assert tok.eos_id != tok.pad_id and max(ids) < tok.eos_id
+    assert tok.stop_ids == (tok.eos_id,) and max(ids) < tok.eos_id
     with pytest.raises(ValueError, match="'x'"):
         tok.encode("12x")
     with pytest.raises(ValueError, match="'٣'"):

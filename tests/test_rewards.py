@@ -6,7 +6,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from model import Tokenizer
+from tokenizer import Tokenizer
 from rewards import ALPHABET, MAX_DEPTH, MAX_EXPR_CHARS, TASKS, Problem, canonical, get_task, safe_eval
 
 

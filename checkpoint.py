@@ -1,0 +1,99 @@
+"""
+A run on disk: checkpoints written atomically (never half a file), resume from them, the metrics
+log (metrics.jsonl, one JSON record a line) and summary.json.
+"""
+
+import json
+import os
+import random
+from dataclasses import asdict, dataclass
+
+import torch
+
+from config import UserError
+
+
+def save_atomic(obj, path):
+    """torch.save to a temporary file, then rename: a crash never leaves a half-written checkpoint."""
+    tmp = path + ".tmp"
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def load_checkpoint(path):
+    if not os.path.exists(path):
+        raise UserError(f"no checkpoint at {path}")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # a truncated or foreign file
+        raise UserError(f"cannot read checkpoint {path}: {type(e).__name__}: {str(e).splitlines()[0]}")
+
+
+def append_jsonl(path, record):
+    with open(path, "a") as f:
+        f.write(json.dumps(record) + "\n")
+
+
+
+@dataclass
+class Run:
+    algo: str
+    policy: torch.nn.Module
+    ref: torch.nn.Module       # π_ref: the frozen start
+    head: torch.nn.Module      # log Z head or table (FlowRL), value head (PPO), or None
+    opt: torch.optim.Optimizer
+    params: list               # every trained tensor: what the gradient clip and all-reduce see
+    prompt_rng: random.Random  # the same prompt order for every algorithm
+    gen: torch.Generator       # the sampler's randomness
+    skipped: int = 0           # steps with a non-finite loss or gradient, never applied
+
+
+def save_checkpoint(path, run, step, args):
+    state = lambda m: m.state_dict() if m is not None else None
+    python_rng = [list(x) if isinstance(x, tuple) else x for x in run.prompt_rng.getstate()]
+    save_atomic({"algo": run.algo, "step": step, "skipped": run.skipped, "model": run.policy.state_dict(),
+                 "head": state(run.head), "optimizer": run.opt.state_dict(),
+                 "rng": {"python": python_rng, "sampler": run.gen.get_state(), "torch": torch.get_rng_state()},
+                 "config": {k: v for k, v in vars(args).items() if k != "clip_bounds"},
+                 "model_config": asdict(run.policy.config)}, path)
+
+
+def resume(run, path, args, rank):
+    """Restore a run from its checkpoint; returns the step it had reached."""
+    ck = load_checkpoint(path)
+    if ck["algo"] != run.algo:
+        raise UserError(f"--resume: {path} holds a {ck['algo']} run, not {run.algo}")
+    run.policy.load_state_dict(ck["model"])
+    if run.head is not None:
+        run.head.load_state_dict(ck["head"])
+    run.opt.load_state_dict(ck["optimizer"])
+    version, state, gauss = ck["rng"]["python"]
+    run.prompt_rng.setstate((version, tuple(state), gauss))
+    if rank == 0:                                              # other ranks: a fresh stream (not bit-exact)
+        run.gen.set_state(ck["rng"]["sampler"])
+    else:
+        run.gen.manual_seed(args.seed + rank + 7919 * ck["step"])
+    torch.set_rng_state(ck["rng"]["torch"])
+    run.skipped = ck["skipped"]
+    return ck["step"]
+
+
+def truncate_metrics(path, step):
+    """Drop the records a crashed run wrote after its last checkpoint (all of them for a new run, step 0)."""
+    keep = []
+    if os.path.exists(path):
+        with open(path) as f:
+            keep = [line for line in f if step > 0 and json.loads(line)["step"] <= step]
+    with open(path, "w") as f:
+        f.writelines(keep)
+
+
+def write_summary(args, summary):
+    path = os.path.join(args.out_dir, "summary.json")
+    old = {}
+    if os.path.exists(path):
+        with open(path) as f:
+            old = json.load(f)
+    with open(path + ".tmp", "w") as f:
+        json.dump({**old, **summary}, f, indent=2)
+    os.replace(path + ".tmp", path)

@@ -1,0 +1,157 @@
+"""
+The command line of train.py: presets, every flag with its help, and the checks that turn a bad
+value into one line naming the flag (exit 2), never a traceback.
+"""
+
+import argparse
+import os
+
+import torch
+
+from rewards import TASKS
+
+ALGOS = ("flowrl", "flowrl_exact", "grpo", "reinforce_pp", "ppo")
+MAX_NEW_TOKENS = {"make_n": 6, "add": 5, "countdown": 16}   # per-task default response budget
+PRESETS = {
+    # the default: a 2-layer, 64-wide GPT; about a minute and a half on 2 CPU cores for warm start + 3 algorithms
+    "small": dict(n_layer=2, n_embd=64, n_head=4, n_kv_head=4, steps=400, batch_prompts=16, group_size=8,
+                  warm_steps=1500, lr=3e-4),
+    # a larger run for one GPU: a 6-layer, 384-wide model, more prompts per step, longer training
+    "large": dict(n_layer=6, n_embd=384, n_head=6, n_kv_head=2, steps=1000, batch_prompts=64, group_size=8,
+                  warm_steps=4000, lr=1e-4),
+}
+
+
+class UserError(Exception):
+    """A user's mistake: reported as one line on stderr with exit code 2, never a traceback."""
+
+
+class Parser(argparse.ArgumentParser):
+    def error(self, message):
+        raise UserError(message)
+
+
+# ---------------------------------------------------------------------------------------------
+# the command line
+
+def add_rl_flags(a):
+    a("--algo", nargs="+", default=["flowrl", "flowrl_exact", "grpo"], choices=ALGOS,
+      help="algorithms to train, one after another")
+    a("--task", default="make_n", choices=sorted(TASKS), help="the task (rewards.py)")
+    a("--steps", type=int, default=None, help="RL steps per algorithm (preset: small 400, large 1000)")
+    a("--batch_prompts", type=int, default=None, help="prompts per RL step (preset: 16 / 64)")
+    a("--group_size", type=int, default=None, help="samples per prompt, G (preset: 8)")
+    a("--max_new_tokens", type=int, default=None, help="response budget (make_n 6, add 5, countdown 16)")
+    a("--temperature", type=float, default=1.0, help="rollout sampling temperature")
+    a("--lr", type=float, default=None, help="policy learning rate, AdamW (preset: 3e-4 / 1e-4)")
+    a("--logz_lr", type=float, default=0.1, help="learning rate of the log Z head (FlowRL)")
+    a("--value_lr", type=float, default=1e-3, help="learning rate of the value head (PPO)")
+    a("--weight_decay", type=float, default=0.0, help="AdamW weight decay of the policy")
+    a("--reward_beta", type=float, default=15.0, help="FlowRL's reward inverse temperature β (not a KL coefficient)")
+    a("--kl_coef", type=float, default=0.0,
+      help="KL-to-reference coefficient of grpo (k3 in the loss), reinforce_pp and ppo (in the reward)")
+    a("--clip", default="0.8,1.2", help="FlowRL importance-weight bounds 'lo,hi', or 'none'")
+    a("--clip_eps", type=float, default=0.2, help="the PPO ratio clip ε of grpo, reinforce_pp and ppo")
+    a("--length_norm", action=argparse.BooleanOptionalAction, default=None,
+      help="FlowRL's length-normalized log-probs (default: on for flowrl, off for flowrl_exact)")
+    a("--logz", default="head", choices=["head", "table", "group"],
+      help="FlowRL's log Z: the paper's MLP head, one free value per prompt (make_n only), or no learned Z: "
+           "each group's own estimate mean_g(β·r + ℓ_ref − ℓ_θ), detached")
+    a("--no_ref", action="store_true", help="ablation: drop the π_ref term (log π_ref := 0 in every loss and kl_ref)")
+    a("--grad_clip", type=float, default=1.0, help="gradient-norm clip; 0 turns it off")
+    a("--epochs", type=int, default=1, help="passes over each rollout batch")
+    a("--minibatches", type=int, default=1, help="minibatches (of whole groups) per pass")
+
+
+def add_run_flags(a):
+    a("--preset", default="small", choices=sorted(PRESETS), help="model size and run length; other flags override it")
+    a("--n_layer", type=int, default=None, help="model depth (preset: 2 / 6)")
+    a("--n_embd", type=int, default=None, help="model width (preset: 64 / 384)")
+    a("--n_head", type=int, default=None, help="attention heads (preset: 4 / 6)")
+    a("--n_kv_head", type=int, default=None, help="key/value heads (preset: 4 / 2)")
+    a("--warm_steps", type=int, default=None, help="supervised warm-start steps (preset: 1500 / 4000)")
+    a("--warm_noise", type=float, default=0.5, help="fraction of random (mostly wrong) answers in the warm-start data")
+    a("--warm_lr", type=float, default=1e-3, help="warm-start learning rate")
+    a("--init_from", default=None, help="a local Hugging Face checkpoint directory (GPT-2, Qwen2/Qwen2.5, Llama) "
+      "to start from instead of the warm start; its tokenizer too")
+    a("--eval_every", type=int, default=50, help="RL steps between evaluations")
+    a("--eval_k", type=int, default=16, help="samples per eval prompt (pass@k)")
+    a("--eval_prompts", type=int, default=32, help="held-out eval prompts (make_n: all of its targets)")
+    a("--log_every", type=int, default=25, help="RL steps between progress lines")
+    a("--ckpt_every", type=int, default=100, help="RL steps between checkpoints (and at the end)")
+    a("--seed", type=int, default=0, help="seed of the model, the prompt order and the sampler")
+    a("--device", default="auto", help="'auto' (cuda if available), 'cpu', 'cuda', 'cuda:1', ...")
+    a("--out_dir", default="out", help="where runs are written")
+    a("--tag", default="", help="suffix of the run directory: out_dir/<algo><tag> (to keep variants apart)")
+    a("--resume", action="store_true", help="continue each algorithm from out_dir/<algo><tag>/ckpt.pt")
+    a("--bf16", action=argparse.BooleanOptionalAction, default=True, help="bf16 autocast on CUDA (ignored on CPU)")
+    a("--grad_checkpoint", action="store_true", help="activation checkpointing: less memory for one more forward")
+    a("--no_plot", action="store_true", help="skip the comparison figure")
+    a("--no_summary", action="store_true", help="write no out_dir/summary.json (runs side by side in one out_dir)")
+
+
+def build_parser():
+    p = Parser(description="Train a small GPT with FlowRL and reward-maximizing baselines from one start; "
+               "compare them.", formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    add_rl_flags(p.add_argument_group("RL").add_argument)
+    add_run_flags(p.add_argument_group("model, warm start and run").add_argument)
+    return p
+
+
+def check_args(a):
+    """Every flag's constraint, as (holds, message naming the flag)."""
+    return [
+        (min(a.steps, a.batch_prompts, a.max_new_tokens) >= 1,
+         "--steps, --batch_prompts, --max_new_tokens must be >= 1"),
+        (a.group_size >= 2, "--group_size must be >= 2 (rewards are normalized within a group)"),
+        (a.temperature > 0, "--temperature must be > 0 for training (rollouts are sampled)"),
+        (a.lr > 0, "--lr must be > 0"),
+        (min(a.logz_lr, a.value_lr, a.warm_lr) > 0, "--logz_lr, --value_lr and --warm_lr must be > 0"),
+        (a.weight_decay >= 0 and a.kl_coef >= 0, "--weight_decay and --kl_coef must be >= 0"),
+        (0 < a.clip_eps < 1, "--clip_eps must be in (0, 1)"),
+        (a.grad_clip >= 0, "--grad_clip must be >= 0 (0: off)"),
+        (a.epochs >= 1 and a.minibatches >= 1, "--epochs and --minibatches must be >= 1"),
+        (a.batch_prompts % a.minibatches == 0, "--minibatches must divide --batch_prompts"),
+        (a.warm_steps >= 0, "--warm_steps must be >= 0"),
+        (0 <= a.warm_noise <= 1, "--warm_noise must be in [0, 1]"),
+        (min(a.eval_every, a.log_every, a.ckpt_every) >= 1, "--eval_every, --log_every, --ckpt_every must be >= 1"),
+        (a.eval_k >= 1 and a.eval_prompts >= 1, "--eval_k and --eval_prompts must be >= 1"),
+        (min(a.n_layer, a.n_embd, a.n_head, a.n_kv_head) >= 1,
+         "--n_layer, --n_embd, --n_head, --n_kv_head must be >= 1"),
+        (a.n_embd % a.n_head == 0 and a.n_head % a.n_kv_head == 0,
+         "--n_head must divide --n_embd and --n_kv_head must divide --n_head"),
+        (a.logz != "table" or a.task == "make_n", "--logz table needs a task with a fixed prompt set: --task make_n"),
+        (all(c.isalnum() or c in "_-.=" for c in a.tag), "--tag may hold letters, digits and _-.= only"),
+    ]
+
+
+def parse_args(argv=None):
+    args = build_parser().parse_args(argv)
+    for k, v in PRESETS[args.preset].items():
+        if getattr(args, k) is None:
+            setattr(args, k, v)
+    if args.max_new_tokens is None:
+        args.max_new_tokens = MAX_NEW_TOKENS[args.task] if args.init_from is None else 256
+    if args.init_from is not None and not os.path.isdir(args.init_from):
+        raise UserError(f"--init_from: {args.init_from} is not a directory (a local Hugging Face checkpoint: "
+                        f"config.json, model.safetensors, tokenizer files)")
+    for ok, msg in check_args(args):
+        if not ok:
+            raise UserError(msg)
+    args.clip_bounds = None
+    if args.clip.strip().lower() != "none":
+        try:
+            args.clip_bounds = tuple(float(x) for x in args.clip.split(","))
+        except ValueError:
+            raise UserError(f"--clip must be 'lo,hi' (e.g. 0.8,1.2) or 'none', got {args.clip!r}")
+        if len(args.clip_bounds) != 2 or not 0 <= args.clip_bounds[0] <= args.clip_bounds[1]:
+            raise UserError(f"--clip needs 'lo,hi' with 0 <= lo <= hi, got {args.clip!r}")
+    if args.device == "auto":
+        args.device = "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        dev = torch.device(args.device)
+    except RuntimeError:
+        raise UserError(f"--device: unknown device {args.device!r}; use auto, cpu or cuda[:N]")
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise UserError("--device cuda: no CUDA device is available here; use --device cpu")
+    return args

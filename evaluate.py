@@ -1,0 +1,165 @@
+"""
+Evaluation (docs/method.md §8): sample k answers per held-out prompt and measure accuracy, unbiased
+pass@k, distinct and effective correct answers, token entropy; on tasks whose answers can be listed,
+exactly: the policy's probability of every correct answer, KL(π‖p*), KL(p*‖π), the true log Z.
+
+    summarize(run_dir)      the final eval of a run, and the first at accuracy >= 0.9 (matched accuracy)
+"""
+
+import json
+import math
+import os
+import random
+from collections import Counter
+
+import torch
+
+import flowrl
+from rollout import chunked_logprobs, enumerate_responses, from_tokens, generate, sequence_logprobs
+
+
+def pass_at_k(n, c, k):
+    """Unbiased pass@k = 1 − C(n−c, k)/C(n, k) (Chen et al. 2021), from n samples of which c are correct."""
+    if n - c < k:
+        return 1.0
+    return 1.0 - math.comb(n - c, k) / math.comb(n, k)
+
+
+def decode_responses(tok, rollout):
+    """The text of each response, up to (not including) the token that stopped it."""
+    out = []
+    for row, m in zip(rollout.response.tolist(), rollout.mask.tolist()):
+        out.append(tok.decode([t for t, keep in zip(row, m) if keep and t not in tok.stop_ids]))
+    return out
+
+
+def eval_problems(task, n_prompts, seed):
+    """The held-out prompts: make_n's whole (small) prompt set, else a stream apart from training's."""
+    if hasattr(task, "targets"):
+        return [task.problem({"n": n}) for n in task.targets]
+    rng = random.Random(10 ** 6 + seed)
+    return [task.sample(rng) for _ in range(n_prompts)]
+
+
+def enumerable(task, tok):
+    """Exact metrics need a task whose answers can be listed, in the raw style of a character
+    tokenizer (one tokenization per answer)."""
+    return hasattr(task, "all_answers") and tok.alphabet is not None and task.style == "raw"
+
+
+@torch.no_grad()
+def exact_correct_probs(model, tok, task, problems):
+    """For enumerable tasks: the policy's exact probability of each correct answer (answer + EOS),
+    by teacher forcing. Returns one tensor of probabilities per problem."""
+    prompts, answers, owner = [], [], []
+    for i, p in enumerate(problems):
+        for s in task.solutions(p):
+            prompts.append(tok.encode_prompt(p.prompt))
+            answers.append(tok.encode(s) + [tok.eos_id])
+            owner.append(i)
+    batch = from_tokens(prompts, answers, tok.eos_id, next(model.parameters()).device)
+    logp = sequence_logprobs(model, batch)[0].sum(-1).exp().cpu()                    # (M,)
+    owner = torch.tensor(owner)
+    return [logp[owner == i] for i in range(len(problems))]
+
+
+@torch.no_grad()
+def exact_target_metrics(model, ref, tok, task, problems, pi_correct, beta, max_new_tokens,
+                         min_prob=1e-6, max_frontier=1000):
+    """Exact distances to the target p* ∝ π_ref·exp(β·r) with the raw 0/1 reward (docs/method.md §1,
+    §8), per prompt, averaged: KL(π‖p*) over π's enumerated responses (enumerate_responses;
+    `pruned_mass` is what was left unexpanded), KL(p*‖π) (the correct answers exactly, the wrong ones
+    lumped into one bucket: a lower bound on their part, which is below e^-β), and the true log Z.
+    pi_correct: exact_correct_probs(model, ...). Returns (averages, the true log Z per prompt)."""
+    out = {"kl_to_target": [], "kl_from_target": [], "log_z_true": [], "pruned_mass": []}
+    ref_correct = exact_correct_probs(ref, tok, task, problems)
+    device = next(model.parameters()).device
+    for p, pc, rc in zip(problems, pi_correct, ref_correct):
+        pc, rc = pc.double(), rc.double()
+        prompt = tok.encode_prompt(p.prompt)
+        resp, log_pi, pruned = enumerate_responses(model, prompt, eos_id=tok.eos_id, max_new_tokens=max_new_tokens,
+                                                   min_prob=min_prob, max_frontier=max_frontier)
+        texts = [tok.decode([t for t in y if t != tok.eos_id]) for y in resp]
+        r = torch.tensor([task.reward(p, t) for t in texts], dtype=torch.float64)
+        batch = from_tokens([prompt] * len(resp), [list(y) for y in resp], tok.eos_id, device)
+        log_ref = sequence_logprobs(ref, batch)[0].sum(-1).double().cpu()
+        log_z = flowrl.binary_log_partition(rc.sum(), beta)
+        log_pstar_c = rc.log() + beta - log_z                                        # p* on the correct answers
+        wrong_pstar, wrong_pi = (1 - rc.sum()) / log_z.exp(), (1 - pc.sum()).clamp(min=1e-300)
+        rev = (log_pstar_c.exp() * (log_pstar_c - pc.log())).sum() + wrong_pstar * (wrong_pstar / wrong_pi).log()
+        out["kl_to_target"].append(flowrl.kl_to_target(log_pi, log_ref, r, beta, log_z).item())
+        out["kl_from_target"].append(rev.item())
+        out["log_z_true"].append(log_z.item())
+        out["pruned_mass"].append(pruned)
+    return {k: sum(v) / len(v) for k, v in out.items()}, out["log_z_true"]
+
+
+def answer_counts(task, problems, texts, k):
+    """Per prompt: the number of correct samples and a Counter of the distinct correct answers."""
+    n_correct, correct = [], []
+    for i, p in enumerate(problems):
+        scores = [task.score(p, t) for t in texts[i * k:(i + 1) * k]]
+        n_correct.append(sum(s["correct"] for s in scores))
+        correct.append(Counter(s["answer"] for s in scores if s["correct"]))
+    return n_correct, correct
+
+
+def answer_entropy(probs):
+    """H(q), q = probs / Σ probs: the entropy of a distribution over answers, from exact probabilities
+    (a tensor) or from sample counts (a Counter). None where there is no correct answer."""
+    if isinstance(probs, Counter):
+        n = sum(probs.values())
+        return -sum(v / n * math.log(v / n) for v in probs.values()) if n else None
+    q = probs / probs.sum()
+    return -(q * q.clamp(min=1e-30).log()).sum().item()
+
+
+@torch.no_grad()
+def evaluate(model, tok, task, problems, *, k, max_new_tokens, seed, step, chunk_rows, beta, ref=None,
+             learned_log_z=None):
+    """One evaluation record: accuracy (the mean over k samples at T = 1: avg@k = pass@1), pass@j for
+    j in {1, 4, k}, distinct correct answers among the k samples, the effective number of correct
+    answers exp(H(π restricted to correct answers)) (exact where the answers can be listed, else from
+    the samples), the mean token entropy; on enumerable tasks with a reference, the exact metrics
+    against p* and, given learned_log_z (a function of the problems), the learned log Z beside the
+    true one."""
+    device = next(model.parameters()).device
+    gen = torch.Generator(device=device).manual_seed(seed * 1000003 + step)
+    ro = generate(model, [tok.encode_prompt(p.prompt) for p in problems], num_samples=k,
+                  max_new_tokens=max_new_tokens, temperature=1.0, eos_id=tok.eos_id, generator=gen)
+    _, ent = chunked_logprobs(model, ro, 1.0, chunk_rows)                             # (N, T)
+    n_correct, correct = answer_counts(task, problems, decode_responses(tok, ro), k)
+    out = {"kind": "eval", "step": step, "accuracy": sum(n_correct) / (k * len(problems))}
+    for j in sorted({1, min(4, k), k}):
+        out[f"pass@{j}"] = sum(pass_at_k(k, c, j) for c in n_correct) / len(problems)
+    out["pass@k"], out["k"] = out[f"pass@{k}"], k
+    out["distinct_correct"] = sum(len(c) for c in correct) / len(correct)
+    if enumerable(task, tok):                     # exact, from the policy's probabilities
+        pi_correct = exact_correct_probs(model, tok, task, problems)
+        out["correct_mass"] = sum(pc.sum().item() for pc in pi_correct) / len(pi_correct)
+        ans_h = [answer_entropy(pc) for pc in pi_correct]
+    else:                                         # from the samples: the empirical distribution
+        ans_h = [answer_entropy(c) for c in correct]
+    out["effective_correct"] = sum(math.exp(h) if h is not None else 0.0 for h in ans_h) / len(ans_h)
+    out["answer_entropy"] = sum(h or 0.0 for h in ans_h) / len(ans_h)
+    out["entropy"] = (ent.sum() / ro.mask.sum()).item()
+    if enumerable(task, tok) and ref is not None:   # exact distances to p* (Figure 1)
+        exact, true_z = exact_target_metrics(model, ref, tok, task, problems, pi_correct, beta, max_new_tokens)
+        out.update(exact)
+        if learned_log_z is not None:
+            lz = learned_log_z(problems).double().cpu()
+            out["log_z/learned"] = lz.mean().item()
+            out["log_z_abs_err"] = (lz - torch.tensor(true_z)).abs().mean().item()
+    return out
+
+
+def summarize(run_dir):
+    """A run's final eval metrics, and the same at the first eval with accuracy >= 0.9 (matched
+    accuracy) or None. Reads run_dir/metrics.jsonl only."""
+    with open(os.path.join(run_dir, "metrics.jsonl")) as f:
+        evals = [r for r in map(json.loads, f) if r["kind"] == "eval"]
+    keys = ("step", "accuracy", "pass@1", "pass@k", "k", "distinct_correct", "effective_correct", "entropy",
+            "answer_entropy", "correct_mass")
+    pick = lambda r: {k: r[k] for k in keys if k in r}
+    matched = next((r for r in evals if r["accuracy"] >= 0.9), None)
+    return {**pick(evals[-1]), "matched_accuracy": pick(matched) if matched else None}

@@ -1,0 +1,74 @@
+"""
+The runner shared by the experiment scripts (figure1.py, table.py): named variants of train.py's
+flags, the warm start made once per seed before anything runs in parallel, a pool of runs side by
+side (one thread each), and one reader of a run's metrics. Runs side by side write only their own
+run directory (--no_summary: never the shared summary.json).
+"""
+
+import json
+import os
+import time
+from multiprocessing import get_context
+
+import torch
+
+# name -> (algo, extra train.py flags). The run directory is out_dir/<name> (= algo + tag).
+VARIANTS = {
+    "flowrl_exact": ("flowrl_exact", []),
+    "flowrl": ("flowrl", []),
+    "grpo": ("grpo", []),
+    "grpo_kl": ("grpo", ["--kl_coef", "0.04"]),
+    "reinforce_pp": ("reinforce_pp", ["--kl_coef", "0.01"]),
+    "ppo": ("ppo", []),
+    # ablations the paper's reviewers asked about
+    "flowrl_exact_no_ref": ("flowrl_exact", ["--no_ref"]),
+    "flowrl_no_ref": ("flowrl", ["--no_ref"]),
+    "flowrl_exact_beta5": ("flowrl_exact", ["--reward_beta", "5"]),
+    "flowrl_exact_beta2": ("flowrl_exact", ["--reward_beta", "2"]),
+    "flowrl_beta5": ("flowrl", ["--reward_beta", "5"]),
+    "flowrl_beta2": ("flowrl", ["--reward_beta", "2"]),
+    "flowrl_exact_noclip": ("flowrl_exact", ["--grad_clip", "0"]),
+    "flowrl_noclip": ("flowrl", ["--grad_clip", "0"]),
+    "flowrl_exact_table": ("flowrl_exact", ["--logz", "table"]),
+    "flowrl_exact_group": ("flowrl_exact", ["--logz", "group"]),
+}
+
+
+def run_variant(job):
+    """One run of train.py in this process: job = (variant name, common flags). Returns (name, seconds)."""
+    name, common = job
+    torch.set_num_threads(1)                     # runs side by side, one core each
+    import train
+    algo, extra = VARIANTS[name]
+    t0 = time.time()
+    train.main(common + ["--algo", algo, "--tag", name[len(algo):], "--no_plot", "--no_summary"] + extra)
+    return name, time.time() - t0
+
+
+def make_warm_start(common):
+    """The warm start of these flags, made once (train.py reuses out_dir/warmstart.pt while it matches)."""
+    import train
+    from rewards import ALPHABET, get_task
+    from tokenizer import Tokenizer
+    args = train.parse_args(common)
+    os.makedirs(args.out_dir, exist_ok=True)
+    train.warm_start(args, get_task(args.task), Tokenizer.for_chars(ALPHABET), torch.device(args.device))
+
+
+def run_all(jobs, workers):
+    """Every (name, common flags) job, `workers` at a time, after the warm start of each distinct
+    out_dir is made (so that parallel runs never race to write it). Returns {(name, out_dir): seconds}."""
+    firsts = {}
+    for name, common in jobs:
+        firsts.setdefault(common[common.index("--out_dir") + 1], common)
+    for common in firsts.values():
+        make_warm_start(common)
+    with get_context("spawn").Pool(workers) as pool:
+        times = pool.map(run_variant, jobs, chunksize=1)
+    return {(name, common[common.index("--out_dir") + 1]): t for (name, common), (_, t) in zip(jobs, times)}
+
+
+def read_evals(run_dir):
+    """The eval records of a run's metrics.jsonl, in step order."""
+    with open(os.path.join(run_dir, "metrics.jsonl")) as f:
+        return [r for r in map(json.loads, f) if r["kind"] == "eval"]
