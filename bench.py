@@ -175,7 +175,90 @@ def bench_qwen05b(args):
           f"peak memory {peak_mb(device):,.0f} MB")
 
 
-def main():
+def rollout_vs_transformers(args, ours, theirs, device):
+    """Tokens/s of rollout.generate and of transformers' generate on the same prompts and weights,
+    counting the same work on both sides: every decoded position. Neither side can stop early:
+    transformers is held to the full length (min_new_tokens) and ours is given an end-of-sequence id
+    no model can sample (one past the vocabulary), so both decode prompts x samples x new_tokens."""
+    V = ours.config.vocab_size
+    prompts = torch.randint(0, V, (args.prompts, 8), generator=torch.Generator().manual_seed(0))
+    gen = torch.Generator(device=device).manual_seed(0)
+
+    def run_ours():
+        r = generate(ours, prompts.tolist(), num_samples=args.samples, max_new_tokens=args.new_tokens,
+                     eos_id=V, generator=gen)                     # unreachable: every row runs to the end
+        assert r.mask.all() and r.mask.shape[1] == args.new_tokens
+        return r.mask.numel()
+
+    def run_theirs():
+        with torch.inference_mode():
+            out = theirs.generate(prompts.to(device), do_sample=True, use_cache=True,
+                                  num_return_sequences=args.samples, max_new_tokens=args.new_tokens,
+                                  min_new_tokens=args.new_tokens, top_k=0, top_p=1.0, eos_token_id=V - 1,
+                                  pad_token_id=V - 1, attention_mask=torch.ones_like(prompts).to(device))
+        return out[:, prompts.shape[1]:].numel()
+
+    run_ours(), run_theirs()                                                  # warm-up
+    t_ours, t_theirs, n_ours, n_theirs = [], [], 0, 0
+    for _ in range(args.reps):                                                # interleaved
+        t, n_ours = timed(run_ours, device)
+        t_ours.append(t)
+        t, n_theirs = timed(run_theirs, device)
+        t_theirs.append(t)
+    assert n_ours == n_theirs == args.prompts * args.samples * args.new_tokens
+    return n_ours / statistics.median(t_ours), n_theirs / statistics.median(t_theirs), prompts
+
+
+def train_step_times(args, ours, prompts, device, dtype):
+    """Median seconds of one training step (forward, backward, AdamW) on one rollout: FlowRL's loss with
+    its log Z head, and GRPO's. Returns (FlowRL s, GRPO s, tokens through the model per step)."""
+    V = ours.config.vocab_size
+    g = torch.Generator().manual_seed(0)
+    ro = generate(ours, prompts.tolist(), num_samples=args.samples, max_new_tokens=args.new_tokens, eos_id=V - 1,
+                  generator=torch.Generator(device=device).manual_seed(1))
+    ours.train()
+    head = flowrl.LogZHead(ours.config.n_embd).to(device)
+    opt = torch.optim.AdamW(list(ours.parameters()) + list(head.parameters()), lr=1e-6)
+    r_hat = flowrl.group_normalize((torch.rand(ro.mask.shape[0], generator=g) > 0.5).float().to(device), args.samples)
+    ref_lp = ro.logprobs.clone()
+
+    def step(which):
+        with autocast(device, dtype == torch.bfloat16):
+            lp, _, h = sequence_logprobs(ours, ro, return_hidden=True)
+            if which == "flowrl":
+                log_z = head(h[:, :ro.prompt.shape[1]], ro.prompt_mask)
+                loss, _ = flowrl.flowrl_loss(lp, ro.logprobs, ref_lp, ro.mask, r_hat, log_z)
+            else:
+                loss, _ = flowrl.grpo_loss(lp, ro.logprobs, ref_lp, ro.mask, r_hat)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    step("flowrl"), step("grpo")
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    t_f, t_g = [], []
+    for _ in range(args.reps):
+        t_f.append(timed(lambda: step("flowrl"), device)[0])
+        t_g.append(timed(lambda: step("grpo"), device)[0])
+    ours.eval()
+    return statistics.median(t_f), statistics.median(t_g), int(ro.mask.sum()) + int(ro.prompt_mask.sum())
+
+
+def print_rows(args, device, rows):
+    dev = (torch.cuda.get_device_name(device) if device.type == "cuda"
+           else f"CPU ({os.cpu_count()} cores, {torch.get_num_threads()} threads)")
+    print(f"\n{dev}, {args.dtype}, torch {torch.__version__}; rollout: {args.prompts} prompts x {args.samples} "
+          f"samples x {args.new_tokens} new tokens, every position decoded and counted on both sides; medians "
+          f"of {args.reps} interleaved repetitions after a warm-up\n")
+    print("| model | ours tok/s | transformers tok/s | speed-up | matmul rate (GFLOP/s) | our decode (GFLOP/s) "
+          "| of the rate | FlowRL step (s) | GRPO step (s) | FlowRL/GRPO | train tok/s (FlowRL) | peak mem (MB) |")
+    print("|---" * 12 + "|")
+    for name, a, b, rate, ach, tf, tg, ntok, mem in rows:
+        print(f"| {name} | {a:,.0f} | {b:,.0f} | {a / b:.2f}x | {rate / 1e9:,.1f} | {ach / 1e9:,.1f} "
+              f"| {ach / rate:.0%} | {tf:.3f} | {tg:.3f} | {tf / tg:.2f}x | {ntok / tf:,.0f} | {mem:,.0f} |")
+
+
+def parse_args():
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0].strip())
     p.add_argument("--device", default="cpu")
     p.add_argument("--dtype", default="fp32", choices=["fp32", "bf16"])
@@ -189,7 +272,11 @@ def main():
     p.add_argument("--cache_vs_nocache", action="store_true", help="instead: generate (KV cache) against a loop "
                    "that reruns the whole sequence each step, 4 layers x 128 wide, 32 new tokens")
     p.add_argument("--memory_table", action="store_true", help="instead: the memory each Qwen2.5 size needs for RL")
-    args = p.parse_args()
+    return p.parse_args()
+
+
+def main():
+    args = parse_args()
     if args.memory_table:
         return memory_table()
     if args.cache_vs_nocache:
@@ -206,80 +293,12 @@ def main():
         with tempfile.TemporaryDirectory() as d:
             theirs = save_random(kind, cfg, d).to(device=device, dtype=dtype).eval()
             ours = from_pretrained(d, dtype=dtype).to(device).eval()
-        V = ours.config.vocab_size
-        g = torch.Generator().manual_seed(0)
-        prompts = torch.randint(0, V, (args.prompts, 8), generator=g)
-        eos = V - 1
-        gen = torch.Generator(device=device).manual_seed(0)
-
-        def run_ours():
-            r = generate(ours, prompts.tolist(), num_samples=args.samples, max_new_tokens=args.new_tokens,
-                         eos_id=eos, generator=gen)
-            return int(r.mask.sum())
-
-        def run_theirs():
-            with torch.inference_mode():
-                out = theirs.generate(prompts.to(device), do_sample=True, use_cache=True,
-                                      num_return_sequences=args.samples, max_new_tokens=args.new_tokens,
-                                      min_new_tokens=args.new_tokens, top_k=0, top_p=1.0, eos_token_id=eos,
-                                      pad_token_id=eos, attention_mask=torch.ones_like(prompts).to(device))
-            return out[:, prompts.shape[1]:].numel()
-
-        run_ours(), run_theirs()                                                  # warm-up
-        t_ours, t_theirs, n_ours, n_theirs = [], [], 0, 0
-        for _ in range(args.reps):                                                # interleaved
-            t, n_ours = timed(run_ours, device)
-            t_ours.append(t)
-            t, n_theirs = timed(run_theirs, device)
-            t_theirs.append(t)
-        tps_ours = n_ours / statistics.median(t_ours)
-        tps_theirs = n_theirs / statistics.median(t_theirs)
-        flops_per_token = 2 * sum(i * o for i, o in linear_shapes(ours))
+        tps_ours, tps_theirs, prompts = rollout_vs_transformers(args, ours, theirs, device)
         rate = matmul_rate(linear_shapes(ours), args.prompts * args.samples, device, dtype, args.reps)
-        achieved = flops_per_token * tps_ours
-
-        # training step on one rollout: FlowRL loss (with its log Z head) vs GRPO loss
-        ro = generate(ours, prompts.tolist(), num_samples=args.samples, max_new_tokens=args.new_tokens, eos_id=eos,
-                      generator=gen)
-        ours.train()
-        head = flowrl.LogZHead(ours.config.n_embd).to(device)
-        opt = torch.optim.AdamW(list(ours.parameters()) + list(head.parameters()), lr=1e-6)
-        rewards = (torch.rand(ro.mask.shape[0], generator=g) > 0.5).float().to(device)
-        r_hat = flowrl.group_normalize(rewards, args.samples)
-        ref_lp = ro.logprobs.clone()
-        def step(which):
-            with autocast(device, dtype == torch.bfloat16):
-                lp, _, h = sequence_logprobs(ours, ro, return_hidden=True)
-                if which == "flowrl":
-                    log_z = head(h[:, :ro.prompt.shape[1]], ro.prompt_mask)
-                    loss, _ = flowrl.flowrl_loss(lp, ro.logprobs, ref_lp, ro.mask, r_hat, log_z)
-                else:
-                    loss, _ = flowrl.grpo_loss(lp, ro.logprobs, ref_lp, ro.mask, r_hat)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-        step("flowrl"), step("grpo")
-        if device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats()
-        t_f, t_g = [], []
-        for _ in range(args.reps):
-            t_f.append(timed(lambda: step("flowrl"), device)[0])
-            t_g.append(timed(lambda: step("grpo"), device)[0])
-        train_tokens = int(ro.mask.sum()) + int(ro.prompt_mask.sum())
-        rows.append((name, tps_ours, tps_theirs, rate, achieved, statistics.median(t_f), statistics.median(t_g),
-                     train_tokens, peak_mb(device)))
-        ours.eval()
-
-    dev = (torch.cuda.get_device_name(device) if device.type == "cuda"
-           else f"CPU ({os.cpu_count()} cores, {torch.get_num_threads()} threads)")
-    print(f"\n{dev}, {args.dtype}, torch {torch.__version__}; rollout: {args.prompts} prompts x {args.samples} "
-          f"samples x {args.new_tokens} new tokens; medians of {args.reps} interleaved repetitions after a warm-up\n")
-    print("| model | ours tok/s | transformers tok/s | speed-up | matmul rate (GFLOP/s) | our decode (GFLOP/s) "
-          "| of the rate | FlowRL step (s) | GRPO step (s) | FlowRL/GRPO | train tok/s (FlowRL) | peak mem (MB) |")
-    print("|---" * 12 + "|")
-    for name, a, b, rate, ach, tf, tg, ntok, mem in rows:
-        print(f"| {name} | {a:,.0f} | {b:,.0f} | {a / b:.2f}x | {rate / 1e9:,.1f} | {ach / 1e9:,.1f} "
-              f"| {ach / rate:.0%} | {tf:.3f} | {tg:.3f} | {tf / tg:.2f}x | {ntok / tf:,.0f} | {mem:,.0f} |")
+        achieved = 2 * sum(i * o for i, o in linear_shapes(ours)) * tps_ours
+        t_f, t_g, train_tokens = train_step_times(args, ours, prompts, device, dtype)
+        rows.append((name, tps_ours, tps_theirs, rate, achieved, t_f, t_g, train_tokens, peak_mb(device)))
+    print_rows(args, device, rows)
 
 
 if __name__ == "__main__":

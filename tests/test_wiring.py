@@ -1,0 +1,237 @@
+"""What train.py hands each loss (the wiring that could break silently), the exact evaluation at π = p*
+on a hand-built policy, and the sampler on a real model whose rows end at different steps."""
+import math
+import os
+import shutil
+
+import pytest
+import torch
+import torch.nn as nn
+
+import evaluate
+import flowrl
+import train
+from model import GPT, GPTConfig, KVCache
+from rewards import ALPHABET, get_task
+from rollout import generate, sequence_logprobs
+from tokenizer import Tokenizer
+
+TINY = ["--warm_steps", "300", "--steps", "2", "--batch_prompts", "4", "--group_size", "4", "--eval_every", "2",
+        "--eval_k", "4", "--log_every", "2", "--ckpt_every", "2", "--n_layer", "1", "--n_embd", "32",
+        "--n_head", "2", "--n_kv_head", "1", "--no_plot", "--warm_noise", "0.3"]
+
+
+@pytest.fixture(scope="module")
+def warm_dir(tmp_path_factory):
+    """One warm start for every test here (train.py reuses out_dir/warmstart.pt while its settings match)."""
+    d = tmp_path_factory.mktemp("warm")
+    train.main(TINY + ["--algo", "grpo", "--steps", "1", "--out_dir", str(d), "--no_summary"])
+    return str(d / "warmstart.pt")
+
+
+@pytest.fixture
+def out(tmp_path, warm_dir):
+    shutil.copy(warm_dir, tmp_path / "warmstart.pt")
+    return str(tmp_path)
+
+
+def record_calls(monkeypatch, name):
+    """Wrap flowrl.<name> so that every call's arguments are kept (the wrapped function still runs)."""
+    real, calls = getattr(flowrl, name), []
+
+    def wrapped(*a, **kw):
+        calls.append((a, kw))
+        return real(*a, **kw)
+    monkeypatch.setattr(flowrl, name, wrapped)
+    return calls
+
+
+def record_batches(monkeypatch):
+    """Wrap train.collect: every batch it returns, with the log Z head's bias right after it."""
+    real, batches = train.collect, []
+
+    def wrapped(args, run, *a, **kw):
+        b = real(args, run, *a, **kw)
+        bias = run.head.out.bias.item() if isinstance(run.head, flowrl.LogZHead) else None
+        batches.append((b, bias))
+        return b
+    monkeypatch.setattr(train, "collect", wrapped)
+    return batches
+
+
+def test_flowrl_gets_group_normalized_rewards_and_token_means(out, monkeypatch):
+    calls, batches = record_calls(monkeypatch, "flowrl_loss"), record_batches(monkeypatch)
+    train.main(TINY + ["--algo", "flowrl", "--out_dir", out])
+    assert len(calls) == len(batches) == 2
+    for (a, kw), (b, bias) in zip(calls, batches):
+        logprobs, old, ref, mask, rewards, log_z = a
+        assert torch.equal(rewards, flowrl.group_normalize(b.rewards, 4)) and kw["length_norm"] is True
+        assert torch.equal(ref, b.ref_logprobs) and torch.equal(old, b.ro.logprobs) and torch.equal(mask, b.ro.mask)
+        assert kw["beta"] == 15.0 and kw["clip"] == (0.8, 1.2)
+    assert abs(batches[0][1]) < 1e-6                              # the practical form's log Z starts at 0
+    assert any(0 < b.rewards.sum() < len(b.rewards) for b, _ in batches)   # groups with a learning signal
+
+
+def test_flowrl_exact_gets_raw_rewards_sums_and_the_log_z_init(out, monkeypatch):
+    calls, batches = record_calls(monkeypatch, "flowrl_loss"), record_batches(monkeypatch)
+    train.main(TINY + ["--algo", "flowrl_exact", "--out_dir", out])
+    (a, kw), (b, bias) = calls[0], batches[0]
+    assert torch.equal(a[4], b.rewards) and kw["length_norm"] is False and 0 < b.rewards.sum() < len(b.rewards)
+    k = int(b.rewards.sum())                                       # log(k/N·e^β + 1 − k/N), docs/method.md §6
+    n = len(b.rewards)
+    assert abs(bias - math.log(k / n * math.exp(15.0) + 1 - k / n)) < 1e-4
+    # --length_norm overrides the form's pooling
+    calls.clear()
+    train.main(TINY + ["--algo", "flowrl_exact", "--length_norm", "--tag", "_ln", "--out_dir", out])
+    assert calls[0][1]["length_norm"] is True
+
+
+def test_baselines_get_their_advantages(out, monkeypatch):
+    grpo, rpp, ppo = (record_calls(monkeypatch, n) for n in ("grpo_loss", "reinforce_pp_loss", "ppo_loss"))
+    batches = record_batches(monkeypatch)
+    train.main(TINY + ["--algo", "grpo", "reinforce_pp", "ppo", "--kl_coef", "0.05", "--out_dir", out])
+    (b_g, _), _, (b_r, _), _, (b_p, _), _ = batches
+    a, kw = grpo[0]
+    assert torch.equal(a[4], flowrl.group_normalize(b_g.rewards, 4)) and kw["kl_coef"] == 0.05
+    assert torch.equal(a[2], b_g.ref_logprobs)
+    a, kw = rpp[0]
+    want = flowrl.reinforce_pp_advantages(b_r.rewards, b_r.ro.logprobs, b_r.ref_logprobs, b_r.ro.mask, 0.05)
+    assert torch.allclose(a[3], want) and a[3].abs().sum() > 0
+    a, kw = ppo[0]
+    adv, returns = a[3], a[5]
+    values = (returns - adv) * b_p.ro.mask                         # gae: returns = advantages + old values
+    kl_r = -0.05 * (b_p.ro.logprobs - b_p.ref_logprobs) * b_p.ro.mask
+    adv2, ret2 = flowrl.gae(b_p.rewards, values, b_p.ro.mask, token_rewards=kl_r)
+    assert torch.allclose(adv, adv2, atol=1e-5) and torch.allclose(returns, ret2, atol=1e-5)
+
+
+def test_minibatches_and_epochs_make_importance_weights_differ_from_one(out, monkeypatch):
+    calls = record_calls(monkeypatch, "flowrl_loss")
+    train.main(TINY + ["--algo", "flowrl", "--steps", "1", "--minibatches", "2", "--epochs", "2",
+                       "--lr", "3e-3", "--out_dir", out])
+    assert len(calls) == 4                                         # 2 epochs x 2 minibatches of 2 whole groups
+    for a, _ in calls:
+        assert a[0].shape[0] == 8
+    w = lambda a: flowrl.masked_sum(a[0].detach() - a[1], a[3].float()).exp()
+    assert torch.allclose(w(calls[0][0]), torch.ones(8), atol=1e-5)       # the first minibatch: on-policy
+    assert (w(calls[3][0]) - 1).abs().max() > 1e-3                       # after 3 updates: off-policy
+
+
+@pytest.mark.parametrize("logz", ["table", "group"])
+def test_logz_table_and_group(out, monkeypatch, logz):
+    calls = record_calls(monkeypatch, "flowrl_loss")
+    train.main(TINY + ["--algo", "flowrl_exact", "--logz", logz, "--out_dir", out])
+    ck = torch.load(os.path.join(out, "flowrl_exact", "ckpt.pt"), weights_only=True)
+    a, kw = calls[0]
+    logprobs, _, ref, mask, rewards, log_z = a
+    if logz == "table":
+        assert ck["head"]["table"].shape == (9,)                   # one log Z per make_n target
+        assert log_z.requires_grad
+    else:                                                         # each group's minimizer of Σ δ², no head
+        assert ck["head"] is None and not log_z.requires_grad
+        m = mask.float()
+        want = 15.0 * rewards + flowrl.masked_sum(ref, m) - flowrl.masked_sum(logprobs.detach(), m)
+        assert torch.allclose(log_z, want.view(-1, 4).mean(1).repeat_interleave(4), atol=1e-5)
+
+
+def test_no_ref_zeroes_the_reference_in_the_loss(out, monkeypatch):
+    calls = record_calls(monkeypatch, "flowrl_loss")
+    train.main(TINY + ["--algo", "flowrl", "--no_ref", "--out_dir", out])
+    assert all(torch.count_nonzero(a[2]) == 0 for a, _ in calls)
+
+
+# ---- the exact evaluation at π = p* ----
+
+class PrefixPolicy(nn.Module):
+    """A hand-built policy over whole responses: probs maps a response (a tuple of token ids ending
+    with EOS) to its probability; next-token probabilities are ratios of prefix masses. The response
+    is what follows the prompt's last ':' token. Token ids ride in the KV cache's key slots, so the
+    cached sampler and the tree enumeration work as with a GPT."""
+
+    def __init__(self, probs, vocab_size, colon_id):
+        super().__init__()
+        self.probs, self.colon = probs, colon_id
+        self.config = GPTConfig(vocab_size=vocab_size, n_layer=1, n_head=1, n_kv_head=1, n_embd=2, block_size=64)
+        self.anchor = nn.Parameter(torch.zeros(1))                # for the device
+
+    def make_cache(self, batch_size, max_len):
+        return KVCache(self.config, batch_size, max_len, "cpu", torch.float64)
+
+    def next_logits(self, seq):
+        if self.colon not in seq:                                   # inside the prompt: never scored
+            return torch.zeros(self.config.vocab_size)
+        last = max(i for i, t in enumerate(seq) if t == self.colon)
+        prefix = tuple(seq[last + 1:])
+        mass = torch.zeros(self.config.vocab_size, dtype=torch.float64)
+        for y, p in self.probs.items():
+            if y[:len(prefix)] == prefix and len(y) > len(prefix):
+                mass[y[len(prefix)]] += p
+        if mass.sum() == 0:
+            return torch.zeros(self.config.vocab_size)                # past the end: anything (masked out)
+        return mass.clamp(min=1e-300).log().clamp(min=-1e4).float()
+
+    def forward(self, idx, valid=None, cache=None, return_hidden=False, logits_from=0):
+        B, T = idx.shape
+        valid = torch.ones(B, T, dtype=torch.bool) if valid is None else valid
+        if cache is not None:
+            t0 = cache.length
+            cache.k[0, :, 0, t0:t0 + T, 0] = idx.double()
+            cache.valid[:, t0:t0 + T] = valid
+            cache.length = t0 + T
+            ids, ok = cache.k[0, :, 0, :t0 + T, 0].long(), cache.valid[:, :t0 + T]
+        else:
+            t0, ids, ok = 0, idx, valid
+        logits = torch.stack([torch.stack([self.next_logits([t for t, v in zip(ids[b, :t0 + j + 1].tolist(),
+                                                                              ok[b, :t0 + j + 1].tolist()) if v])
+                                           for j in range(logits_from, T)]) for b in range(B)])
+        return (logits, torch.zeros(B, T, 2)) if return_hidden else logits
+
+
+def test_exact_metrics_vanish_at_the_target(tmp_path):
+    tok, task = Tokenizer.for_chars(ALPHABET), get_task("make_n")
+    problem = task.problem({"n": 7})
+    beta = 3.0                                                     # small β: p* keeps visible wrong mass
+    g = torch.Generator().manual_seed(0)
+    answers = [f"{a}+{b}" for a in range(10) for b in range(10)]
+    ref_p = torch.rand(len(answers), generator=g, dtype=torch.float64) + 0.05
+    ref_p /= ref_p.sum()
+    r = torch.tensor([task.reward(problem, s) for s in answers], dtype=torch.float64)
+    star = ref_p * (beta * r).exp()
+    z = star.sum()
+    resp = [tuple(tok.encode(s)) + (tok.eos_id,) for s in answers]
+    colon = tok.encode(":")[0]
+    ref = PrefixPolicy(dict(zip(resp, ref_p.tolist())), tok.vocab_size, colon)
+    pi = PrefixPolicy(dict(zip(resp, (star / z).tolist())), tok.vocab_size, colon)
+    out = evaluate.evaluate(pi, tok, task, [problem], k=8, max_new_tokens=6, seed=0, step=0, chunk_rows=64,
+                            beta=beta, ref=ref, learned_log_z=lambda ps: torch.full((len(ps),), z.log().item()))
+    correct = star[r == 1] / star[r == 1].sum()
+    assert abs(out["kl_to_target"]) < 1e-5 and abs(out["kl_from_target"]) < 1e-5
+    assert abs(out["log_z_true"] - z.log().item()) < 1e-5 and out["log_z_abs_err"] < 1e-5
+    assert abs(out["effective_correct"] - math.exp(-(correct * correct.log()).sum().item())) < 1e-4
+    assert abs(out["correct_mass"] - (star[r == 1].sum() / z).item()) < 1e-5
+    # the reference itself is not the target: its KL is far from 0
+    far = evaluate.evaluate(ref, tok, task, [problem], k=8, max_new_tokens=6, seed=0, step=0, chunk_rows=64,
+                            beta=beta, ref=ref)
+    assert far["kl_to_target"] > 0.1
+
+
+# ---- the sampler on a real model ----
+
+def test_sampler_rows_end_independently_on_a_real_model():
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(vocab_size=8, n_layer=2, n_head=2, n_kv_head=1, n_embd=16, block_size=64))
+    eos = 7
+    with torch.no_grad():
+        model.wte.weight[eos] *= 40                                # tied head: EOS likely but not certain
+    ro = generate(model, [[1, 2, 3], [4, 5]], num_samples=16, max_new_tokens=12, eos_id=eos,
+                  generator=torch.Generator().manual_seed(1))
+    lengths = ro.mask.sum(-1)
+    assert lengths.min() < lengths.max()                            # some rows ended early, others went on
+    for i in range(ro.mask.shape[0]):
+        n = int(lengths[i])
+        assert ro.mask[i, :n].all() and not ro.mask[i, n:].any()
+        assert (ro.response[i, n:] == eos).all() and (ro.logprobs[i, n:] == 0).all()
+        assert bool(ro.finished[i]) == (ro.response[i, n - 1].item() == eos)
+        assert (ro.response[i, :n - 1] != eos).all()                # no EOS before the last token
+    lp, _ = sequence_logprobs(model, ro)
+    assert torch.allclose(lp, ro.logprobs, atol=1e-5)
