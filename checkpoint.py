@@ -48,21 +48,36 @@ class Run:
     skipped: int = 0           # steps with a non-finite loss or gradient, never applied
 
 
+# the flags that define an experiment: a resumed run must keep them (--steps may grow, logging may change)
+EXPERIMENT_FLAGS = ("task", "seed", "preset", "batch_prompts", "group_size", "max_new_tokens", "temperature", "lr",
+                    "logz_lr", "value_lr", "weight_decay", "reward_beta", "kl_coef", "clip", "clip_eps",
+                    "length_norm", "logz", "no_ref", "grad_clip", "epochs", "minibatches", "n_layer", "n_embd",
+                    "n_head", "n_kv_head", "warm_steps", "warm_noise", "warm_lr", "init_from", "eval_k",
+                    "eval_prompts", "bf16")
+
+
 def save_checkpoint(path, run, step, args):
     state = lambda m: m.state_dict() if m is not None else None
     python_rng = [list(x) if isinstance(x, tuple) else x for x in run.prompt_rng.getstate()]
+    cuda_rng = torch.cuda.get_rng_state(run.gen.device) if run.gen.device.type == "cuda" else None
     save_atomic({"algo": run.algo, "step": step, "skipped": run.skipped, "model": run.policy.state_dict(),
                  "head": state(run.head), "optimizer": run.opt.state_dict(),
-                 "rng": {"python": python_rng, "sampler": run.gen.get_state(), "torch": torch.get_rng_state()},
+                 "rng": {"python": python_rng, "sampler": run.gen.get_state(), "torch": torch.get_rng_state(),
+                         "cuda": cuda_rng},
                  "config": {k: v for k, v in vars(args).items() if k != "clip_bounds"},
                  "model_config": asdict(run.policy.config)}, path)
 
 
 def resume(run, path, args, rank):
-    """Restore a run from its checkpoint; returns the step it had reached."""
+    """Restore a run from its checkpoint; returns the step it had reached. Refused, with the flag named,
+    when the checkpoint was made with other experiment flags (EXPERIMENT_FLAGS)."""
     ck = load_checkpoint(path)
     if ck["algo"] != run.algo:
         raise UserError(f"--resume: {path} holds a {ck['algo']} run, not {run.algo}")
+    for k in EXPERIMENT_FLAGS:
+        if k in ck["config"] and ck["config"][k] != getattr(args, k):
+            raise UserError(f"--resume: --{k} was {ck['config'][k]!r} in {path}, now {getattr(args, k)!r}; "
+                            f"resume with the same --{k}, or start a new run in another --out_dir")
     run.policy.load_state_dict(ck["model"])
     if run.head is not None:
         run.head.load_state_dict(ck["head"])
@@ -74,11 +89,13 @@ def resume(run, path, args, rank):
     else:
         run.gen.manual_seed(args.seed + rank + 7919 * ck["step"])
     torch.set_rng_state(ck["rng"]["torch"])
+    if ck["rng"].get("cuda") is not None and run.gen.device.type == "cuda":
+        torch.cuda.set_rng_state(ck["rng"]["cuda"], run.gen.device)
     run.skipped = ck["skipped"]
     return ck["step"]
 
 
-def truncate_metrics(path, step):
+def truncate_log(path, step):
     """Drop the records a crashed run wrote after its last checkpoint (all of them for a new run, step 0)."""
     keep = []
     if os.path.exists(path):

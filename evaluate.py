@@ -50,7 +50,7 @@ def enumerable(task, tok):
 @torch.no_grad()
 def exact_correct_probs(model, tok, task, problems):
     """For enumerable tasks: the policy's exact probability of each correct answer (answer + EOS),
-    by teacher forcing. Returns one tensor of probabilities per problem."""
+    by teacher forcing, in float64. Returns one tensor of probabilities per problem."""
     prompts, answers, owner = [], [], []
     for i, p in enumerate(problems):
         for s in task.solutions(p):
@@ -58,7 +58,7 @@ def exact_correct_probs(model, tok, task, problems):
             answers.append(tok.encode(s) + [tok.eos_id])
             owner.append(i)
     batch = from_tokens(prompts, answers, tok.eos_id, next(model.parameters()).device)
-    logp = sequence_logprobs(model, batch)[0].sum(-1).exp().cpu()                    # (M,)
+    logp = sequence_logprobs(model, batch)[0].double().sum(-1).exp().cpu()           # (M,) float64
     owner = torch.tensor(owner)
     return [logp[owner == i] for i in range(len(problems))]
 
@@ -116,26 +116,31 @@ def answer_entropy(probs):
 
 @torch.no_grad()
 def evaluate(model, tok, task, problems, *, k, max_new_tokens, seed, step, chunk_rows, beta, ref=None,
-             learned_log_z=None):
+             learned_log_z=None, n_logged=0):
     """One evaluation record: accuracy (the mean over k samples at T = 1: avg@k = pass@1), pass@j for
     j in {1, 4, k}, distinct correct answers among the k samples, the effective number of correct
     answers exp(H(π restricted to correct answers)) (exact where the answers can be listed, else from
     the samples), the mean token entropy; on enumerable tasks with a reference, the exact metrics
     against p* and, given learned_log_z (a function of the problems), the learned log Z beside the
-    true one."""
+    true one. The exact metrics run outside autocast (float32 forwards, float64 sums) on every device.
+    With n_logged > 0, the record's "samples" holds the first sample of the first n_logged prompts."""
     device = next(model.parameters()).device
     gen = torch.Generator(device=device).manual_seed(seed * 1000003 + step)
     ro = generate(model, [tok.encode_prompt(p.prompt) for p in problems], num_samples=k,
-                  max_new_tokens=max_new_tokens, temperature=1.0, eos_id=tok.eos_id, generator=gen)
+                  max_new_tokens=max_new_tokens, temperature=1.0, eos_id=tok.eos_id, stop_ids=tok.stop_ids,
+                  generator=gen)
     _, ent = chunked_logprobs(model, ro, 1.0, chunk_rows)                             # (N, T)
-    n_correct, correct = answer_counts(task, problems, decode_responses(tok, ro), k)
+    texts = decode_responses(tok, ro)
+    n_correct, correct = answer_counts(task, problems, texts, k)
     out = {"kind": "eval", "step": step, "accuracy": sum(n_correct) / (k * len(problems))}
     for j in sorted({1, min(4, k), k}):
         out[f"pass@{j}"] = sum(pass_at_k(k, c, j) for c in n_correct) / len(problems)
     out["pass@k"], out["k"] = out[f"pass@{k}"], k
     out["distinct_correct"] = sum(len(c) for c in correct) / len(correct)
+    exact_ctx = torch.autocast(device.type, enabled=False)
     if enumerable(task, tok):                     # exact, from the policy's probabilities
-        pi_correct = exact_correct_probs(model, tok, task, problems)
+        with exact_ctx:
+            pi_correct = exact_correct_probs(model, tok, task, problems)
         out["correct_mass"] = sum(pc.sum().item() for pc in pi_correct) / len(pi_correct)
         ans_h = [answer_entropy(pc) for pc in pi_correct]
     else:                                         # from the samples: the empirical distribution
@@ -144,12 +149,18 @@ def evaluate(model, tok, task, problems, *, k, max_new_tokens, seed, step, chunk
     out["answer_entropy"] = sum(h or 0.0 for h in ans_h) / len(ans_h)
     out["entropy"] = (ent.sum() / ro.mask.sum()).item()
     if enumerable(task, tok) and ref is not None:   # exact distances to p* (Figure 1)
-        exact, true_z = exact_target_metrics(model, ref, tok, task, problems, pi_correct, beta, max_new_tokens)
+        with exact_ctx:
+            exact, true_z = exact_target_metrics(model, ref, tok, task, problems, pi_correct, beta, max_new_tokens)
+            lz = learned_log_z(problems).double().cpu() if learned_log_z is not None else None
         out.update(exact)
-        if learned_log_z is not None:
-            lz = learned_log_z(problems).double().cpu()
+        if lz is not None:
             out["log_z/learned"] = lz.mean().item()
             out["log_z_abs_err"] = (lz - torch.tensor(true_z)).abs().mean().item()
+    if n_logged:
+        out["samples"] = [{"step": step, "prompt": p.prompt, "completion": texts[i * k],
+                           "reward": task.score(p, texts[i * k])["reward"],
+                           "correct": bool(task.score(p, texts[i * k])["correct"])}
+                          for i, p in enumerate(problems[:n_logged])]
     return out
 
 

@@ -189,9 +189,11 @@ class LogZHead(nn.Module):
     def forward(self, hidden, prompt_mask):
         """hidden: (N, Tp, H) final-layer states; prompt_mask: (N, Tp) true on real prompt tokens.
         Returns log Z: (N,)."""
-        m = prompt_mask[..., None].to(hidden.dtype)                                    # (N, Tp, 1)
-        pooled = (hidden * m).sum(1) / m.sum(1).clamp(min=1)                          # (N, H)
-        return self.out(self.mlp(pooled.to(self.out.weight.dtype)))[:, 0]             # (N,)
+        with torch.autocast(hidden.device.type, enabled=False):                      # fp32 under bf16 autocast
+            h = hidden.to(self.out.weight.dtype)
+            m = prompt_mask[..., None].to(h.dtype)                                     # (N, Tp, 1)
+            pooled = (h * m).sum(1) / m.sum(1).clamp(min=1)                            # (N, H)
+            return self.out(self.mlp(pooled))[:, 0]                                   # (N,)
 
 
 class LogZTable(nn.Module):
@@ -258,7 +260,8 @@ def reinforce_pp_loss(logprobs, old_logprobs, mask, advantages, *, clip_eps=0.2)
 
 
 class ValueHead(nn.Module):
-    """PPO's critic: a linear read-out of the policy's final-layer hidden state (a shared trunk)."""
+    """PPO's critic: a linear read-out of the policy's final-layer hidden state (a shared trunk), in
+    float32 whatever the trunk's dtype."""
 
     def __init__(self, n_embd):
         super().__init__()
@@ -268,7 +271,8 @@ class ValueHead(nn.Module):
 
     def forward(self, hidden):
         """hidden: (N, T, H), the states from which each response token is predicted -> (N, T)."""
-        return self.out(hidden.to(self.out.weight.dtype))[..., 0]
+        with torch.autocast(hidden.device.type, enabled=False):
+            return self.out(hidden.to(self.out.weight.dtype))[..., 0]
 
 
 def gae(rewards, values, mask, gamma=1.0, lam=0.95, token_rewards=None):

@@ -1,7 +1,8 @@
 """
 Hugging Face checkpoints, local directories only (config.json + safetensors; nothing downloaded):
-from_pretrained loads GPT-2, Qwen2/Qwen2.5 and Llama weights into our GPT exactly (strict: every
-tensor used, every parameter filled, every shape checked).
+from_pretrained loads GPT-2, Qwen2/Qwen2.5, Qwen3 and Llama weights into our GPT exactly (strict: every
+tensor used, every parameter filled, every shape checked); save_pretrained writes our GPT back in that
+format (a from-scratch GPT as a Llama, whose block ours is by default).
 """
 
 import os
@@ -13,7 +14,8 @@ from tokenizer import CheckpointError, read_json
 
 
 def hf_config(path):
-    """GPTConfig for a Hugging Face config.json (GPT2LMHeadModel, Qwen2ForCausalLM, LlamaForCausalLM)."""
+    """GPTConfig for a Hugging Face config.json (GPT2LMHeadModel, Qwen2ForCausalLM, Qwen3ForCausalLM,
+    LlamaForCausalLM)."""
     cfg_path = os.path.join(path, "config.json")
     c = read_json(cfg_path)
     arch = (c.get("architectures") or [None])[0]
@@ -24,7 +26,7 @@ def hf_config(path):
                          n_embd=c["n_embd"], block_size=c["n_positions"], n_inner=c.get("n_inner") or 0,
                          norm="layernorm", norm_eps=c.get("layer_norm_epsilon", 1e-5), pos="learned", mlp="gelu",
                          bias=True, tie_embeddings=c.get("tie_word_embeddings", True))
-    if arch in ("Qwen2ForCausalLM", "LlamaForCausalLM"):
+    if arch in ("Qwen2ForCausalLM", "Qwen3ForCausalLM", "LlamaForCausalLM"):
         rope = c.get("rope_parameters") or {}
         scaling = c.get("rope_scaling") or (rope if rope.get("rope_type", "default") != "default" else None)
         if scaling and scaling.get("rope_type", scaling.get("type")) not in (None, "default"):
@@ -32,7 +34,8 @@ def hf_config(path):
         if c.get("hidden_act", "silu") != "silu":
             raise CheckpointError(f"{cfg_path}: hidden_act {c['hidden_act']!r} is not supported")
         heads = c["num_attention_heads"]
-        if c.get("head_dim", c["hidden_size"] // heads) * heads != c["hidden_size"]:
+        head_dim = c.get("head_dim") or c["hidden_size"] // heads
+        if head_dim * heads != c["hidden_size"] and arch != "Qwen3ForCausalLM":
             raise CheckpointError(f"{cfg_path}: head_dim x num_attention_heads != hidden_size is not supported")
         qkv_bias = arch == "Qwen2ForCausalLM" or c.get("attention_bias", False)
         return GPTConfig(vocab_size=c["vocab_size"], n_layer=c["num_hidden_layers"], n_head=heads,
@@ -40,9 +43,11 @@ def hf_config(path):
                          block_size=c.get("max_position_embeddings", 2048), n_inner=c["intermediate_size"],
                          norm="rmsnorm", norm_eps=c.get("rms_norm_eps", 1e-6), pos="rope",
                          rope_theta=float(c.get("rope_theta", rope.get("rope_theta", 10000.0))), mlp="swiglu",
-                         bias=False, qkv_bias=qkv_bias, tie_embeddings=c.get("tie_word_embeddings", False))
+                         bias=False, qkv_bias=qkv_bias, qk_norm=arch == "Qwen3ForCausalLM",
+                         head_size=head_dim if head_dim * heads != c["hidden_size"] else 0,
+                         tie_embeddings=c.get("tie_word_embeddings", False))
     raise CheckpointError(f"{cfg_path}: architecture {arch!r} is not supported "
-                          f"(GPT2LMHeadModel, Qwen2ForCausalLM, LlamaForCausalLM)")
+                          f"(GPT2LMHeadModel, Qwen2ForCausalLM, Qwen3ForCausalLM, LlamaForCausalLM)")
 
 
 def _hf_names(config, arch):
@@ -82,6 +87,9 @@ def _hf_names(config, arch):
                     names[f"blocks.{i}.attn.{q}_proj.bias"] = (h + f"self_attn.{q}_proj.bias", None)
             for m in ("gate", "up", "down"):
                 names[f"blocks.{i}.mlp.{m}_proj.weight"] = (h + f"mlp.{m}_proj.weight", None)
+            if config.qk_norm:
+                names[f"blocks.{i}.attn.q_norm.weight"] = (h + "self_attn.q_norm.weight", None)
+                names[f"blocks.{i}.attn.k_norm.weight"] = (h + "self_attn.k_norm.weight", None)
             names[f"blocks.{i}.ln_1.weight"] = (h + "input_layernorm.weight", None)
             names[f"blocks.{i}.ln_2.weight"] = (h + "post_attention_layernorm.weight", None)
         names["ln_f.weight"] = ("model.norm.weight", None)
@@ -154,3 +162,95 @@ def from_pretrained(path, dtype=torch.float32):
     if config.pos == "rope":                                                          # buffers, kept in float32
         model.rope_cos, model.rope_sin = rope_tables(config)
     return model
+
+
+# ---------------------------------------------------------------------------------------------
+# export: our GPT as a Hugging Face checkpoint directory that transformers loads
+
+MODEL_TYPES = {"GPT2LMHeadModel": "gpt2", "Qwen2ForCausalLM": "qwen2", "Qwen3ForCausalLM": "qwen3",
+               "LlamaForCausalLM": "llama"}
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "merges.txt", "special_tokens_map.json",
+                   "added_tokens.json", "chat_template.jinja")
+
+
+def export_config(config, arch):
+    """The config.json of our GPTConfig as the Hugging Face architecture `arch`; a ValueError names
+    the switch that this architecture cannot express."""
+    c = config
+    if arch == "GPT2LMHeadModel":
+        if (c.norm, c.pos, c.mlp, c.bias) != ("layernorm", "learned", "gelu", True) or c.n_kv_head != c.n_head:
+            raise ValueError("a GPT2LMHeadModel needs norm=layernorm, pos=learned, mlp=gelu, bias, n_kv_head=n_head")
+        return {"architectures": [arch], "model_type": "gpt2", "vocab_size": c.vocab_size, "n_embd": c.n_embd,
+                "n_layer": c.n_layer, "n_head": c.n_head, "n_positions": c.block_size, "n_inner": c.mlp_width,
+                "activation_function": "gelu_new", "layer_norm_epsilon": c.norm_eps, "resid_pdrop": 0.0,
+                "embd_pdrop": 0.0, "attn_pdrop": 0.0, "tie_word_embeddings": c.tie_embeddings}
+    if (c.norm, c.pos, c.mlp, c.bias) != ("rmsnorm", "rope", "swiglu", False):
+        raise ValueError(f"a {arch} needs norm=rmsnorm, pos=rope, mlp=swiglu and no biases but q/k/v's")
+    if c.qk_norm != (arch == "Qwen3ForCausalLM") or (c.qkv_bias and arch == "Qwen3ForCausalLM"):
+        raise ValueError(f"qk_norm={c.qk_norm}, qkv_bias={c.qkv_bias} do not fit a {arch}")
+    if c.qkv_bias != (arch == "Qwen2ForCausalLM") and arch != "LlamaForCausalLM":
+        raise ValueError(f"qkv_bias={c.qkv_bias} does not fit a {arch}")
+    if c.qkv_bias and arch == "LlamaForCausalLM":
+        raise ValueError("a LlamaForCausalLM's attention_bias covers o_proj too: export q/k/v biases as a Qwen2")
+    return {"architectures": [arch], "model_type": MODEL_TYPES[arch], "vocab_size": c.vocab_size,
+            "hidden_size": c.n_embd, "intermediate_size": c.mlp_width, "num_hidden_layers": c.n_layer,
+            "num_attention_heads": c.n_head, "num_key_value_heads": c.n_kv_head, "head_dim": c.head_dim,
+            "max_position_embeddings": c.block_size, "rms_norm_eps": c.norm_eps, "hidden_act": "silu",
+            "rope_theta": c.rope_theta, "rope_parameters": {"rope_type": "default", "rope_theta": c.rope_theta},
+            "attention_bias": False, "tie_word_embeddings": c.tie_embeddings}
+
+
+def export_state(model, arch):
+    """Our parameters under their Hugging Face names (the inverse of _hf_names): GPT-2's q, k, v are
+    fused back into c_attn and every Conv1D weight transposed back to (in, out)."""
+    ours = dict(model.named_parameters())                                            # tied weights listed once
+    state = {}
+    for name, (key, fn) in _hf_names(model.config, arch).items():
+        if name not in ours:
+            continue
+        t = ours[name].detach()
+        if arch == "GPT2LMHeadModel":
+            key = "transformer." + key if not key.startswith("lm_head") else key
+            if fn is not None and ".c_attn." not in key:
+                t = t.t()
+        state[key] = t
+    if arch == "GPT2LMHeadModel":                                                    # fuse q, k, v: (C, 3C), (3C,)
+        for i in range(model.config.n_layer):
+            a = model.blocks[i].attn
+            state[f"transformer.h.{i}.attn.c_attn.weight"] = torch.cat(
+                [a.q_proj.weight, a.k_proj.weight, a.v_proj.weight]).t().detach()
+            qkv_bias = [a.q_proj.bias, a.k_proj.bias, a.v_proj.bias]
+            state[f"transformer.h.{i}.attn.c_attn.bias"] = torch.cat(qkv_bias).detach()
+    return {k: v.float().contiguous().cpu() for k, v in state.items()}
+
+
+def save_pretrained(model, path, arch="LlamaForCausalLM", stop_ids=(), tokenizer_from=None):
+    """Write model as a Hugging Face directory: config.json, model.safetensors, generation_config.json,
+    and the tokenizer files of tokenizer_from (a Hugging Face checkpoint directory) if given. Written
+    to path + '.tmp' and renamed: a crash never leaves half a directory."""
+    import json
+    import shutil
+
+    from safetensors.torch import save_file
+    tmp = path + ".tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    os.makedirs(tmp)
+    with open(os.path.join(tmp, "config.json"), "w") as f:
+        json.dump({**export_config(model.config, arch), "torch_dtype": "float32"}, f, indent=2)
+    save_file(export_state(model, arch), os.path.join(tmp, "model.safetensors"), metadata={"format": "pt"})
+    gen = {"eos_token_id": list(stop_ids) if len(stop_ids) > 1 else (stop_ids[0] if stop_ids else None)}
+    if tokenizer_from and os.path.exists(os.path.join(tokenizer_from, "generation_config.json")):
+        gen = read_json(os.path.join(tokenizer_from, "generation_config.json"))
+    with open(os.path.join(tmp, "generation_config.json"), "w") as f:
+        json.dump(gen, f, indent=2)
+    for name in TOKENIZER_FILES if tokenizer_from else ():
+        if os.path.exists(os.path.join(tokenizer_from, name)):
+            shutil.copy(os.path.join(tokenizer_from, name), os.path.join(tmp, name))
+    shutil.rmtree(path, ignore_errors=True)
+    os.replace(tmp, path)
+    return path
+
+
+def architecture(path):
+    """The Hugging Face architecture named in path/config.json."""
+    return (read_json(os.path.join(path, "config.json")).get("architectures") or [None])[0]

@@ -5,7 +5,8 @@ Hugging Face weights: hf.py).
 One class, three block styles, chosen by GPTConfig switches:
 - the from-scratch default: RMSNorm, rotary positions, SwiGLU MLP, grouped-query attention;
 - GPT-2: LayerNorm, learned positions, GELU MLP, biases everywhere, tied LM head;
-- Qwen2 / Llama: RMSNorm, rotary positions (rope_theta), SwiGLU, q/k/v bias (Qwen2), tied or not.
+- Qwen2 / Qwen3 / Llama: RMSNorm, rotary positions (rope_theta), SwiGLU, q/k/v bias (Qwen2), per-head
+  q/k RMSNorm and a head width of its own (Qwen3), tied or not.
 
 Padding. Prompts of different lengths are left-padded; `valid` (B, T) marks the real tokens.
 A query attends to the real keys at or before it; positions count real tokens only, so a
@@ -38,15 +39,17 @@ class GPTConfig:
     mlp: str = "swiglu"       # "swiglu" | "gelu" (GPT-2's tanh approximation)
     bias: bool = False        # biases in every linear layer and norm (GPT-2)
     qkv_bias: bool = False    # biases in the q, k, v projections only (Qwen2)
+    qk_norm: bool = False     # RMSNorm over each head's queries and keys before the rotation (Qwen3)
+    head_size: int = 0        # per-head width; 0 means n_embd // n_head (Qwen3 may differ)
     tie_embeddings: bool = True
 
     def __post_init__(self):
         problems = []
         if self.n_head % self.n_kv_head:
             problems.append(f"n_kv_head={self.n_kv_head} must divide n_head={self.n_head}")
-        if self.n_embd % self.n_head:
-            problems.append(f"n_head={self.n_head} must divide n_embd={self.n_embd}")
-        if self.pos == "rope" and (self.n_embd // self.n_head) % 2:
+        if self.n_embd % self.n_head and not self.head_size:
+            problems.append(f"n_head={self.n_head} must divide n_embd={self.n_embd} (or set head_size)")
+        if self.pos == "rope" and self.head_dim % 2:
             problems.append("rotary positions need an even head size")
         if self.norm not in ("rmsnorm", "layernorm"):
             problems.append(f"norm must be 'rmsnorm' or 'layernorm', got {self.norm!r}")
@@ -62,7 +65,7 @@ class GPTConfig:
 
     @property
     def head_dim(self):
-        return self.n_embd // self.n_head
+        return self.head_size or self.n_embd // self.n_head
 
     @property
     def mlp_width(self):
@@ -147,11 +150,17 @@ class Attention(nn.Module):
         self.k_proj = nn.Linear(C, config.n_kv_head * hs, bias=qkv_bias)
         self.v_proj = nn.Linear(C, config.n_kv_head * hs, bias=qkv_bias)
         self.o_proj = nn.Linear(config.n_head * hs, C, bias=config.bias)
+        if config.qk_norm:
+            self.q_norm, self.k_norm = RMSNorm(hs, config.norm_eps), RMSNorm(hs, config.norm_eps)
+        self.qk_norm = config.qk_norm
 
     def forward(self, x, rope, attn_mask, cache, layer):
         B, T, C = x.shape
-        q = self.q_proj(x).view(B, T, self.n_head, self.head_dim).transpose(1, 2)     # (B, nh, T, hs)
-        k = self.k_proj(x).view(B, T, self.n_kv_head, self.head_dim).transpose(1, 2)  # (B, nkv, T, hs)
+        q = self.q_proj(x).view(B, T, self.n_head, self.head_dim)                     # (B, T, nh, hs)
+        k = self.k_proj(x).view(B, T, self.n_kv_head, self.head_dim)                  # (B, T, nkv, hs)
+        if self.qk_norm:
+            q, k = self.q_norm(q), self.k_norm(k)
+        q, k = q.transpose(1, 2), k.transpose(1, 2)                                    # (B, nh|nkv, T, hs)
         v = self.v_proj(x).view(B, T, self.n_kv_head, self.head_dim).transpose(1, 2)  # (B, nkv, T, hs)
         if rope is not None:
             q, k = rotate(q, *rope), rotate(k, *rope)
@@ -233,10 +242,13 @@ class GPT(nn.Module):
         return sum(p.numel() for p in self.parameters())
 
     def make_cache(self, batch_size, max_len):
+        """A KV cache in the dtype the forward computes keys and values in: the autocast dtype under
+        autocast (bf16 on CUDA), else the weights' dtype."""
         if max_len > self.config.block_size:
             raise ValueError(f"a sequence of {max_len} tokens exceeds block_size={self.config.block_size}")
         p = self.wte.weight
-        return KVCache(self.config, batch_size, max_len, p.device, p.dtype)
+        dtype = torch.get_autocast_dtype(p.device.type) if torch.is_autocast_enabled(p.device.type) else p.dtype
+        return KVCache(self.config, batch_size, max_len, p.device, dtype)
 
     def forward(self, idx, valid=None, cache=None, return_hidden=False, logits_from=0):
         """idx: (B, T) token ids. valid: (B, T) bool, false at padding (None: all real).

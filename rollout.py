@@ -21,18 +21,20 @@ class Rollout:
     mask: torch.Tensor          # (N, T) bool, true on generated tokens, the EOS included
     logprobs: torch.Tensor      # (N, T) log-prob of each sampled token under softmax(logits / T); 0 where masked
     eos_id: int                 # the end-of-sequence id that pads responses
+    stop_ids: tuple = ()        # every id that ends a response (empty: eos_id alone)
 
     def select(self, rows):
         """The sub-rollout of the given rows (a LongTensor or slice), e.g. a minibatch of whole groups."""
         return Rollout(self.prompt[rows], self.prompt_mask[rows], self.response[rows], self.mask[rows],
-                       self.logprobs[rows], self.eos_id)
+                       self.logprobs[rows], self.eos_id, self.stop_ids)
 
     @property
     def finished(self):
-        """(N,) bool: the row ended with EOS (false: cut at max_new_tokens)."""
+        """(N,) bool: the row ended with a stop id (false: cut at max_new_tokens)."""
         last = self.mask.sum(-1) - 1                                                 # (N,)
         ended = self.response.gather(1, last.clamp(min=0)[:, None])[:, 0]
-        return (last >= 0) & (ended == self.eos_id)
+        stops = torch.tensor(self.stop_ids or (self.eos_id,), device=ended.device)
+        return (last >= 0) & torch.isin(ended, stops)
 
 
 def left_pad(prompts, pad_id, device):
@@ -73,8 +75,10 @@ def sample_token(logits, temperature, top_p, generator):
 
 
 def generate(model, prompts, *, num_samples, max_new_tokens, temperature=1.0, top_p=1.0, eos_id,
-             generator=None):
-    """Sample num_samples responses for each prompt (a list of token-id lists).
+             stop_ids=None, generator=None):
+    """Sample num_samples responses for each prompt (a list of token-id lists). A row ends at the first
+    of its tokens in stop_ids (default: eos_id alone; a checkpoint's generation_config may list several);
+    eos_id pads the prompts on the left and the responses after their end.
     Returns a Rollout of N = len(prompts) * num_samples rows, prompt-major."""
     if num_samples < 1 or max_new_tokens < 1:
         raise ValueError("num_samples and max_new_tokens must be >= 1")
@@ -84,12 +88,13 @@ def generate(model, prompts, *, num_samples, max_new_tokens, temperature=1.0, to
     G = num_samples
     ids, valid = left_pad(prompts, eos_id, device)                                  # (P, Tp)
     P, Tp = ids.shape
+    stops = torch.tensor(tuple(stop_ids) if stop_ids else (eos_id,), device=device)
     N = P * G
     was_training = model.training
     model.eval()
     with torch.inference_mode():
         cache = model.make_cache(P, Tp + max_new_tokens)
-        logits = model(ids, valid=valid, cache=cache)[:, -1]                        # (P, V): one prefill per prompt
+        logits = model(ids, valid=valid, cache=cache, logits_from=Tp - 1)[:, -1]    # (P, V): one prefill per prompt
         cache = cache.select(torch.arange(P, device=device).repeat_interleave(G))   # (N, ...) shared by the group
         logits = logits.repeat_interleave(G, dim=0)                                  # (N, V)
         response = torch.full((N, max_new_tokens), eos_id, dtype=torch.long, device=device)
@@ -102,7 +107,7 @@ def generate(model, prompts, *, num_samples, max_new_tokens, temperature=1.0, to
             response[:, t] = token
             mask[:, t] = ~done
             logprobs[:, t] = lp.masked_fill(done, 0.0)
-            done = done | (token == eos_id)
+            done = done | torch.isin(token, stops)
             if t == max_new_tokens - 1 or bool(done.all()):
                 break
             logits = model(token[:, None], cache=cache)[:, -1]                       # (N, V)
@@ -111,7 +116,7 @@ def generate(model, prompts, *, num_samples, max_new_tokens, temperature=1.0, to
     out = Rollout(prompt=ids.repeat_interleave(G, dim=0).clone(),
                   prompt_mask=valid.repeat_interleave(G, dim=0).clone(),
                   response=response[:, :T].clone(), mask=mask[:, :T].clone(),
-                  logprobs=logprobs[:, :T].clone(), eos_id=eos_id)
+                  logprobs=logprobs[:, :T].clone(), eos_id=eos_id, stop_ids=tuple(stops.tolist()))
     return out
 
 

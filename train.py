@@ -31,10 +31,10 @@ import torch
 
 import flowrl
 from checkpoint import (Run, append_jsonl, load_checkpoint, resume, save_atomic, save_checkpoint,
-                        truncate_metrics, write_summary)
+                        truncate_log, write_summary)
 from evaluate import decode_responses, eval_problems, evaluate, summarize
 from config import UserError, parse_args
-from hf import from_pretrained
+from hf import architecture, from_pretrained, save_pretrained
 from model import GPT, GPTConfig, autocast
 from parallel import allreduce_grads, gather_rows, mean_over_ranks, setup_distributed
 from rewards import ALPHABET, get_task
@@ -89,8 +89,8 @@ def warm_start(args, task, tok, device):
 def new_run(args, algo, warm, task, device, rank):
     policy = copy.deepcopy(warm).train()
     ref = copy.deepcopy(warm).eval().requires_grad_(False)
-    if device.type == "cuda" and args.bf16:
-        ref = ref.to(torch.bfloat16)                           # it is only ever run under bf16 autocast
+    if device.type == "cuda" and args.bf16 and args.init_from is not None:
+        ref = ref.to(torch.bfloat16)    # run under bf16 autocast only (the toy tasks keep fp32 for the exact metrics)
     torch.manual_seed(args.seed)
     head, head_lr = None, None
     if algo.startswith("flowrl") and args.logz != "group":
@@ -117,6 +117,8 @@ class Batch:
     rewards: torch.Tensor      # (N,) raw rewards r
     r_hat: torch.Tensor        # (N,) group-normalized rewards r̂ (docs/method.md §4.1)
     ref_logprobs: torch.Tensor  # (N, T) under π_ref (zeros with --no_ref)
+    old_logprobs: torch.Tensor  # (N, T) under π_old, the policy before this step's updates
+    entropy: torch.Tensor      # (N, T) token entropy of π_old (a metric)
     adv: torch.Tensor = None   # (N, T) per-token advantages (reinforce_pp, ppo)
     returns: torch.Tensor = None  # (N, T) value targets (ppo)
     keys: torch.Tensor = None  # (N,) prompt keys of the log Z table (--logz table)
@@ -127,33 +129,56 @@ def prompt_key(task, problem):
     return task.targets.index(problem.data["n"])
 
 
+def minibatches(args, n_prompts, step, epoch, device):
+    """The rows of each minibatch of one pass: --minibatches groups of whole prompts (all G samples),
+    in a random prompt order from the second minibatch count on."""
+    G = args.group_size
+    order = (torch.randperm(n_prompts, generator=torch.Generator().manual_seed(step * 31 + epoch))
+             if args.minibatches > 1 else torch.arange(n_prompts))
+    return [(chunk[:, None] * G + torch.arange(G)).reshape(-1).to(device) for chunk in order.chunk(args.minibatches)]
+
+
+@torch.no_grad()
+def rollout_policy_pass(args, run, ro, row_sets):
+    """π_old as the training forward computes it (docs/method.md §4.3): the log-probs the importance
+    weights divide by, recomputed without gradients before any update, minibatch by minibatch as the
+    first epoch will run them, so that on-policy w = 1 exactly (the sampler's cached decode differs
+    in rounding, in bf16 by far more). Also the token entropy (a metric) and PPO's old values."""
+    old, entropy = torch.zeros_like(ro.logprobs), torch.zeros_like(ro.logprobs)          # (N, T)
+    values = torch.zeros_like(ro.logprobs) if run.algo == "ppo" else None
+    for rows in row_sets:
+        mb = ro.select(rows)
+        old[rows], entropy[rows], h = sequence_logprobs(run.policy, mb, args.temperature, return_hidden=True)
+        if values is not None:
+            values[rows] = run.head(h[:, mb.prompt.shape[1] - 1:-1])
+    return old, entropy, values
+
+
 def collect(args, run, task, tok, step, rank, world):
     """Sample this rank's prompts, G answers each, score them, and compute what the losses need
-    once per batch: reference log-probs, r̂, and each algorithm's own targets."""
+    once per batch: π_old's and π_ref's log-probs, r̂, and each algorithm's own targets."""
     P, G = args.batch_prompts // world, args.group_size
     problems = [task.sample(run.prompt_rng) for _ in range(args.batch_prompts)][rank * P:(rank + 1) * P]
     ro = generate(run.policy, [tok.encode_prompt(p.prompt) for p in problems], num_samples=G,
                   max_new_tokens=args.max_new_tokens, temperature=args.temperature, eos_id=tok.eos_id,
-                  generator=run.gen)
+                  stop_ids=tok.stop_ids, generator=run.gen)
     scores = [task.score(problems[i // G], t) for i, t in enumerate(decode_responses(tok, ro))]
     rewards = torch.tensor([s["reward"] for s in scores], device=ro.mask.device)          # (N,)
-    ref_logprobs, _ = chunked_logprobs(run.ref, ro, args.temperature, rows_per_chunk(args))  # (N, T)
+    old, entropy, old_values = rollout_policy_pass(args, run, ro, minibatches(args, P, step, 0, ro.mask.device))
+    ref_logprobs, _ = chunked_logprobs(run.ref, ro, args.temperature, rows_per_chunk(args, world))  # (N, T)
     if args.no_ref:
         ref_logprobs = torch.zeros_like(ref_logprobs)
-    b = Batch(problems, ro, scores, rewards, flowrl.group_normalize(rewards, G), ref_logprobs)
+    b = Batch(problems, ro, scores, rewards, flowrl.group_normalize(rewards, G), ref_logprobs, old, entropy)
     if run.algo.startswith("flowrl") and flowrl.FORMS[run.algo]["init_log_z"] and step == 0 and run.head is not None:
         everyone = gather_rows(rewards, world)         # log Z starts at log E_ref[exp(β·r)], docs/method.md §6
         init = flowrl.log_partition_init(everyone, len(everyone), args.reward_beta).item()
         with torch.no_grad():
             (run.head.out.bias if args.logz == "head" else run.head.table).fill_(init)
     if run.algo == "reinforce_pp":
-        b.adv = flowrl.reinforce_pp_advantages(rewards, ro.logprobs, ref_logprobs, ro.mask, args.kl_coef)
+        b.adv = flowrl.reinforce_pp_advantages(rewards, old, ref_logprobs, ro.mask, args.kl_coef)
     if run.algo == "ppo":
-        with torch.no_grad():
-            _, _, h = sequence_logprobs(run.policy, ro, temperature=args.temperature, return_hidden=True)
-            old_values = run.head(h[:, ro.prompt.shape[1] - 1:-1])                        # (N, T)
-            kl_reward = -args.kl_coef * (ro.logprobs - ref_logprobs) * ro.mask          # KL in the reward
-            b.adv, b.returns = flowrl.gae(rewards, old_values, ro.mask, token_rewards=kl_reward)
+        kl_reward = -args.kl_coef * (old - ref_logprobs) * ro.mask                        # KL in the reward
+        b.adv, b.returns = flowrl.gae(rewards, old_values, ro.mask, token_rewards=kl_reward)
     if run.algo.startswith("flowrl") and args.logz == "table":
         b.keys = torch.tensor([prompt_key(task, problems[i // G]) for i in range(len(scores))], device=rewards.device)
     return b
@@ -173,33 +198,27 @@ def algo_loss(args, run, b, rows, mb, logprobs, h):
             log_z = run.head(b.keys[rows])
         else:
             log_z = run.head(h[:, :Tp], mb.prompt_mask)
-        return flowrl.flowrl_loss(logprobs, mb.logprobs, b.ref_logprobs[rows], mb.mask, r, log_z,
+        return flowrl.flowrl_loss(logprobs, b.old_logprobs[rows], b.ref_logprobs[rows], mb.mask, r, log_z,
                                   beta=args.reward_beta, clip=args.clip_bounds, length_norm=form["length_norm"])
     if run.algo == "grpo":
-        return flowrl.grpo_loss(logprobs, mb.logprobs, b.ref_logprobs[rows], mb.mask, b.r_hat[rows],
+        return flowrl.grpo_loss(logprobs, b.old_logprobs[rows], b.ref_logprobs[rows], mb.mask, b.r_hat[rows],
                                 clip_eps=args.clip_eps, kl_coef=args.kl_coef)
     if run.algo == "reinforce_pp":
-        return flowrl.reinforce_pp_loss(logprobs, mb.logprobs, mb.mask, b.adv[rows], clip_eps=args.clip_eps)
+        return flowrl.reinforce_pp_loss(logprobs, b.old_logprobs[rows], mb.mask, b.adv[rows], clip_eps=args.clip_eps)
     values = run.head(h[:, Tp - 1:-1])                                                   # ppo: (n, T)
-    return flowrl.ppo_loss(logprobs, mb.logprobs, mb.mask, b.adv[rows], values, b.returns[rows],
+    return flowrl.ppo_loss(logprobs, b.old_logprobs[rows], mb.mask, b.adv[rows], values, b.returns[rows],
                            clip_eps=args.clip_eps)
 
 
 def update(args, run, b, step, world):
     """--epochs passes over the batch in --minibatches minibatches of whole groups; per minibatch one
     AdamW step after the gradient clip, skipped (and counted) if the loss or gradient is not finite.
-    Returns the loss stats of every applied minibatch, their gradient norms, and the token entropy
-    of the rollout policy over the whole batch (the first epoch)."""
-    P, G = len(b.problems), args.group_size
-    stats, grad_norms, ent_sum, skipped = {}, [], 0.0, False          # ent_sum: summed token entropy, epoch 0
+    Returns the loss stats of every applied minibatch and their gradient norms."""
+    stats, grad_norms, skipped = {}, [], False
     for epoch in range(args.epochs):
-        order = (torch.randperm(P, generator=torch.Generator().manual_seed(step * 31 + epoch))
-                 if args.minibatches > 1 else torch.arange(P))
-        for chunk in order.chunk(args.minibatches):
-            rows = (chunk[:, None] * G + torch.arange(G)).reshape(-1).to(b.rewards.device)   # whole groups
+        for rows in minibatches(args, len(b.problems), step, epoch, b.rewards.device):
             mb = b.ro.select(rows)
-            logprobs, entropy, h = sequence_logprobs(run.policy, mb, temperature=args.temperature, return_hidden=True)
-            ent_sum = ent_sum + entropy.sum() if epoch == 0 else ent_sum
+            logprobs, _, h = sequence_logprobs(run.policy, mb, temperature=args.temperature, return_hidden=True)
             loss, st = algo_loss(args, run, b, rows, mb, logprobs, h)
             run.opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -215,22 +234,24 @@ def update(args, run, b, step, world):
             for k, v in st.items():
                 stats.setdefault(k, []).append(v)
     run.skipped += skipped
-    return stats, grad_norms, (ent_sum / b.ro.mask.sum()).item()
+    return stats, grad_norms
 
 
 def train_record(args, run, b, upd, dt, world, device):
     """The metrics of one step (TRL / veRL names), averaged over the ranks under torchrun."""
-    stats, grad_norms, entropy = upd
+    stats, grad_norms = upd
     ro, G = b.ro, args.group_size
     mean = lambda k: sum(stats[k]) / len(stats[k]) if stats.get(k) else float("nan")
     distinct = [len({s["answer"] for s in b.scores[i * G:(i + 1) * G] if s["correct"]}) for i in range(len(b.problems))]
-    kl_ref = (flowrl.k3_kl(ro.logprobs, b.ref_logprobs) * ro.mask).sum() / ro.mask.sum()
+    kl_ref = (flowrl.k3_kl(b.old_logprobs, b.ref_logprobs) * ro.mask).sum() / ro.mask.sum()
+    gap = ((ro.logprobs - b.old_logprobs).abs() * ro.mask).max()      # sampler vs training forward, per token
     rec = {"kind": "train", "algo": run.algo,
            "reward/mean": b.rewards.mean().item(), "reward/std": b.rewards.std().item(),
            "accuracy": sum(s["correct"] for s in b.scores) / len(b.scores),
            "format": sum(s["format"] for s in b.scores) / len(b.scores),
            "frac_reward_zero_std": (b.rewards.view(-1, G).std(1) == 0).float().mean().item(),
-           "entropy": entropy, "kl_ref": kl_ref.item(),
+           "entropy": (b.entropy.sum() / ro.mask.sum()).item(), "kl_ref": kl_ref.item(),
+           "logprob_gap/max": gap.item(),
            "completions/mean_length": ro.mask.sum(-1).float().mean().item(),
            "completions/clipped_ratio": (~ro.finished).float().mean().item(),
            "distinct_correct": sum(distinct) / len(distinct),
@@ -254,9 +275,9 @@ def train_record(args, run, b, upd, dt, world, device):
 # ---------------------------------------------------------------------------------------------
 # the loop
 
-def rows_per_chunk(args):
-    """Rows per forward pass without gradients: a minibatch's worth (G x batch_prompts / minibatches)."""
-    return args.group_size * max(1, args.batch_prompts // args.minibatches)
+def rows_per_chunk(args, world=1):
+    """Rows per forward pass without gradients: one rank's minibatch (G x batch_prompts / world / minibatches)."""
+    return args.group_size * max(1, args.batch_prompts // world // args.minibatches)
 
 
 @torch.no_grad()
@@ -273,15 +294,18 @@ def learned_log_z(args, run, tok, task, problems):
     return z
 
 
-def run_eval(args, run, tok, task, problems, step, device):
+def run_eval(args, run, tok, task, problems, step, device, run_dir):
+    """Evaluate, append the record to metrics.jsonl and a few prompts' completions to samples.jsonl."""
     log_z = None
     if run.algo.startswith("flowrl") and run.head is not None:
         log_z = lambda ps: learned_log_z(args, run, tok, task, ps)
     with autocast(device, args.bf16):
         rec = evaluate(run.policy, tok, task, problems, k=args.eval_k, max_new_tokens=args.max_new_tokens,
                        seed=args.seed, step=step, chunk_rows=rows_per_chunk(args), beta=args.reward_beta,
-                       ref=run.ref, learned_log_z=log_z)
-    return {"algo": run.algo, **rec}
+                       ref=run.ref, learned_log_z=log_z, n_logged=4)
+    for sample in rec.pop("samples"):
+        append_jsonl(os.path.join(run_dir, "samples.jsonl"), sample)
+    append_jsonl(os.path.join(run_dir, "metrics.jsonl"), {"algo": run.algo, **rec})
 
 
 def train_algo(args, algo, warm, tok, task, device, rank=0, world=1):
@@ -290,14 +314,18 @@ def train_algo(args, algo, warm, tok, task, device, rank=0, world=1):
     is_main = rank == 0                                       # rank 0 alone writes files
     os.makedirs(run_dir, exist_ok=True)
     run = new_run(args, algo, warm, task, device, rank)
-    start = resume(run, ckpt, args, rank) if args.resume else 0
-    if is_main:
-        truncate_metrics(metrics, start)
-    if args.resume:
+    start = 0
+    if args.resume and os.path.exists(ckpt):
+        start = resume(run, ckpt, args, rank)
         print(f"{algo}: resumed from {ckpt} at step {start}")
+    elif args.resume:
+        print(f"{algo}: no checkpoint at {ckpt} (it never reached one): starting it from scratch")
+    if is_main:
+        truncate_log(metrics, start)
+        truncate_log(os.path.join(run_dir, "samples.jsonl"), start)
     problems_eval = eval_problems(task, args.eval_prompts, args.seed)
     if start == 0 and is_main:
-        append_jsonl(metrics, run_eval(args, run, tok, task, problems_eval, 0, device))
+        run_eval(args, run, tok, task, problems_eval, 0, device, run_dir)
     t_run = time.time()
     for step in range(start, args.steps):
         t0 = time.time()
@@ -315,9 +343,12 @@ def train_algo(args, algo, warm, tok, task, device, rank=0, world=1):
                   f"entropy {rec['entropy']:.3f} distinct {rec['distinct_correct']:.2f}{lz} "
                   f"{rec['time/step_s']:.3f}s/step eta {eta:.0f}s", flush=True)
         if is_main and (s % args.eval_every == 0 or s == args.steps):
-            append_jsonl(metrics, run_eval(args, run, tok, task, problems_eval, s, device))
+            run_eval(args, run, tok, task, problems_eval, s, device, run_dir)
         if is_main and (s % args.ckpt_every == 0 or s == args.steps):
             save_checkpoint(ckpt, run, s, args)
+    if is_main:                                 # the trained policy in the format every other tool reads
+        arch = architecture(args.init_from) if args.init_from else "LlamaForCausalLM"
+        save_pretrained(run.policy, os.path.join(run_dir, "hf"), arch, tok.stop_ids, args.init_from)
     return run_dir
 
 
@@ -358,6 +389,12 @@ def main(argv=None):
         rank, world, args.device = setup_distributed(args.device, args.batch_prompts)
     except ValueError as e:
         raise UserError(str(e))
+    ckpts = [os.path.join(args.out_dir, a + args.tag, "ckpt.pt") for a in args.algo]
+    if args.resume and not any(os.path.exists(c) for c in ckpts):
+        raise UserError(f"--resume: no checkpoint at {' or '.join(ckpts)}")
+    if (args.batch_prompts // world) % args.minibatches:
+        raise UserError(f"--minibatches={args.minibatches} must divide each process's "
+                        f"{args.batch_prompts // world} prompts")
     device = torch.device(args.device)
     if rank != 0:
         sys.stdout = open(os.devnull, "w")      # one voice: rank 0 prints, writes metrics, checkpoints, figures

@@ -28,6 +28,11 @@ def make(tmp, arch, shard=False, **kw):
                     num_key_value_heads=2, max_position_embeddings=64, tie_word_embeddings=False)
         base.update(kw)
         m = transformers.Qwen2ForCausalLM(transformers.Qwen2Config(**base))
+    elif arch == "qwen3":                       # head_dim 16 != hidden 32 / 4 heads, per-head q/k norms
+        base = dict(vocab_size=V, hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4,
+                    num_key_value_heads=2, head_dim=16, max_position_embeddings=64, tie_word_embeddings=False)
+        base.update(kw)
+        m = transformers.Qwen3ForCausalLM(transformers.Qwen3Config(**base))
     else:
         base = dict(vocab_size=V, hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4,
                     num_key_value_heads=4, max_position_embeddings=64, tie_word_embeddings=False)
@@ -48,6 +53,8 @@ CONFIGS = [
     ("qwen2", False, {}),                                                        # untied, GQA 2:1
     ("qwen2", True, {"tie_word_embeddings": True, "num_key_value_heads": 1}),    # tied, GQA 4:1, sharded
     ("qwen2", False, {"num_key_value_heads": 4, "rope_theta": 1e6}),             # MHA, Qwen2.5's rope theta
+    ("qwen3", False, {}),                                                        # untied, head_dim 16
+    ("qwen3", True, {"tie_word_embeddings": True, "head_dim": 4}),               # tied, head_dim 4, sharded
     ("llama", False, {}),
 ]
 

@@ -66,7 +66,8 @@ def test_flowrl_gets_group_normalized_rewards_and_token_means(out, monkeypatch):
     for (a, kw), (b, bias) in zip(calls, batches):
         logprobs, old, ref, mask, rewards, log_z = a
         assert torch.equal(rewards, flowrl.group_normalize(b.rewards, 4)) and kw["length_norm"] is True
-        assert torch.equal(ref, b.ref_logprobs) and torch.equal(old, b.ro.logprobs) and torch.equal(mask, b.ro.mask)
+        assert torch.equal(ref, b.ref_logprobs) and torch.equal(old, b.old_logprobs) and torch.equal(mask, b.ro.mask)
+        assert torch.allclose(b.old_logprobs, b.ro.logprobs, atol=1e-4)   # the training forward's π_old ≈ sampler's
         assert kw["beta"] == 15.0 and kw["clip"] == (0.8, 1.2)
     assert abs(batches[0][1]) < 1e-6                              # the practical form's log Z starts at 0
     assert any(0 < b.rewards.sum() < len(b.rewards) for b, _ in batches)   # groups with a learning signal
@@ -95,12 +96,12 @@ def test_baselines_get_their_advantages(out, monkeypatch):
     assert torch.equal(a[4], flowrl.group_normalize(b_g.rewards, 4)) and kw["kl_coef"] == 0.05
     assert torch.equal(a[2], b_g.ref_logprobs)
     a, kw = rpp[0]
-    want = flowrl.reinforce_pp_advantages(b_r.rewards, b_r.ro.logprobs, b_r.ref_logprobs, b_r.ro.mask, 0.05)
+    want = flowrl.reinforce_pp_advantages(b_r.rewards, b_r.old_logprobs, b_r.ref_logprobs, b_r.ro.mask, 0.05)
     assert torch.allclose(a[3], want) and a[3].abs().sum() > 0
     a, kw = ppo[0]
     adv, returns = a[3], a[5]
     values = (returns - adv) * b_p.ro.mask                         # gae: returns = advantages + old values
-    kl_r = -0.05 * (b_p.ro.logprobs - b_p.ref_logprobs) * b_p.ro.mask
+    kl_r = -0.05 * (b_p.old_logprobs - b_p.ref_logprobs) * b_p.ro.mask
     adv2, ret2 = flowrl.gae(b_p.rewards, values, b_p.ro.mask, token_rewards=kl_r)
     assert torch.allclose(adv, adv2, atol=1e-5) and torch.allclose(returns, ret2, atol=1e-5)
 
@@ -235,3 +236,83 @@ def test_sampler_rows_end_independently_on_a_real_model():
         assert (ro.response[i, :n - 1] != eos).all()                # no EOS before the last token
     lp, _ = sequence_logprobs(model, ro)
     assert torch.allclose(lp, ro.logprobs, atol=1e-5)
+
+
+# ---- real-scale numerics, stopping, samples, export, resume (issue: real scale on one GPU) ----
+
+def test_on_policy_step_has_importance_weight_one(out):
+    train.main(TINY + ["--algo", "flowrl", "grpo", "--steps", "3", "--out_dir", out])
+    for algo in ("flowrl", "grpo"):
+        tr = [r for r in read(os.path.join(out, algo, "metrics.jsonl")) if r["kind"] == "train"]
+        assert all(r["clip_frac"] == 0.0 for r in tr)
+        assert all(r["logprob_gap/max"] < 1e-4 for r in tr)          # sampler and training forward agree in fp32
+        if algo == "flowrl":
+            assert all(r["is_weight/mean"] == 1.0 for r in tr)
+
+
+def test_heads_and_cache_compute_in_the_autocast_dtype_they_should():
+    torch.manual_seed(0)
+    h, mask = torch.randn(4, 5, 16), torch.ones(4, 5, dtype=torch.bool)
+    head, value = flowrl.LogZHead(16, dropout=0.0), flowrl.ValueHead(16)
+    with torch.no_grad():
+        value.out.weight.normal_()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        z, v = head(h.bfloat16(), mask), value(h.bfloat16())
+        cache = GPT(GPTConfig(vocab_size=8, n_layer=1, n_head=2, n_kv_head=1, n_embd=16)).make_cache(2, 8)
+    assert z.dtype == v.dtype == torch.float32 and cache.k.dtype == torch.bfloat16
+    assert torch.allclose(z, head(h.bfloat16().float(), mask), atol=1e-6)     # no bf16 rounding inside the head
+    assert torch.allclose(v, value(h.bfloat16().float()), atol=1e-6)
+
+
+def test_exact_metrics_ignore_autocast(out):
+    tok, task = Tokenizer.for_chars(ALPHABET), get_task("make_n")
+    model = train.warm_start(train.parse_args(TINY + ["--out_dir", out]), task, tok, torch.device("cpu"))
+    problems = evaluate.eval_problems(task, 9, 0)[:3]
+    kw = dict(k=4, max_new_tokens=6, seed=0, step=0, chunk_rows=64, beta=15.0, ref=model)
+    plain = evaluate.evaluate(model, tok, task, problems, **kw)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        mixed = evaluate.evaluate(model, tok, task, problems, **kw)
+    for k in ("correct_mass", "kl_to_target", "kl_from_target", "log_z_true"):
+        assert plain[k] == mixed[k], k
+
+
+def test_every_stop_id_ends_a_row():
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(vocab_size=8, n_layer=1, n_head=2, n_kv_head=1, n_embd=16, block_size=64))
+    ro = generate(model, [[1, 2]], num_samples=64, max_new_tokens=10, eos_id=7, stop_ids=(7, 6),
+                  generator=torch.Generator().manual_seed(0))
+    ends = [ro.response[i, int(ro.mask[i].sum()) - 1].item() for i in range(64) if ro.finished[i]]
+    assert 6 in ends and 7 in ends                                  # rows stopped at either id
+    for i in range(64):
+        n = int(ro.mask[i].sum())
+        assert not any(t in (6, 7) for t in ro.response[i, :n - 1].tolist())
+
+
+def test_samples_log_and_hf_export_of_a_run(out):
+    transformers = pytest.importorskip("transformers")
+    train.main(TINY + ["--algo", "flowrl", "--steps", "2", "--out_dir", out])
+    samples = read(os.path.join(out, "flowrl", "samples.jsonl"))
+    assert [s["step"] for s in samples] == [0] * 4 + [2] * 4
+    assert all(set(s) == {"step", "prompt", "completion", "reward", "correct"} for s in samples)
+    ck = torch.load(os.path.join(out, "flowrl", "ckpt.pt"), weights_only=True)
+    policy = GPT(GPTConfig(**ck["model_config"]))
+    policy.load_state_dict(ck["model"])
+    theirs = transformers.AutoModelForCausalLM.from_pretrained(os.path.join(out, "flowrl", "hf")).eval()
+    idx = torch.randint(0, 20, (2, 9))
+    with torch.no_grad():
+        assert (policy.eval()(idx) - theirs(idx).logits).abs().max() < 1e-4
+
+
+def test_resume_starts_unstarted_algorithms_and_refuses_changed_flags(out, capsys):
+    train.main(TINY + ["--algo", "flowrl", "--steps", "2", "--out_dir", out])
+    train.main(TINY + ["--algo", "flowrl", "grpo", "--steps", "2", "--out_dir", out, "--resume"])
+    assert "grpo: no checkpoint" in capsys.readouterr().out
+    assert [r["step"] for r in read(os.path.join(out, "grpo", "metrics.jsonl")) if r["kind"] == "train"] == [1, 2]
+    with pytest.raises(train.UserError, match="--lr"):
+        train.main(TINY + ["--algo", "flowrl", "--steps", "3", "--lr", "1e-3", "--out_dir", out, "--resume"])
+
+
+def read(path):
+    import json
+    with open(path) as f:
+        return [json.loads(line) for line in f]
