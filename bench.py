@@ -258,6 +258,39 @@ def print_rows(args, device, rows):
               f"| {ach / rate:.0%} | {tf:.3f} | {tg:.3f} | {tf / tg:.2f}x | {ntok / tf:,.0f} | {mem:,.0f} |")
 
 
+QWEN_SHAPES = {   # the published configs of Qwen2.5-0.5B and -1.5B (random weights here)
+    "qwen2.5-0.5b": dict(n_embd=896, n_layer=24, n_head=14, n_kv_head=2, n_inner=4864, tie_embeddings=True),
+    "qwen2.5-1.5b": dict(n_embd=1536, n_layer=28, n_head=12, n_kv_head=2, n_inner=8960, tie_embeddings=True),
+}
+
+
+def make_checkpoint(path, shape):
+    """A local Hugging Face checkpoint of a Qwen2.5 shape with random weights and a byte-level tokenizer
+    (256 byte tokens, no merges, the Qwen specials; no chat template, so raw prompts): what
+    `train.py --init_from` needs, without a download."""
+    import json
+
+    from hf import save_pretrained
+    from model import GPT, GPTConfig
+    from tokenizer import byte_to_unicode
+    torch.manual_seed(0)
+    cfg = GPTConfig(vocab_size=151936, block_size=32768, norm="rmsnorm", norm_eps=1e-6, rope_theta=1e6,
+                    qkv_bias=True, **QWEN_SHAPES[shape])
+    with torch.device("cuda" if torch.cuda.is_available() else "cpu"):
+        model = GPT(cfg)
+    specials = {"<|endoftext|>": 151643, "<|im_start|>": 151644, "<|im_end|>": 151645}
+    save_pretrained(model, path, "Qwen2ForCausalLM", stop_ids=(151645, 151643))
+    vocab = {c: b for b, c in byte_to_unicode().items()}
+    with open(os.path.join(path, "vocab.json"), "w") as f:
+        json.dump(vocab, f)
+    with open(os.path.join(path, "merges.txt"), "w") as f:
+        f.write("#version: 0.2\n")
+    added = {str(i): {"content": t, "special": True} for t, i in specials.items()}
+    with open(os.path.join(path, "tokenizer_config.json"), "w") as f:
+        json.dump({"added_tokens_decoder": added, "eos_token": "<|endoftext|>", "tokenizer_class": "Qwen2Tokenizer"}, f)
+    print(f"{path}: {shape}-shaped, {model.num_params() / 1e6:.0f}M parameters, random weights")
+
+
 def parse_args():
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0].strip())
     p.add_argument("--device", default="cpu")
@@ -272,11 +305,16 @@ def parse_args():
     p.add_argument("--cache_vs_nocache", action="store_true", help="instead: generate (KV cache) against a loop "
                    "that reruns the whole sequence each step, 4 layers x 128 wide, 32 new tokens")
     p.add_argument("--memory_table", action="store_true", help="instead: the memory each Qwen2.5 size needs for RL")
+    p.add_argument("--make_checkpoint", default=None, metavar="DIR", help="instead: write a random checkpoint of "
+                   "--shape to DIR (for train.py --init_from DIR without a download)")
+    p.add_argument("--shape", default="qwen2.5-0.5b", choices=sorted(QWEN_SHAPES))
     return p.parse_args()
 
 
 def main():
     args = parse_args()
+    if args.make_checkpoint:
+        return make_checkpoint(args.make_checkpoint, args.shape)
     if args.memory_table:
         return memory_table()
     if args.cache_vs_nocache:

@@ -134,19 +134,24 @@ class Tokenizer:
 
     def decode(self, ids):
         """Text of the ids; an id the tokenizer lacks (an embedding table may have more rows than the
-        tokenizer has ids) decodes to U+FFFD, so that it can never pass for a real answer."""
-        ids, n = list(ids), self.enc.n_vocab
-        if all(0 <= i < n for i in ids):
+        tokenizer has ids, and a vocabulary may have gaps) decodes to U+FFFD, so that it can never pass
+        for a real answer."""
+        ids = list(ids)
+        try:
             return self.enc.decode(ids)
+        except (KeyError, ValueError, OverflowError):
+            pass
         out, run = [], []
-        for i in ids + [-1]:
-            if 0 <= i < n:
-                run.append(i)
+        for i in ids + [None]:
+            try:
+                run.append(self.enc.decode_single_token_bytes(i))
                 continue
-            out.append(self.enc.decode(run))
-            run = []
-            out.append("\ufffd")
-        return "".join(out[:-1])
+            except (KeyError, ValueError, OverflowError, TypeError):
+                out.append(b"".join(run).decode("utf-8", errors="replace"))
+                run = []
+            if i is not None:
+                out.append("\ufffd")
+        return "".join(out)
 
     def prompt(self, text):
         """A task prompt in the model's format: ChatML where the checkpoint's chat template is ChatML,

@@ -258,6 +258,9 @@ def train_record(args, run, b, upd, dt, world, device):
            "grad_norm": sum(grad_norms) / len(grad_norms) if grad_norms else float("nan"),
            "lr": args.lr, "skipped_steps": run.skipped,
            "time/step_s": dt, "tokens_per_s": ro.mask.sum().item() / dt}
+    if device.type == "cuda":                   # the step's peak, then reset for the next step
+        rec["memory/peak_gb"] = torch.cuda.max_memory_allocated(device) / 1e9
+        torch.cuda.reset_peak_memory_stats(device)
     if run.algo.startswith("flowrl"):
         rec.update({"log_z/mean": mean("log_z"), "tb_residual/mean": mean("tb_residual"),
                     "is_weight/mean": mean("is_weight")})
