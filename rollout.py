@@ -135,12 +135,13 @@ def from_tokens(prompts, responses, eos_id, device="cpu"):
                    eos_id)
 
 
-def sequence_logprobs(model, rollout, temperature=1.0, return_hidden=False):
+def sequence_logprobs(model, rollout, temperature=1.0, return_hidden=False, with_entropy=True):
     """Recompute, in one batched forward with gradients, the per-token log-probs of the rollout's
     responses (N, T), and the per-token entropy of the full next-token distribution (N, T) (a
     metric: computed outside the autograd graph), both under softmax(logits / temperature) and 0
     where masked. With return_hidden, also the final-layer hidden states (N, Tp + T, C), for the
-    log Z and value heads."""
+    log Z and value heads. with_entropy=False skips the entropy (None): at a 150k vocabulary it is
+    one more (N, T, V) tensor."""
     Tp = rollout.prompt.shape[1]
     idx = torch.cat([rollout.prompt, rollout.response], dim=1)                      # (N, Tp+T)
     valid = torch.cat([rollout.prompt_mask, torch.ones_like(rollout.mask)], dim=1)  # (N, Tp+T)
@@ -150,8 +151,10 @@ def sequence_logprobs(model, rollout, temperature=1.0, return_hidden=False):
         logits = logits / temperature
     logp_all = F.log_softmax(logits, dim=-1)                                         # (N, T, V)
     logprobs = logp_all.gather(2, rollout.response[..., None])[..., 0] * rollout.mask   # (N, T)
-    with torch.no_grad():
-        entropy = -(logp_all.exp() * logp_all).sum(-1) * rollout.mask                # (N, T)
+    entropy = None
+    if with_entropy:
+        with torch.no_grad():
+            entropy = -(logp_all.exp() * logp_all).sum(-1) * rollout.mask            # (N, T)
     return (logprobs, entropy, h) if return_hidden else (logprobs, entropy)
 
 

@@ -218,7 +218,7 @@ def update(args, run, b, step, world):
     for epoch in range(args.epochs):
         for rows in minibatches(args, len(b.problems), step, epoch, b.rewards.device):
             mb = b.ro.select(rows)
-            logprobs, _, h = sequence_logprobs(run.policy, mb, temperature=args.temperature, return_hidden=True)
+            logprobs, _, h = sequence_logprobs(run.policy, mb, args.temperature, return_hidden=True, with_entropy=False)
             loss, st = algo_loss(args, run, b, rows, mb, logprobs, h)
             run.opt.zero_grad(set_to_none=True)
             loss.backward()
