@@ -114,3 +114,24 @@ def write_summary(args, summary):
     with open(path + ".tmp", "w") as f:
         json.dump({**old, **summary}, f, indent=2)
     os.replace(path + ".tmp", path)
+
+
+def open_wandb(args, name):
+    """A Weights & Biases run mirroring one run's records (--wandb PROJECT), or None without --wandb.
+    Offline with WANDB_MODE=offline, as anywhere wandb runs."""
+    if not args.wandb:
+        return None
+    import wandb
+    config = {k: v for k, v in vars(args).items() if k != "clip_bounds"}
+    return wandb.init(project=args.wandb, name=name, group=os.path.basename(os.path.abspath(args.out_dir)),
+                      config=config, dir=args.out_dir, reinit="create_new")
+
+
+def log_record(path, record, wandb_run=None):
+    """Append a metrics record to path (metrics.jsonl) and mirror its numbers to W&B: train records
+    under their own names, eval records under eval/."""
+    append_jsonl(path, record)
+    if wandb_run is not None:
+        prefix = "eval/" if record["kind"] == "eval" else ""
+        wandb_run.log({prefix + k: v for k, v in record.items() if isinstance(v, (int, float)) and k != "step"},
+                      step=record["step"])

@@ -4,6 +4,7 @@ value into one line naming the flag (exit 2), never a traceback.
 """
 
 import argparse
+import importlib
 import os
 
 import torch
@@ -88,6 +89,8 @@ def add_run_flags(a):
     a("--grad_checkpoint", action="store_true", help="activation checkpointing: less memory for one more forward")
     a("--no_plot", action="store_true", help="skip the comparison figure")
     a("--no_summary", action="store_true", help="write no out_dir/summary.json (runs side by side in one out_dir)")
+    a("--wandb", default=None, metavar="PROJECT", help="also log every record and the final figure to this Weights "
+      "& Biases project (needs `pip install wandb`; WANDB_MODE=offline works without a network)")
 
 
 def build_parser():
@@ -146,6 +149,11 @@ def parse_args(argv=None):
             raise UserError(f"--clip must be 'lo,hi' (e.g. 0.8,1.2) or 'none', got {args.clip!r}")
         if len(args.clip_bounds) != 2 or not 0 <= args.clip_bounds[0] <= args.clip_bounds[1]:
             raise UserError(f"--clip needs 'lo,hi' with 0 <= lo <= hi, got {args.clip!r}")
+    if args.wandb:
+        try:
+            importlib.import_module("wandb")
+        except ImportError:
+            raise UserError("--wandb needs the wandb package: pip install wandb")
     if args.device == "auto":
         args.device = "cuda" if torch.cuda.is_available() else "cpu"
     try:

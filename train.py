@@ -30,8 +30,8 @@ from dataclasses import asdict, dataclass
 import torch
 
 import flowrl
-from checkpoint import (Run, append_jsonl, load_checkpoint, resume, save_atomic, save_checkpoint,
-                        truncate_log, write_summary)
+from checkpoint import (Run, append_jsonl, load_checkpoint, log_record, open_wandb, resume, save_atomic,
+                        save_checkpoint, truncate_log, write_summary)
 from evaluate import decode_responses, eval_problems, evaluate, summarize
 from config import UserError, parse_args
 from hf import architecture, from_pretrained, save_pretrained
@@ -297,7 +297,7 @@ def learned_log_z(args, run, tok, task, problems):
     return z
 
 
-def run_eval(args, run, tok, task, problems, step, device, run_dir):
+def run_eval(args, run, tok, task, problems, step, device, run_dir, wb):
     """Evaluate, append the record to metrics.jsonl and a few prompts' completions to samples.jsonl."""
     log_z = None
     if run.algo.startswith("flowrl") and run.head is not None:
@@ -308,7 +308,7 @@ def run_eval(args, run, tok, task, problems, step, device, run_dir):
                        ref=run.ref, learned_log_z=log_z, n_logged=4)
     for sample in rec.pop("samples"):
         append_jsonl(os.path.join(run_dir, "samples.jsonl"), sample)
-    append_jsonl(os.path.join(run_dir, "metrics.jsonl"), {"algo": run.algo, **rec})
+    log_record(os.path.join(run_dir, "metrics.jsonl"), {"algo": run.algo, **rec}, wb)
 
 
 def train_algo(args, algo, warm, tok, task, device, rank=0, world=1):
@@ -327,8 +327,9 @@ def train_algo(args, algo, warm, tok, task, device, rank=0, world=1):
         truncate_log(metrics, start)
         truncate_log(os.path.join(run_dir, "samples.jsonl"), start)
     problems_eval = eval_problems(task, args.eval_prompts, args.seed)
+    wb = open_wandb(args, algo + args.tag) if is_main else None
     if start == 0 and is_main:
-        run_eval(args, run, tok, task, problems_eval, 0, device, run_dir)
+        run_eval(args, run, tok, task, problems_eval, 0, device, run_dir, wb)
     t_run = time.time()
     for step in range(start, args.steps):
         t0 = time.time()
@@ -337,7 +338,7 @@ def train_algo(args, algo, warm, tok, task, device, rank=0, world=1):
             upd = update(args, run, b, step, world)
         rec = {"step": step + 1, **train_record(args, run, b, upd, time.time() - t0, world, device)}
         if is_main:
-            append_jsonl(metrics, rec)
+            log_record(metrics, rec, wb)
         s = step + 1
         if s % args.log_every == 0 or s == args.steps:
             eta = (time.time() - t_run) / (s - start) * (args.steps - s)
@@ -346,12 +347,14 @@ def train_algo(args, algo, warm, tok, task, device, rank=0, world=1):
                   f"entropy {rec['entropy']:.3f} distinct {rec['distinct_correct']:.2f}{lz} "
                   f"{rec['time/step_s']:.3f}s/step eta {eta:.0f}s", flush=True)
         if is_main and (s % args.eval_every == 0 or s == args.steps):
-            run_eval(args, run, tok, task, problems_eval, s, device, run_dir)
+            run_eval(args, run, tok, task, problems_eval, s, device, run_dir, wb)
         if is_main and (s % args.ckpt_every == 0 or s == args.steps):
             save_checkpoint(ckpt, run, s, args)
     if is_main:                                 # the trained policy in the format every other tool reads
         arch = architecture(args.init_from) if args.init_from else "LlamaForCausalLM"
         save_pretrained(run.policy, os.path.join(run_dir, "hf"), arch, tok.stop_ids, args.init_from)
+    if wb is not None:
+        wb.finish()
     return run_dir
 
 
@@ -424,6 +427,11 @@ def main(argv=None):
         fig = os.path.join(args.out_dir, "compare.png")
         plot.plot_runs([os.path.join(args.out_dir, a + args.tag) for a in args.algo], fig)
         print(f"figure: {fig}")
+        if args.wandb:
+            import wandb
+            wb = open_wandb(args, "compare" + args.tag)
+            wb.log({"compare": wandb.Image(fig)})
+            wb.finish()
     print(f"total wall time {time.time() - t0:.0f}s")
     return summary
 

@@ -79,6 +79,6 @@ def test_torchrun_two_processes_rank0_writes(tmp_path):
     assert p.returncode == 0, p.stderr[-3000:]
     rows = [json.loads(line) for line in open(os.path.join(out, "flowrl", "metrics.jsonl"))]
     assert [r["step"] for r in rows if r["kind"] == "train"] == [1, 2, 3]           # written once, by rank 0
-    assert sorted(os.listdir(os.path.join(out, "flowrl"))) == ["ckpt.pt", "metrics.jsonl"]
+    assert sorted(os.listdir(os.path.join(out, "flowrl"))) == ["ckpt.pt", "hf", "metrics.jsonl", "samples.jsonl"]
     assert os.path.exists(os.path.join(out, "summary.json")) and os.path.exists(os.path.join(out, "compare.png"))
     assert p.stdout.count("final eval") == 1

@@ -53,6 +53,8 @@ def test_tiny_end_to_end_run(tmp_path, algo):
     ck = torch.load(os.path.join(out, algo, "ckpt.pt"), weights_only=True)
     assert ck["step"] == 4 and ck["algo"] == algo
     assert not os.path.exists(os.path.join(out, algo, "ckpt.pt.tmp"))
+    assert os.path.exists(os.path.join(out, algo, "hf", "model.safetensors"))
+    assert len(read(os.path.join(out, algo, "samples.jsonl"))) == 3 * 4          # 4 prompts at each of 3 evals
 
 
 @pytest.mark.slow
@@ -144,3 +146,39 @@ def test_plot_cli_overlays_runs_and_rejects_a_missing_run(tmp_path):
     p = subprocess.run([sys.executable, os.path.join(ROOT, "plot.py"), os.path.join(out, "nope"), "-o", fig],
                        capture_output=True, text=True, timeout=120)
     assert p.returncode == 2 and "no metrics.jsonl" in p.stderr and "Traceback" not in p.stderr
+
+
+def test_wandb_mirrors_every_record_offline(tmp_path, monkeypatch):
+    wandb = pytest.importorskip("wandb")
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    real_init, logged = wandb.init, {}
+
+    def init(**kw):                                    # the real wandb run, its log calls also kept here
+        run = real_init(**kw)
+        real_log = run.log
+        logged[kw["name"]] = []
+
+        def log(data, step=None):
+            logged[kw["name"]].append((step, data))
+            return real_log(data, step=step)
+        run.log = log
+        return run
+    monkeypatch.setattr(wandb, "init", init)
+    out = str(tmp_path)
+    train.main(TINY + ["--algo", "flowrl", "--steps", "2", "--out_dir", out, "--wandb", "flowrl-test"])
+    rows = read(os.path.join(out, "flowrl", "metrics.jsonl"))
+    assert sorted(logged) == ["compare", "flowrl"]
+    assert [s for s, _ in logged["flowrl"]] == [r["step"] for r in rows]
+    for (_, data), r in zip(logged["flowrl"], rows):
+        prefix = "eval/" if r["kind"] == "eval" else ""
+        assert data[prefix + "accuracy"] == r["accuracy"]
+    assert "compare" in logged["compare"][0][1]
+    runs = os.listdir(os.path.join(out, "wandb"))
+    assert sum(d.startswith("offline-run-") for d in runs) == 2      # written by wandb itself, offline
+
+
+def test_wandb_missing_exits_2_with_the_install_line(tmp_path):
+    code = ("import sys, runpy; sys.modules['wandb'] = None; sys.argv = ['train.py', '--wandb', 'p', '--out_dir', "
+            f"{str(tmp_path)!r}]; runpy.run_path('train.py', run_name='__main__')")
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert p.returncode == 2 and p.stderr.strip() == "train.py: error: --wandb needs the wandb package: pip install wandb"
