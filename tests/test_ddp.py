@@ -71,8 +71,9 @@ def test_allreduced_gradient_equals_single_process(tmp_path):
 def test_torchrun_two_processes_rank0_writes(tmp_path):
     out = str(tmp_path / "o")
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-           os.path.join(ROOT, "train.py"), "--algo", "flowrl", "--steps", "3", "--warm_steps", "30", "--batch_prompts", "4",
-           "--group_size", "4", "--eval_every", "3", "--eval_k", "4", "--n_layer", "1", "--n_embd", "32", "--n_head", "2",
+           os.path.join(ROOT, "train.py"), "--algo", "flowrl", "--steps", "3", "--warm_steps", "30",
+           "--batch_prompts", "4", "--group_size", "4", "--eval_every", "3", "--eval_k", "4", "--n_layer", "1",
+           "--n_embd", "32", "--n_head", "2",
            "--n_kv_head", "1", "--out_dir", out, "--device", "cpu"]
     p = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=ROOT,
                        env={**os.environ, "OMP_NUM_THREADS": "1"})

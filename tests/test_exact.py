@@ -28,7 +28,8 @@ def test_enumerated_probabilities_sum_to_one():
     assert (sequence_logprobs(model, batch)[0].sum(-1).double() - logp).abs().max() < 1e-4
     # pruning: what is kept plus what is reported pruned is still all the mass
     for min_prob, cap in ((1e-3, None), (0, 50), (1e-4, 20)):
-        r2, lp2, pr2 = enumerate_responses(model, [1, 2], eos_id=EOS, max_new_tokens=4, min_prob=min_prob, max_frontier=cap)
+        r2, lp2, pr2 = enumerate_responses(model, [1, 2], eos_id=EOS, max_new_tokens=4, min_prob=min_prob,
+                                           max_frontier=cap)
         assert pr2 > 0 and len(r2) < len(resp)
         assert abs(lp2.exp().sum().item() + pr2 - 1) < 1e-9
 
@@ -47,7 +48,8 @@ def test_exact_kl_equals_monte_carlo():
     log_z = target_log_partition(log_ref, r, beta)
     kl = kl_to_target(log_pi, log_ref, r, beta, log_z).item()
     # Monte Carlo from the sampler: KL = E_pi[log pi - log ref - beta r] + log Z
-    ro = generate(pi, [prompt], num_samples=20000, max_new_tokens=T, eos_id=EOS, generator=torch.Generator().manual_seed(0))
+    ro = generate(pi, [prompt], num_samples=20000, max_new_tokens=T, eos_id=EOS,
+                  generator=torch.Generator().manual_seed(0))
     lp = ro.logprobs.sum(-1).double()
     lr = sequence_logprobs(ref, ro)[0].sum(-1).double().detach()
     rr = torch.tensor([reward(row) for row in ro.response.tolist()], dtype=torch.float64)

@@ -132,7 +132,8 @@ def train_bpe(tmp, qwen=False):
     trainer = trainers.BpeTrainer(vocab_size=600, special_tokens=specials,
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
     rng = random.Random(0)
-    words = ["the", "answer", "is", "12", "345", "flow", "reward", "  ", "\n", "x=7", "héllo", "naïve", "日本", "'s", "'ll"]
+    words = ["the", "answer", "is", "12", "345", "flow", "reward", "  ", "\n", "x=7", "héllo", "naïve", "日本",
+             "'s", "'ll"]
     corpus = [" ".join(rng.choice(words) for _ in range(30)) for _ in range(400)]
     tok.train_from_iterator(corpus, trainer)
     path = tmp / ("qwen_tok" if qwen else "gpt2_tok")

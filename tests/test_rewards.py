@@ -133,7 +133,8 @@ def test_demonstrations_spread_over_correct_answers():
     assert len(set(answers)) == 10                           # every one of the 10 correct answers
     counts = [answers.count(a) for a in set(answers)]
     assert max(counts) < 2 * min(counts)                     # roughly uniform
-    noisy = [task.reward(Problem("", {"n": int(pr[2:4])}), a) for pr, a in (task.demo(rng, noise=0.5) for _ in range(2000))]
+    demos = [task.demo(rng, noise=0.5) for _ in range(2000)]
+    noisy = [task.reward(Problem("", {"n": int(pr[2:4])}), a) for pr, a in demos]
     assert 0.45 < sum(noisy) / len(noisy) < 0.6               # 0.5 correct + 0.5 x (about 8%)
 
 

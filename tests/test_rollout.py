@@ -74,9 +74,12 @@ def test_greedy_equals_stepwise_argmax_and_padding_is_harmless():
 
 def test_same_seed_same_output():
     model = tiny()
-    a = generate(model, PROMPTS, num_samples=3, max_new_tokens=9, eos_id=EOS, generator=torch.Generator().manual_seed(7))
-    b = generate(model, PROMPTS, num_samples=3, max_new_tokens=9, eos_id=EOS, generator=torch.Generator().manual_seed(7))
-    c = generate(model, PROMPTS, num_samples=3, max_new_tokens=9, eos_id=EOS, generator=torch.Generator().manual_seed(8))
+    a = generate(model, PROMPTS, num_samples=3, max_new_tokens=9, eos_id=EOS,
+                 generator=torch.Generator().manual_seed(7))
+    b = generate(model, PROMPTS, num_samples=3, max_new_tokens=9, eos_id=EOS,
+                 generator=torch.Generator().manual_seed(7))
+    c = generate(model, PROMPTS, num_samples=3, max_new_tokens=9, eos_id=EOS,
+                 generator=torch.Generator().manual_seed(8))
     assert torch.equal(a.response, b.response) and torch.equal(a.logprobs, b.logprobs)
     assert not torch.equal(a.response, c.response)
 
@@ -126,10 +129,10 @@ class Fixed(nn.Module):
     def make_cache(self, b, n):
         return tiny().make_cache(b, n)
 
-    def forward(self, idx, valid=None, cache=None, return_hidden=False):
+    def forward(self, idx, valid=None, cache=None, return_hidden=False, logits_from=0):
         if cache is not None:
             cache.length += idx.shape[1]
-        return self.table[idx]
+        return self.table[idx[:, logits_from:]]
 
 
 def test_rows_stop_independently_and_done_rows_do_not_change_others():

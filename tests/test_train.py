@@ -38,7 +38,8 @@ def test_tiny_end_to_end_run(tmp_path, algo):
     ev = [r for r in rows if r["kind"] == "eval"]
     assert [r["step"] for r in tr] == [1, 2, 3, 4] and [r["step"] for r in ev] == [0, 2, 4]
     for r in tr:
-        for k in TRAIN_KEYS + (["log_z/mean", "tb_residual/mean", "is_weight/mean"] if algo.startswith("flowrl") else []):
+        flowrl_keys = ["log_z/mean", "tb_residual/mean", "is_weight/mean"] if algo.startswith("flowrl") else []
+        for k in TRAIN_KEYS + flowrl_keys:
             assert k in r, k
             assert not isinstance(r[k], float) or math.isfinite(r[k]), (k, r[k])
     for r in ev:
@@ -46,7 +47,8 @@ def test_tiny_end_to_end_run(tmp_path, algo):
             assert k in r and math.isfinite(r[k]), k
         assert 0 <= r["pass@1"] <= r["pass@4"] <= 1
     s = json.load(open(os.path.join(out, "summary.json")))[algo]
-    for k in ("accuracy", "pass@1", "pass@k", "k", "distinct_correct", "effective_correct", "entropy", "matched_accuracy"):
+    for k in ("accuracy", "pass@1", "pass@k", "k", "distinct_correct", "effective_correct", "entropy",
+              "matched_accuracy"):
         assert k in s
     assert summary[algo]["accuracy"] == s["accuracy"]
     assert os.path.getsize(os.path.join(out, "compare.png")) > 10000
@@ -181,4 +183,5 @@ def test_wandb_missing_exits_2_with_the_install_line(tmp_path):
     code = ("import sys, runpy; sys.modules['wandb'] = None; sys.argv = ['train.py', '--wandb', 'p', '--out_dir', "
             f"{str(tmp_path)!r}]; runpy.run_path('train.py', run_name='__main__')")
     p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=120)
-    assert p.returncode == 2 and p.stderr.strip() == "train.py: error: --wandb needs the wandb package: pip install wandb"
+    assert p.returncode == 2
+    assert p.stderr.strip() == "train.py: error: --wandb needs the wandb package: pip install wandb"
