@@ -42,10 +42,13 @@ class Run:
     ref: torch.nn.Module       # π_ref: the frozen start
     head: torch.nn.Module      # log Z head or table (FlowRL), value head (PPO), or None
     opt: torch.optim.Optimizer
-    params: list               # every trained tensor: what the gradient clip and all-reduce see
+    params: list               # every trained tensor: what the gradient clip sees
     prompt_rng: random.Random  # the same prompt order for every algorithm
-    gen: torch.Generator       # the sampler's randomness
+    gen: torch.Generator       # the sampler's randomness (one stream per process)
     skipped: int = 0           # steps with a non-finite loss or gradient, never applied
+    world: int = 1             # processes (torchrun); the training forwards go through DDP when > 1
+    train_policy: torch.nn.Module = None   # policy, or its DistributedDataParallel wrapper
+    train_head: torch.nn.Module = None     # head, or its DistributedDataParallel wrapper
 
 
 # the flags that define an experiment: a resumed run must keep them (--steps may grow, logging may change)
@@ -56,13 +59,13 @@ EXPERIMENT_FLAGS = ("task", "seed", "preset", "batch_prompts", "group_size", "ma
                     "eval_prompts", "bf16")
 
 
-def save_checkpoint(path, run, step, args):
+def save_checkpoint(path, run, step, args, samplers):
     state = lambda m: m.state_dict() if m is not None else None
     python_rng = [list(x) if isinstance(x, tuple) else x for x in run.prompt_rng.getstate()]
     cuda_rng = torch.cuda.get_rng_state(run.gen.device) if run.gen.device.type == "cuda" else None
     save_atomic({"algo": run.algo, "step": step, "skipped": run.skipped, "model": run.policy.state_dict(),
                  "head": state(run.head), "optimizer": run.opt.state_dict(),
-                 "rng": {"python": python_rng, "sampler": run.gen.get_state(), "torch": torch.get_rng_state(),
+                 "rng": {"python": python_rng, "samplers": samplers, "torch": torch.get_rng_state(),
                          "cuda": cuda_rng},
                  "config": {k: v for k, v in vars(args).items() if k != "clip_bounds"},
                  "model_config": asdict(run.policy.config)}, path)
@@ -84,10 +87,10 @@ def resume(run, path, args, rank):
     run.opt.load_state_dict(ck["optimizer"])
     version, state, gauss = ck["rng"]["python"]
     run.prompt_rng.setstate((version, tuple(state), gauss))
-    if rank == 0:                                              # other ranks: a fresh stream (not bit-exact)
-        run.gen.set_state(ck["rng"]["sampler"])
-    else:
-        run.gen.manual_seed(args.seed + rank + 7919 * ck["step"])
+    samplers = ck["rng"]["samplers"]                           # every process's own stream
+    if len(samplers) != run.world:
+        raise UserError(f"--resume: {path} was written by {len(samplers)} processes, this run has {run.world}")
+    run.gen.set_state(samplers[rank])
     torch.set_rng_state(ck["rng"]["torch"])
     if ck["rng"].get("cuda") is not None and run.gen.device.type == "cuda":
         torch.cuda.set_rng_state(ck["rng"]["cuda"], run.gen.device)

@@ -33,12 +33,14 @@ def masked_mean(x, mask):
     return (x * mask).sum(-1) / mask.sum(-1).clamp(min=1)
 
 
-def masked_whiten(x, mask, eps=1e-8):
+def masked_whiten(x, mask, eps=1e-8, all_sum=None):
     """(x − mean) / (std + eps) with mean and unbiased std over the masked entries of the whole batch.
-    x, mask: (N, T) -> (N, T)."""
-    n = mask.sum()
-    mean = (x * mask).sum() / n
-    std = (((x - mean) * mask).pow(2).sum() / (n - 1).clamp(min=1)).sqrt()
+    all_sum: a function that sums a tensor over the processes (data parallel), so that the statistics
+    are those of the global batch; None: this process's. x, mask: (N, T) -> (N, T)."""
+    total = (lambda t: t) if all_sum is None else all_sum
+    n = total(mask.sum())
+    mean = total((x * mask).sum()) / n
+    std = (total(((x - mean) * mask).pow(2).sum()) / (n - 1).clamp(min=1)).sqrt()
     return (x - mean) / (std + eps)
 
 
@@ -238,24 +240,28 @@ def grpo_loss(logprobs, old_logprobs, ref_logprobs, mask, advantages, *, clip_ep
                   "clip_frac": (masked_sum(clipped.to(mask.dtype), mask).sum() / mask.sum()).item()}
 
 
-def reinforce_pp_advantages(rewards, old_logprobs, ref_logprobs, mask, kl_coef=0.0):
+def reinforce_pp_advantages(rewards, old_logprobs, ref_logprobs, mask, kl_coef=0.0, all_sum=None):
     """REINFORCE++ (Hu 2025): per-token reward −kl_coef·(log π_old − log π_ref) plus the outcome reward
     on the last response token; the return-to-go (γ = 1) is the advantage, normalized over every
-    response token of the whole batch (not per group). All inputs detached. Returns (N, T)."""
+    response token of the whole batch (not per group; all_sum: across processes, masked_whiten). All
+    inputs detached. Returns (N, T)."""
     mask = mask.to(old_logprobs.dtype)
     token_r = -kl_coef * (old_logprobs - ref_logprobs).detach() * mask               # (N, T)
     last = (mask.sum(-1) - 1).clamp(min=0).long()                                     # (N,)
     token_r = token_r.scatter_add(1, last[:, None], rewards.detach()[:, None].to(token_r.dtype))
     returns = token_r.flip(-1).cumsum(-1).flip(-1)                                   # Σ_{s≥t} r_s
-    return masked_whiten(returns, mask) * mask
+    return masked_whiten(returns, mask, all_sum=all_sum) * mask
 
 
-def reinforce_pp_loss(logprobs, old_logprobs, mask, advantages, *, clip_eps=0.2):
+def reinforce_pp_loss(logprobs, old_logprobs, mask, advantages, *, clip_eps=0.2, token_count=None):
     """REINFORCE++ policy loss: the clipped surrogate with per-token advantages
-    (reinforce_pp_advantages, which hold the KL penalty), the token mean over the whole batch."""
+    (reinforce_pp_advantages, which hold the KL penalty), the token mean over the whole batch.
+    token_count: the divisor of that mean (default: mask.sum()); data parallel passes the global
+    count over the number of processes, whose gradients are averaged, so that the result is the
+    token mean over the global batch."""
     mask = mask.to(logprobs.dtype)
     pg, clipped = clipped_surrogate(logprobs, old_logprobs, advantages.detach(), clip_eps)
-    loss = (pg * mask).sum() / mask.sum()
+    loss = (pg * mask).sum() / (mask.sum() if token_count is None else token_count)
     return loss, {"clip_frac": ((clipped.to(mask.dtype) * mask).sum() / mask.sum()).item()}
 
 
@@ -298,16 +304,18 @@ def gae(rewards, values, mask, gamma=1.0, lam=0.95, token_rewards=None):
     return adv, (adv + values) * mask
 
 
-def ppo_loss(logprobs, old_logprobs, mask, advantages, values, returns, *, clip_eps=0.2, vf_coef=0.5):
+def ppo_loss(logprobs, old_logprobs, mask, advantages, values, returns, *, clip_eps=0.2, vf_coef=0.5,
+             token_count=None, all_sum=None):
     """PPO for language models, in its simplest faithful form: the token-level clipped surrogate with
     GAE advantages (gae, then whitened over the batch's response tokens) from a learned value head
     on the shared trunk, plus vf_coef · ½(V_t − R_t)² (no value clipping). Token mean over the batch.
-    values: (N, T) with gradients; advantages, returns: (N, T) constants."""
+    values: (N, T) with gradients; advantages, returns: (N, T) constants. token_count and all_sum:
+    the global batch under data parallel (reinforce_pp_loss, masked_whiten)."""
     mask = mask.to(logprobs.dtype)
-    n = mask.sum()
-    a = masked_whiten(advantages.detach(), mask)
+    n = mask.sum() if token_count is None else token_count
+    a = masked_whiten(advantages.detach(), mask, all_sum=all_sum)
     pg, clipped = clipped_surrogate(logprobs, old_logprobs, a, clip_eps)
     pg_loss = (pg * mask).sum() / n
     v_loss = 0.5 * ((values - returns.detach()).pow(2) * mask).sum() / n
     return pg_loss + vf_coef * v_loss, {"value_loss": v_loss.item(),
-                                        "clip_frac": ((clipped.to(mask.dtype) * mask).sum() / n).item()}
+                                        "clip_frac": ((clipped.to(mask.dtype) * mask).sum() / mask.sum()).item()}

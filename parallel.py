@@ -1,7 +1,9 @@
 """
 Data parallel training under torchrun: one process per device, each sampling its share of the
-prompts; gradients averaged over the processes. Plain `python train.py` is one process and never
-touches torch.distributed.
+prompts; gradients averaged over the processes by DistributedDataParallel; the statistics that
+span the batch (token counts, REINFORCE++ and PPO whitening) summed over the processes, so that N
+processes compute what one would. Plain `python train.py` is one process and never touches
+torch.distributed.
 """
 
 import os
@@ -26,16 +28,28 @@ def setup_distributed(device, batch_prompts):
     return rank, world, device
 
 
-def allreduce_grads(params, world):
-    """Average the gradients over the ranks. Each rank's loss is a mean over its own sequences (the
-    same number on every rank), so the average of the ranks' gradients is the gradient of the
-    mean over the whole batch: what one process would compute. (Token-mean losses, REINFORCE++
-    and PPO, are averaged per rank, then over ranks: exact only when ranks hold equal token counts.)"""
-    for p in params:
-        if p.grad is None:
-            p.grad = torch.zeros_like(p)
-        dist.all_reduce(p.grad, op=dist.ReduceOp.SUM)
-        p.grad /= world
+def data_parallel(module, device):
+    """module wrapped in DistributedDataParallel: its gradients are averaged over the processes by a
+    bucketed all-reduce that overlaps the backward pass, once per backward (we step the optimizer
+    after every backward, so once per optimizer step)."""
+    from torch.nn.parallel import DistributedDataParallel
+    return DistributedDataParallel(module, device_ids=[device.index] if device.type == "cuda" else None)
+
+
+def all_sum(x):
+    """The sum of a tensor over the processes (a new tensor; x is left as it is)."""
+    y = x.detach().clone()
+    dist.all_reduce(y)
+    return y
+
+
+def gather_objects(obj, world):
+    """[obj of rank 0, obj of rank 1, ...] on every rank (picklable objects, e.g. RNG states)."""
+    if world == 1:
+        return [obj]
+    out = [None] * world
+    dist.all_gather_object(out, obj)
+    return out
 
 
 def gather_rows(x, world):

@@ -36,7 +36,7 @@ from evaluate import decode_responses, eval_problems, evaluate, summarize
 from config import UserError, parse_args
 from hf import architecture, from_pretrained, save_pretrained
 from model import GPT, GPTConfig, autocast
-from parallel import allreduce_grads, gather_rows, mean_over_ranks, setup_distributed
+from parallel import all_sum, data_parallel, gather_objects, gather_rows, mean_over_ranks, setup_distributed
 from rewards import ALPHABET, get_task
 from rollout import Rollout, chunked_logprobs, from_tokens, generate, left_pad, sequence_logprobs
 from tokenizer import CheckpointError, Tokenizer
@@ -86,7 +86,7 @@ def warm_start(args, task, tok, device):
     return model
 
 
-def new_run(args, algo, warm, task, device, rank):
+def new_run(args, algo, warm, task, device, rank, world=1):
     policy = copy.deepcopy(warm).train()
     ref = copy.deepcopy(warm).eval().requires_grad_(False)
     if device.type == "cuda" and args.bf16 and args.init_from is not None:
@@ -102,8 +102,13 @@ def new_run(args, algo, warm, task, device, rank):
     groups = [{"params": list(policy.parameters()), "lr": args.lr, "weight_decay": args.weight_decay}]
     if head is not None:
         groups.append({"params": list(head.parameters()), "lr": head_lr, "weight_decay": 0.0})
-    return Run(algo, policy, ref, head, torch.optim.AdamW(groups), [p for g in groups for p in g["params"]],
-               random.Random(args.seed), torch.Generator(device=device).manual_seed(args.seed + rank))
+    run = Run(algo, policy, ref, head, torch.optim.AdamW(groups), [p for g in groups for p in g["params"]],
+              random.Random(args.seed), torch.Generator(device=device).manual_seed(args.seed + rank), world=world,
+              train_policy=policy, train_head=head)
+    if world > 1:                               # gradients averaged over the processes (parallel.py)
+        run.train_policy = data_parallel(policy, device)
+        run.train_head = data_parallel(head, device) if head is not None else None
+    return run
 
 
 # ---------------------------------------------------------------------------------------------
@@ -155,14 +160,20 @@ def rollout_policy_pass(args, run, ro, row_sets):
 
 
 def collect(args, run, task, tok, step, rank, world):
-    """Sample this rank's prompts, G answers each, score them, and compute what the losses need
-    once per batch: π_old's and π_ref's log-probs, r̂, and each algorithm's own targets."""
+    """Sample this rank's share of the step's prompts, G answers each, score them, then prepare."""
     P, G = args.batch_prompts // world, args.group_size
     problems = [task.sample(run.prompt_rng) for _ in range(args.batch_prompts)][rank * P:(rank + 1) * P]
     ro = generate(run.policy, [tok.encode_prompt(p.prompt) for p in problems], num_samples=G,
                   max_new_tokens=args.max_new_tokens, temperature=args.temperature, eos_id=tok.eos_id,
                   stop_ids=tok.stop_ids, generator=run.gen)
     scores = [task.score(problems[i // G], t) for i, t in enumerate(decode_responses(tok, ro))]
+    return prepare(args, run, task, problems, ro, scores, step, world)
+
+
+def prepare(args, run, task, problems, ro, scores, step, world):
+    """What the losses need once per batch (collect's second half): π_old's and π_ref's log-probs,
+    r̂, and each algorithm's own targets; statistics that span the batch span every process's share."""
+    P, G = len(problems), args.group_size
     rewards = torch.tensor([s["reward"] for s in scores], device=ro.mask.device)          # (N,)
     old, entropy, old_values = rollout_policy_pass(args, run, ro, minibatches(args, P, step, 0, ro.mask.device))
     ref_logprobs, _ = chunked_logprobs(run.ref, ro, args.temperature, rows_per_chunk(args, world))  # (N, T)
@@ -175,7 +186,8 @@ def collect(args, run, task, tok, step, rank, world):
         with torch.no_grad():
             (run.head.out.bias if args.logz == "head" else run.head.table).fill_(init)
     if run.algo == "reinforce_pp":
-        b.adv = flowrl.reinforce_pp_advantages(rewards, old, ref_logprobs, ro.mask, args.kl_coef)
+        b.adv = flowrl.reinforce_pp_advantages(rewards, old, ref_logprobs, ro.mask, args.kl_coef,
+                                               all_sum=all_sum if world > 1 else None)
     if run.algo == "ppo":
         kl_reward = -args.kl_coef * (old - ref_logprobs) * ro.mask                        # KL in the reward
         b.adv, b.returns = flowrl.gae(rewards, old_values, ro.mask, token_rewards=kl_reward)
@@ -195,19 +207,23 @@ def algo_loss(args, run, b, rows, mb, logprobs, h):
             log_z = flowrl.group_log_z(logprobs, b.ref_logprobs[rows], mb.mask, r, args.reward_beta, G,
                                        form["length_norm"])
         elif args.logz == "table":
-            log_z = run.head(b.keys[rows])
+            log_z = run.train_head(b.keys[rows])
         else:
-            log_z = run.head(h[:, :Tp], mb.prompt_mask)
+            log_z = run.train_head(h[:, :Tp], mb.prompt_mask)
         return flowrl.flowrl_loss(logprobs, b.old_logprobs[rows], b.ref_logprobs[rows], mb.mask, r, log_z,
                                   beta=args.reward_beta, clip=args.clip_bounds, length_norm=form["length_norm"])
     if run.algo == "grpo":
         return flowrl.grpo_loss(logprobs, b.old_logprobs[rows], b.ref_logprobs[rows], mb.mask, b.r_hat[rows],
                                 clip_eps=args.clip_eps, kl_coef=args.kl_coef)
+    count, total = None, None                   # token means and whitening over the global batch
+    if run.world > 1:
+        count, total = all_sum(mb.mask.sum()) / run.world, all_sum
     if run.algo == "reinforce_pp":
-        return flowrl.reinforce_pp_loss(logprobs, b.old_logprobs[rows], mb.mask, b.adv[rows], clip_eps=args.clip_eps)
-    values = run.head(h[:, Tp - 1:-1])                                                   # ppo: (n, T)
+        return flowrl.reinforce_pp_loss(logprobs, b.old_logprobs[rows], mb.mask, b.adv[rows], clip_eps=args.clip_eps,
+                                        token_count=count)
+    values = run.train_head(h[:, Tp - 1:-1])                                                   # ppo: (n, T)
     return flowrl.ppo_loss(logprobs, b.old_logprobs[rows], mb.mask, b.adv[rows], values, b.returns[rows],
-                           clip_eps=args.clip_eps)
+                           clip_eps=args.clip_eps, token_count=count, all_sum=total)
 
 
 def update(args, run, b, step, world):
@@ -218,12 +234,11 @@ def update(args, run, b, step, world):
     for epoch in range(args.epochs):
         for rows in minibatches(args, len(b.problems), step, epoch, b.rewards.device):
             mb = b.ro.select(rows)
-            logprobs, _, h = sequence_logprobs(run.policy, mb, args.temperature, return_hidden=True, with_entropy=False)
+            logprobs, _, h = sequence_logprobs(run.train_policy, mb, args.temperature, return_hidden=True,
+                                               with_entropy=False)
             loss, st = algo_loss(args, run, b, rows, mb, logprobs, h)
             run.opt.zero_grad(set_to_none=True)
             loss.backward()
-            if world > 1:
-                allreduce_grads(run.params, world)
             gn = torch.nn.utils.clip_grad_norm_(run.params, args.grad_clip if args.grad_clip > 0 else float("inf"))
             if not (torch.isfinite(loss) and torch.isfinite(gn)):
                 run.opt.zero_grad(set_to_none=True)                   # never written into the weights
@@ -316,7 +331,7 @@ def train_algo(args, algo, warm, tok, task, device, rank=0, world=1):
     metrics, ckpt = os.path.join(run_dir, "metrics.jsonl"), os.path.join(run_dir, "ckpt.pt")
     is_main = rank == 0                                       # rank 0 alone writes files
     os.makedirs(run_dir, exist_ok=True)
-    run = new_run(args, algo, warm, task, device, rank)
+    run = new_run(args, algo, warm, task, device, rank, world)
     start = 0
     if args.resume and os.path.exists(ckpt):
         start = resume(run, ckpt, args, rank)
@@ -348,8 +363,10 @@ def train_algo(args, algo, warm, tok, task, device, rank=0, world=1):
                   f"{rec['time/step_s']:.3f}s/step eta {eta:.0f}s", flush=True)
         if is_main and (s % args.eval_every == 0 or s == args.steps):
             run_eval(args, run, tok, task, problems_eval, s, device, run_dir, wb)
-        if is_main and (s % args.ckpt_every == 0 or s == args.steps):
-            save_checkpoint(ckpt, run, s, args)
+        if s % args.ckpt_every == 0 or s == args.steps:
+            samplers = gather_objects(run.gen.get_state(), world)       # every process's sampler stream
+            if is_main:
+                save_checkpoint(ckpt, run, s, args, samplers)
     if is_main:                                 # the trained policy in the format every other tool reads
         arch = architecture(args.init_from) if args.init_from else "LlamaForCausalLM"
         save_pretrained(run.policy, os.path.join(run_dir, "hf"), arch, tok.stop_ids, args.init_from)
