@@ -11,6 +11,7 @@ from dataclasses import asdict, dataclass
 import torch
 
 from config import UserError
+from parallel import load_full_optimizer_state, load_full_state
 
 
 def save_atomic(obj, path):
@@ -59,12 +60,14 @@ EXPERIMENT_FLAGS = ("task", "seed", "preset", "batch_prompts", "group_size", "ma
                     "eval_prompts", "bf16")
 
 
-def save_checkpoint(path, run, step, args, samplers):
+def save_checkpoint(path, run, step, args, samplers, states=None):
+    """states: (model, head, optimizer) state dicts already gathered in full (FSDP); None: run's own."""
     state = lambda m: m.state_dict() if m is not None else None
+    model, head, opt = states or (run.policy.state_dict(), state(run.head), run.opt.state_dict())
     python_rng = [list(x) if isinstance(x, tuple) else x for x in run.prompt_rng.getstate()]
     cuda_rng = torch.cuda.get_rng_state(run.gen.device) if run.gen.device.type == "cuda" else None
-    save_atomic({"algo": run.algo, "step": step, "skipped": run.skipped, "model": run.policy.state_dict(),
-                 "head": state(run.head), "optimizer": run.opt.state_dict(),
+    save_atomic({"algo": run.algo, "step": step, "skipped": run.skipped, "model": model, "head": head,
+                 "optimizer": opt,
                  "rng": {"python": python_rng, "samplers": samplers, "torch": torch.get_rng_state(),
                          "cuda": cuda_rng},
                  "config": {k: v for k, v in vars(args).items() if k != "clip_bounds"},
@@ -81,10 +84,16 @@ def resume(run, path, args, rank):
         if k in ck["config"] and ck["config"][k] != getattr(args, k):
             raise UserError(f"--resume: --{k} was {ck['config'][k]!r} in {path}, now {getattr(args, k)!r}; "
                             f"resume with the same --{k}, or start a new run in another --out_dir")
-    run.policy.load_state_dict(ck["model"])
-    if run.head is not None:
-        run.head.load_state_dict(ck["head"])
-    run.opt.load_state_dict(ck["optimizer"])
+    if args.fsdp:                                              # full states back into this process's shards
+        load_full_state(run.policy, ck["model"])
+        if run.head is not None:
+            load_full_state(run.head, ck["head"])
+        load_full_optimizer_state(run.opt, ck["optimizer"])
+    else:
+        run.policy.load_state_dict(ck["model"])
+        if run.head is not None:
+            run.head.load_state_dict(ck["head"])
+        run.opt.load_state_dict(ck["optimizer"])
     version, state, gauss = ck["rng"]["python"]
     run.prompt_rng.setstate((version, tuple(state), gauss))
     samplers = ck["rng"]["samplers"]                           # every process's own stream

@@ -87,6 +87,8 @@ def add_run_flags(a):
     a("--resume", action="store_true", help="continue each algorithm from out_dir/<algo><tag>/ckpt.pt")
     a("--bf16", action=argparse.BooleanOptionalAction, default=True, help="bf16 autocast on CUDA (ignored on CPU)")
     a("--grad_checkpoint", action="store_true", help="activation checkpointing: less memory for one more forward")
+    a("--fsdp", action="store_true", help="under torchrun: shard parameters, gradients and AdamW state over the "
+      "processes (FSDP2), instead of replicating them (DistributedDataParallel)")
     a("--no_plot", action="store_true", help="skip the comparison figure")
     a("--no_summary", action="store_true", help="write no out_dir/summary.json (runs side by side in one out_dir)")
     a("--wandb", default=None, metavar="PROJECT", help="also log every record and the final figure to this Weights "

@@ -195,7 +195,7 @@ class LogZHead(nn.Module):
             h = hidden.to(self.out.weight.dtype)
             m = prompt_mask[..., None].to(h.dtype)                                     # (N, Tp, 1)
             pooled = (h * m).sum(1) / m.sum(1).clamp(min=1)                            # (N, H)
-            return self.out(self.mlp(pooled))[:, 0]                                   # (N,)
+            return self.out(self.mlp(pooled)).sum(-1)               # (N,): a new tensor, not a view (FSDP)
 
 
 class LogZTable(nn.Module):
@@ -278,7 +278,7 @@ class ValueHead(nn.Module):
     def forward(self, hidden):
         """hidden: (N, T, H), the states from which each response token is predicted -> (N, T)."""
         with torch.autocast(hidden.device.type, enabled=False):
-            return self.out(hidden.to(self.out.weight.dtype))[..., 0]
+            return self.out(hidden.to(self.out.weight.dtype)).sum(-1)          # (N, T), not a view (FSDP)
 
 
 def gae(rewards, values, mask, gamma=1.0, lam=0.95, token_rewards=None):

@@ -36,7 +36,8 @@ from evaluate import decode_responses, eval_problems, evaluate, summarize
 from config import UserError, parse_args
 from hf import architecture, from_pretrained, save_pretrained
 from model import GPT, GPTConfig, autocast
-from parallel import all_sum, data_parallel, gather_objects, gather_rows, mean_over_ranks, setup_distributed
+from parallel import (all_sum, data_parallel, full_state, gather_objects, gather_rows, gathered, mean_over_ranks,
+                      setup_distributed, shard)
 from rewards import ALPHABET, get_task
 from rollout import Rollout, chunked_logprobs, from_tokens, generate, left_pad, sequence_logprobs
 from tokenizer import CheckpointError, Tokenizer
@@ -99,13 +100,16 @@ def new_run(args, algo, warm, task, device, rank, world=1):
         head_lr = args.logz_lr
     elif algo == "ppo":
         head, head_lr = flowrl.ValueHead(warm.config.n_embd).to(device), args.value_lr
+    if args.fsdp:                               # sharded over the processes before the optimizer sees them
+        policy, ref = shard(policy, device, args.bf16), shard(ref, device, args.bf16)
+        head = shard(head, device, args.bf16) if head is not None else None
     groups = [{"params": list(policy.parameters()), "lr": args.lr, "weight_decay": args.weight_decay}]
     if head is not None:
         groups.append({"params": list(head.parameters()), "lr": head_lr, "weight_decay": 0.0})
     run = Run(algo, policy, ref, head, torch.optim.AdamW(groups), [p for g in groups for p in g["params"]],
               random.Random(args.seed), torch.Generator(device=device).manual_seed(args.seed + rank), world=world,
               train_policy=policy, train_head=head)
-    if world > 1:                               # gradients averaged over the processes (parallel.py)
+    if world > 1 and not args.fsdp:             # gradients averaged over the processes (parallel.py)
         run.train_policy = data_parallel(policy, device)
         run.train_head = data_parallel(head, device) if head is not None else None
     return run
@@ -163,9 +167,10 @@ def collect(args, run, task, tok, step, rank, world):
     """Sample this rank's share of the step's prompts, G answers each, score them, then prepare."""
     P, G = args.batch_prompts // world, args.group_size
     problems = [task.sample(run.prompt_rng) for _ in range(args.batch_prompts)][rank * P:(rank + 1) * P]
-    ro = generate(run.policy, [tok.encode_prompt(p.prompt) for p in problems], num_samples=G,
-                  max_new_tokens=args.max_new_tokens, temperature=args.temperature, eos_id=tok.eos_id,
-                  stop_ids=tok.stop_ids, generator=run.gen)
+    with gathered(run.policy):                  # FSDP: parameters gathered once for the whole rollout
+        ro = generate(run.policy, [tok.encode_prompt(p.prompt) for p in problems], num_samples=G,
+                      max_new_tokens=args.max_new_tokens, temperature=args.temperature, eos_id=tok.eos_id,
+                      stop_ids=tok.stop_ids, generator=run.gen)
     scores = [task.score(problems[i // G], t) for i, t in enumerate(decode_responses(tok, ro))]
     return prepare(args, run, task, problems, ro, scores, step, world)
 
@@ -240,6 +245,7 @@ def update(args, run, b, step, world):
             run.opt.zero_grad(set_to_none=True)
             loss.backward()
             gn = torch.nn.utils.clip_grad_norm_(run.params, args.grad_clip if args.grad_clip > 0 else float("inf"))
+            gn = gn.full_tensor() if hasattr(gn, "full_tensor") else gn                   # FSDP: a DTensor
             if not (torch.isfinite(loss) and torch.isfinite(gn)):
                 run.opt.zero_grad(set_to_none=True)                   # never written into the weights
                 skipped = True
@@ -293,6 +299,12 @@ def train_record(args, run, b, upd, dt, world, device):
 # ---------------------------------------------------------------------------------------------
 # the loop
 
+def full_states(run):
+    """(model, head, optimizer) state dicts gathered in full from FSDP shards (every process calls it)."""
+    head = full_state(run.head.state_dict()) if run.head is not None else None
+    return full_state(run.policy.state_dict()), head, full_state(run.opt.state_dict())
+
+
 def rows_per_chunk(args, world=1):
     """Rows per forward pass without gradients: one rank's minibatch (G x batch_prompts / world / minibatches)."""
     return args.group_size * max(1, args.batch_prompts // world // args.minibatches)
@@ -312,15 +324,18 @@ def learned_log_z(args, run, tok, task, problems):
     return z
 
 
-def run_eval(args, run, tok, task, problems, step, device, run_dir, wb):
-    """Evaluate, append the record to metrics.jsonl and a few prompts' completions to samples.jsonl."""
+def run_eval(args, run, tok, task, problems, step, device, run_dir, wb, write=True):
+    """Evaluate, append the record to metrics.jsonl and a few prompts' completions to samples.jsonl.
+    Under FSDP every process evaluates (its forwards are collective) and rank 0 alone writes."""
     log_z = None
     if run.algo.startswith("flowrl") and run.head is not None:
         log_z = lambda ps: learned_log_z(args, run, tok, task, ps)
-    with autocast(device, args.bf16):
+    with autocast(device, args.bf16), gathered(run.policy), gathered(run.ref):
         rec = evaluate(run.policy, tok, task, problems, k=args.eval_k, max_new_tokens=args.max_new_tokens,
                        seed=args.seed, step=step, chunk_rows=rows_per_chunk(args), beta=args.reward_beta,
                        ref=run.ref, learned_log_z=log_z, n_logged=4)
+    if not write:
+        return
     for sample in rec.pop("samples"):
         append_jsonl(os.path.join(run_dir, "samples.jsonl"), sample)
     log_record(os.path.join(run_dir, "metrics.jsonl"), {"algo": run.algo, **rec}, wb)
@@ -343,8 +358,8 @@ def train_algo(args, algo, warm, tok, task, device, rank=0, world=1):
         truncate_log(os.path.join(run_dir, "samples.jsonl"), start)
     problems_eval = eval_problems(task, args.eval_prompts, args.seed)
     wb = open_wandb(args, algo + args.tag) if is_main else None
-    if start == 0 and is_main:
-        run_eval(args, run, tok, task, problems_eval, 0, device, run_dir, wb)
+    if start == 0 and (is_main or args.fsdp):
+        run_eval(args, run, tok, task, problems_eval, 0, device, run_dir, wb, write=is_main)
     t_run = time.time()
     for step in range(start, args.steps):
         t0 = time.time()
@@ -361,15 +376,20 @@ def train_algo(args, algo, warm, tok, task, device, rank=0, world=1):
             print(f"{algo:12s} step {s:5d}/{args.steps} reward {rec['reward/mean']:.3f} acc {rec['accuracy']:.3f} "
                   f"entropy {rec['entropy']:.3f} distinct {rec['distinct_correct']:.2f}{lz} "
                   f"{rec['time/step_s']:.3f}s/step eta {eta:.0f}s", flush=True)
-        if is_main and (s % args.eval_every == 0 or s == args.steps):
-            run_eval(args, run, tok, task, problems_eval, s, device, run_dir, wb)
+        if (is_main or args.fsdp) and (s % args.eval_every == 0 or s == args.steps):
+            run_eval(args, run, tok, task, problems_eval, s, device, run_dir, wb, write=is_main)
         if s % args.ckpt_every == 0 or s == args.steps:
             samplers = gather_objects(run.gen.get_state(), world)       # every process's sampler stream
+            states = full_states(run) if args.fsdp else None            # FSDP: gathered from the shards
             if is_main:
-                save_checkpoint(ckpt, run, s, args, samplers)
+                save_checkpoint(ckpt, run, s, args, samplers, states)
     if is_main:                                 # the trained policy in the format every other tool reads
         arch = architecture(args.init_from) if args.init_from else "LlamaForCausalLM"
-        save_pretrained(run.policy, os.path.join(run_dir, "hf"), arch, tok.stop_ids, args.init_from)
+        policy = run.policy
+        if args.fsdp:                           # one process's full copy, from the last checkpoint's state
+            policy = GPT(run.policy.config)
+            policy.load_state_dict(states[0])
+        save_pretrained(policy, os.path.join(run_dir, "hf"), arch, tok.stop_ids, args.init_from)
     if wb is not None:
         wb.finish()
     return run_dir
@@ -409,7 +429,7 @@ def print_table(args, summary, n_prompts):
 def main(argv=None):
     args = parse_args(argv)
     try:
-        rank, world, args.device = setup_distributed(args.device, args.batch_prompts)
+        rank, world, args.device = setup_distributed(args.device, args.batch_prompts, args.fsdp)
     except ValueError as e:
         raise UserError(str(e))
     ckpts = [os.path.join(args.out_dir, a + args.tag, "ckpt.pt") for a in args.algo]

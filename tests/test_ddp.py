@@ -25,11 +25,12 @@ ALGOS = {"flowrl": [], "flowrl_exact": [], "grpo": ["--kl_coef", "0.1"], "reinfo
 G = 4
 
 
-def gradients(algo, rank, world):
+def gradients(algo, rank, world, fsdp=False):
     """Every trained tensor's gradient after one backward of `algo`'s loss on this process's share of
     one fixed rollout (the same on every process: same weights, same sampler seed)."""
     args = config.parse_args(["--algo", algo, "--batch_prompts", "4", "--group_size", str(G), "--device", "cpu",
-                              "--n_layer", "1", "--n_embd", "32", "--n_head", "2", "--n_kv_head", "1"] + ALGOS[algo])
+                              "--n_layer", "1", "--n_embd", "32", "--n_head", "2", "--n_kv_head", "1"] + ALGOS[algo]
+                             + (["--fsdp"] if fsdp else []))
     tok, task = Tokenizer.for_chars(ALPHABET), get_task("make_n")
     torch.manual_seed(0)
     warm = GPT(GPTConfig(vocab_size=tok.vocab_size, n_layer=1, n_head=2, n_kv_head=1, n_embd=32, block_size=64))
@@ -49,13 +50,14 @@ def gradients(algo, rank, world):
     loss, _ = train.algo_loss(args, run, b, rows, b.ro, logprobs, h)
     run.opt.zero_grad()
     loss.backward()
-    return [p.grad.clone() if p.grad is not None else torch.zeros_like(p) for p in run.params]
+    full = lambda g: g.full_tensor() if hasattr(g, "full_tensor") else g.clone()      # FSDP: gather the shards
+    return [full(p.grad) if p.grad is not None else torch.zeros(p.shape) for p in run.params]
 
 
 def worker(rank, world, init_file, out):
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
     torch.set_num_threads(1)
-    grads = {algo: gradients(algo, rank, world) for algo in ALGOS}
+    grads = {(algo, fsdp): gradients(algo, rank, world, fsdp) for algo in ALGOS for fsdp in (False, True)}
     if rank == 0:
         torch.save(grads, out)
     dist.destroy_process_group()
@@ -65,12 +67,13 @@ def test_two_processes_give_the_gradients_of_one(tmp_path):
     out = str(tmp_path / "grads.pt")
     mp.spawn(worker, args=(2, str(tmp_path / "init"), out), nprocs=2, join=True)
     two = torch.load(out, weights_only=True)
-    for algo in ALGOS:
+    for (algo, fsdp), grads in two.items():
         one = gradients(algo, 0, 1)
-        worst = max((a - b).abs().max().item() for a, b in zip(one, two[algo]))
+        worst = max((a - b).abs().max().item() for a, b in zip(one, grads))
         scale = max(a.abs().max().item() for a in one)
-        print(f"\n{algo}: largest |grad(1 process) - grad(2 processes)| = {worst:.1e} (largest entry {scale:.1e})")
-        assert scale > 1e-4 and worst < 1e-6 * max(1.0, scale), algo
+        print(f"\n{algo}{' --fsdp' if fsdp else ''}: largest |grad(1 process) - grad(2 processes)| = {worst:.1e} "
+              f"(largest entry {scale:.1e})")
+        assert scale > 1e-4 and worst < 1e-6 * max(1.0, scale), (algo, fsdp)
 
 
 def torchrun(out, *extra, steps=4):
@@ -101,5 +104,22 @@ def test_torchrun_writes_once_and_resume_equals_an_uninterrupted_run(tmp_path):
     assert len(torch.load(os.path.join(a, "flowrl", "ckpt.pt"), weights_only=True)["rng"]["samplers"]) == 2
     torchrun(b, steps=2)
     torchrun(b, "--resume")
+    for algo in ("flowrl", "reinforce_pp"):
+        assert records(os.path.join(a, algo, "metrics.jsonl")) == records(os.path.join(b, algo, "metrics.jsonl"))
+
+
+@pytest.mark.slow
+def test_fsdp_run_writes_a_full_checkpoint_and_resumes(tmp_path):
+    a, b = str(tmp_path / "a"), str(tmp_path / "b")
+    torchrun(a, "--fsdp")
+    ck = torch.load(os.path.join(a, "flowrl", "ckpt.pt"), weights_only=True)
+    policy = GPT(GPTConfig(**ck["model_config"]))                    # one process loads the full state
+    policy.load_state_dict(ck["model"])
+    assert ck["head"]["out.weight"].shape == (1, 32)                 # the log Z head in full, not a shard
+    exp_avg = ck["optimizer"]["state"][0]["exp_avg"]
+    assert exp_avg.shape == next(policy.parameters()).shape          # AdamW state in full too
+    assert os.path.exists(os.path.join(a, "flowrl", "hf", "model.safetensors"))
+    torchrun(b, "--fsdp", steps=2)
+    torchrun(b, "--fsdp", "--resume")
     for algo in ("flowrl", "reinforce_pp"):
         assert records(os.path.join(a, algo, "metrics.jsonl")) == records(os.path.join(b, algo, "metrics.jsonl"))
