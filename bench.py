@@ -85,6 +85,7 @@ def peak_mb(device):
 QWEN25 = {  # the Qwen2.5 family's config.json values: hidden, layers, heads, KV heads, MLP, vocab, tied
     "0.5B": (896, 24, 14, 2, 4864, 151936, True), "1.5B": (1536, 28, 12, 2, 8960, 151936, True),
     "3B": (2048, 36, 16, 2, 11008, 151936, True), "7B": (3584, 28, 28, 4, 18944, 152064, False),
+    "32B": (5120, 64, 40, 8, 27648, 152064, False),
 }
 
 
@@ -132,19 +133,23 @@ def cache_vs_nocache(args):
           f"no cache {statistics.median(b):,.0f} tokens/s ({statistics.median(a) / statistics.median(b):.1f}x)")
 
 
-def memory_table():
-    """Bytes for RL on one GPU: policy weights fp32 (4P) + gradients fp32 (4P) + AdamW moments fp32 (8P)
-    + the frozen reference in bf16 (2P) = 18P; activations and the KV cache come on top (they scale with
-    batch x length; activation checkpointing, --grad_checkpoint, cuts the former)."""
+def memory_table(gpus=8):
+    """Bytes per GPU for RL, from parameter counts: policy weights fp32 (4P) + gradients fp32 (4P) + AdamW
+    moments fp32 (8P) + the frozen reference in bf16 (2P),
+    replicated (one GPU, or DistributedDataParallel) or sharded over `gpus` with --fsdp, where the rollout
+    also holds the whole policy gathered in bf16 (2P) while it samples. Left out: activations, logits,
+    the KV cache (they scale with batch x length) and FSDP's one gathered block at a time in training."""
     from model import GPT, GPTConfig
-    print("| model | parameters P | policy fp32 + grads + AdamW (16P) | reference bf16 (2P) | total 18P |")
+    print(f"| model | parameters P | replicated: 16P + reference 2P | FSDP on {gpus} GPUs: (16P + 2P)/{gpus} "
+          f"| FSDP, during the rollout: + 2P gathered |")
     print("|---|---|---|---|---|")
     for name, (C, L, H, KV, I, V, tied) in QWEN25.items():
         with torch.device("meta"):
             P = GPT(GPTConfig(vocab_size=V, n_layer=L, n_head=H, n_kv_head=KV, n_embd=C, n_inner=I, block_size=8,
                               qkv_bias=True, tie_embeddings=tied)).num_params()
         gb = lambda b: f"{b / 1e9:.1f} GB"
-        print(f"| Qwen2.5-{name} | {P / 1e9:.2f}B | {gb(16 * P)} | {gb(2 * P)} | {gb(18 * P)} |")
+        sharded = 18 * P / gpus
+        print(f"| Qwen2.5-{name} | {P / 1e9:.2f}B | {gb(18 * P)} | {gb(sharded)} | {gb(sharded + 2 * P)} |")
 
 
 def bench_qwen05b(args):

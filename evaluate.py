@@ -174,3 +174,15 @@ def summarize(run_dir):
     pick = lambda r: {k: r[k] for k in keys if k in r}
     matched = next((r for r in evals if r["accuracy"] >= 0.9), None)
     return {**pick(evals[-1]), "matched_accuracy": pick(matched) if matched else None}
+
+
+def final_table(summary, k, n_prompts, grad_clip):
+    """The table train.py prints at the end: one row per run, each number once."""
+    lines = [f"\nfinal eval ({n_prompts} prompts x {k} samples at T=1; grad clip {grad_clip}); accuracy = "
+             f"mean over the samples = pass@1; effective = exp(entropy of π over correct answers):",
+             f"{'algo':14s} {'accuracy':>9s} {'pass@' + str(k):>8s} {'distinct':>9s} {'effective':>10s} "
+             f"{'entropy':>8s}"]
+    for algo, s in summary.items():
+        lines.append(f"{algo:14s} {s['accuracy']:9.3f} {s['pass@k']:8.3f} {s['distinct_correct']:9.2f} "
+                     f"{s['effective_correct']:10.2f} {s['entropy']:8.3f}")
+    return "\n".join(lines)

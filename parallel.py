@@ -143,3 +143,9 @@ def load_full_optimizer_state(opt, state):
             if isinstance(p, DTensor) and isinstance(v, torch.Tensor) and v.shape == p.shape:
                 st[k] = distribute_tensor(v.to(p.device), p.device_mesh, p.placements)
     opt.load_state_dict(state)
+
+
+def full_states(run):
+    """(model, head, optimizer) state dicts gathered in full from FSDP shards (every process calls it)."""
+    head = full_state(run.head.state_dict()) if run.head is not None else None
+    return full_state(run.policy.state_dict()), head, full_state(run.opt.state_dict())

@@ -32,11 +32,11 @@ import torch
 import flowrl
 from checkpoint import (Run, append_jsonl, load_checkpoint, log_record, open_wandb, resume, save_atomic,
                         save_checkpoint, truncate_log, write_summary)
-from evaluate import decode_responses, eval_problems, evaluate, summarize
+from evaluate import decode_responses, eval_problems, evaluate, final_table, summarize
 from config import UserError, parse_args
 from hf import architecture, from_pretrained, save_pretrained
 from model import GPT, GPTConfig, autocast
-from parallel import (all_sum, data_parallel, full_state, gather_objects, gather_rows, gathered, mean_over_ranks,
+from parallel import (all_sum, data_parallel, full_states, gather_objects, gather_rows, gathered, mean_over_ranks,
                       setup_distributed, shard)
 from rewards import ALPHABET, get_task
 from rollout import Rollout, chunked_logprobs, from_tokens, generate, left_pad, sequence_logprobs
@@ -299,12 +299,6 @@ def train_record(args, run, b, upd, dt, world, device):
 # ---------------------------------------------------------------------------------------------
 # the loop
 
-def full_states(run):
-    """(model, head, optimizer) state dicts gathered in full from FSDP shards (every process calls it)."""
-    head = full_state(run.head.state_dict()) if run.head is not None else None
-    return full_state(run.policy.state_dict()), head, full_state(run.opt.state_dict())
-
-
 def rows_per_chunk(args, world=1):
     """Rows per forward pass without gradients: one rank's minibatch (G x batch_prompts / world / minibatches)."""
     return args.group_size * max(1, args.batch_prompts // world // args.minibatches)
@@ -416,16 +410,6 @@ def load_start(args, rank, world, device):
     return warm, tok, task
 
 
-def print_table(args, summary, n_prompts):
-    k = args.eval_k
-    print(f"\nfinal eval ({n_prompts} prompts x {k} samples at T=1; grad clip {args.grad_clip}); accuracy = "
-          f"mean over the samples = pass@1; effective = exp(entropy of π over correct answers):")
-    print(f"{'algo':14s} {'accuracy':>9s} {'pass@' + str(k):>8s} {'distinct':>9s} {'effective':>10s} {'entropy':>8s}")
-    for algo, s in summary.items():
-        print(f"{algo:14s} {s['accuracy']:9.3f} {s['pass@k']:8.3f} {s['distinct_correct']:9.2f} "
-              f"{s['effective_correct']:10.2f} {s['entropy']:8.3f}")
-
-
 def main(argv=None):
     args = parse_args(argv)
     try:
@@ -458,7 +442,7 @@ def main(argv=None):
             return None
     if not args.no_summary:
         write_summary(args, summary)
-    print_table(args, summary, len(eval_problems(task, args.eval_prompts, args.seed)))
+    print(final_table(summary, args.eval_k, len(eval_problems(task, args.eval_prompts, args.seed)), args.grad_clip))
     if not args.no_plot:
         import plot
         fig = os.path.join(args.out_dir, "compare.png")
