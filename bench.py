@@ -191,7 +191,7 @@ def rollout_vs_transformers(args, ours, theirs, device):
 
     def run_ours():
         r = generate(ours, prompts.tolist(), num_samples=args.samples, max_new_tokens=args.new_tokens,
-                     eos_id=V, generator=gen)                     # unreachable: every row runs to the end
+                     eos_id=V, generator=gen, compile=args.compile)   # eos unreachable: every row runs to the end
         assert r.mask.all() and r.mask.shape[1] == args.new_tokens
         return r.mask.numel()
 
@@ -253,7 +253,8 @@ def print_rows(args, device, rows):
     dev = (torch.cuda.get_device_name(device) if device.type == "cuda"
            else f"CPU ({os.cpu_count()} cores, {torch.get_num_threads()} threads)")
     print(f"\n{dev}, {args.dtype}, torch {torch.__version__}; rollout: {args.prompts} prompts x {args.samples} "
-          f"samples x {args.new_tokens} new tokens, every position decoded and counted on both sides; medians "
+          f"samples x {args.new_tokens} new tokens, every position decoded and counted on both sides; our decode "
+          f"step {'compiled' if args.compile else 'eager'}; medians "
           f"of {args.reps} interleaved repetitions after a warm-up\n")
     print("| model | ours tok/s | transformers tok/s | speed-up | matmul rate (GFLOP/s) | our decode (GFLOP/s) "
           "| of the rate | FlowRL step (s) | GRPO step (s) | FlowRL/GRPO | train tok/s (FlowRL) | peak mem (MB) |")
@@ -296,6 +297,98 @@ def make_checkpoint(path, shape):
     print(f"{path}: {shape}-shaped, {model.num_params() / 1e6:.0f}M parameters, random weights")
 
 
+def tiny_qwen2(path, problems_text):
+    """A ~3M-parameter Qwen2 (4 layers x 256, random weights) with a byte-level BPE of 320 ids trained on
+    task text (the tokenizers library), saved with transformers: one checkpoint both trainers load."""
+    import transformers
+    from tokenizers import Tokenizer as BPE, decoders, models, pre_tokenizers, trainers
+    bpe = BPE(models.BPE())
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.decoder = decoders.ByteLevel()
+    bpe.train_from_iterator(problems_text, trainers.BpeTrainer(
+        vocab_size=320, special_tokens=["<|endoftext|>"], initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False))
+    fast = transformers.PreTrainedTokenizerFast(tokenizer_object=bpe, eos_token="<|endoftext|>",
+                                                pad_token="<|endoftext|>")
+    fast.save_pretrained(path)
+    torch.manual_seed(0)
+    cfg = transformers.Qwen2Config(vocab_size=len(fast), hidden_size=256, intermediate_size=704, num_hidden_layers=4,
+                                   num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=256,
+                                   tie_word_embeddings=True, eos_token_id=fast.eos_token_id)
+    transformers.Qwen2ForCausalLM(cfg).save_pretrained(path)
+    return fast
+
+
+def our_rl_steps(path, algo, args, out_dir):
+    """Seconds of each of our RL steps (collect + update: rollout, rewards, reference, loss, AdamW)."""
+    import config
+    import train
+    a = config.parse_args(["--init_from", path, "--task", "countdown", "--algo", algo, "--batch_prompts", "16",
+                           "--group_size", "8", "--max_new_tokens", "16", "--lr", "1e-5", "--kl_coef", "0.04",
+                           "--device", "cpu", "--out_dir", out_dir] + (["--compile"] if args.compile else []))
+    warm, tok, task = train.load_start(a, 0, 1, torch.device("cpu"))
+    run = train.new_run(a, algo, warm, task, torch.device("cpu"), 0, 1)
+    times = []
+    for step in range(args.reps + 1):
+        t0 = time.perf_counter()
+        b = train.collect(a, run, task, tok, step, 0, 1)
+        train.update(a, run, b, step, 1)
+        times.append(time.perf_counter() - t0)
+    return times[1:]                                                            # the first warms up
+
+
+def trl_rl_steps(path, tokenizer, problems, task, args, out_dir):
+    """Seconds of each step of TRL's GRPOTrainer on the same checkpoint, prompts, reward, batch (16 prompts
+    x 8), lengths (16 new tokens), lr, temperature, with a reference model (beta 0.04); no vLLM."""
+    import datasets
+    import transformers
+    from trl import GRPOConfig, GRPOTrainer
+    data = datasets.Dataset.from_dict({"prompt": [p.prompt for p in problems], "idx": list(range(len(problems)))})
+
+    def reward(prompts, completions, idx, **kw):
+        return [task.reward(problems[i], c) for i, c in zip(idx, completions)]
+
+    class Clock(transformers.TrainerCallback):
+        times = []
+
+        def on_step_begin(self, *a, **kw):
+            self.t0 = time.perf_counter()
+
+        def on_step_end(self, *a, **kw):
+            self.times.append(time.perf_counter() - self.t0)
+    cfg = GRPOConfig(output_dir=out_dir, per_device_train_batch_size=128, num_generations=8, max_completion_length=16,
+                     beta=0.04, learning_rate=1e-5, temperature=1.0, use_vllm=False, max_steps=args.reps + 1,
+                     loss_type="grpo", logging_steps=1, report_to="none", save_strategy="no", use_cpu=True,
+                     bf16=False, disable_dropout=True, seed=0)
+    clock = Clock()
+    GRPOTrainer(model=path, reward_funcs=reward, args=cfg, train_dataset=data, processing_class=tokenizer,
+                callbacks=[clock]).train()
+    return clock.times[1:]
+
+
+def trl_table(args):
+    """One RL step, ours (FlowRL, GRPO with k3 KL 0.04) against TRL's GRPOTrainer (beta 0.04), medians."""
+    import random
+
+    from rewards import get_task
+    task = get_task("countdown")
+    rng = random.Random(0)
+    problems = [task.sample(rng) for _ in range(16 * (args.reps + 2))]
+    with tempfile.TemporaryDirectory() as d:
+        tok = tiny_qwen2(d, [p.prompt + task.solutions(p)[0] for p in problems[:200]])
+        ours = {algo: statistics.median(our_rl_steps(d, algo, args, os.path.join(d, "ours")))
+                for algo in ("flowrl", "grpo")}
+        theirs = statistics.median(trl_rl_steps(d, tok, problems, task, args, os.path.join(d, "trl")))
+    print(f"\nOne RL step on the CPU ({os.cpu_count()} cores, fp32, torch {torch.__version__}): a ~3M-parameter "
+          f"Qwen2, countdown, 16 prompts x 8 samples x 16 new tokens, lr 1e-5, with a reference model; "
+          f"medians of {args.reps} steps after one warm-up step\n")
+    print("| trainer | s / step | TRL's GRPO step / this |")
+    print("|---|---|---|")
+    for name, t in [("ours, flowrl", ours["flowrl"]), ("ours, grpo (k3 KL 0.04)", ours["grpo"]),
+                    ("TRL GRPOTrainer (beta 0.04)", theirs)]:
+        print(f"| {name} | {t:.3f} | {theirs / t:.2f}x |")
+
+
 def parse_args():
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0].strip())
     p.add_argument("--device", default="cpu")
@@ -313,6 +406,9 @@ def parse_args():
     p.add_argument("--make_checkpoint", default=None, metavar="DIR", help="instead: write a random checkpoint of "
                    "--shape to DIR (for train.py --init_from DIR without a download)")
     p.add_argument("--shape", default="qwen2.5-0.5b", choices=sorted(QWEN_SHAPES))
+    p.add_argument("--trl", action="store_true", help="instead: one RL step of ours against TRL's GRPOTrainer "
+                   "(needs `pip install trl`, a benchmark-only dependency)")
+    p.add_argument("--compile", action="store_true", help="our decode step compiled (torch.compile)")
     return p.parse_args()
 
 
@@ -320,6 +416,8 @@ def main():
     args = parse_args()
     if args.make_checkpoint:
         return make_checkpoint(args.make_checkpoint, args.shape)
+    if args.trl:
+        return trl_table(args)
     if args.memory_table:
         return memory_table()
     if args.cache_vs_nocache:

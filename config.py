@@ -87,6 +87,8 @@ def add_run_flags(a):
     a("--resume", action="store_true", help="continue each algorithm from out_dir/<algo><tag>/ckpt.pt")
     a("--bf16", action=argparse.BooleanOptionalAction, default=True, help="bf16 autocast on CUDA (ignored on CPU)")
     a("--grad_checkpoint", action="store_true", help="activation checkpointing: less memory for one more forward")
+    a("--compile", action="store_true", help="the rollout's decode step compiled with static shapes (torch.compile; "
+      "CUDA graphs on CUDA); evaluation and training stay eager")
     a("--fsdp", action="store_true", help="under torchrun: shard parameters, gradients and AdamW state over the "
       "processes (FSDP2), instead of replicating them (DistributedDataParallel)")
     a("--no_plot", action="store_true", help="skip the comparison figure")

@@ -154,7 +154,7 @@ class Attention(nn.Module):
             self.q_norm, self.k_norm = RMSNorm(hs, config.norm_eps), RMSNorm(hs, config.norm_eps)
         self.qk_norm = config.qk_norm
 
-    def forward(self, x, rope, attn_mask, cache, layer):
+    def forward(self, x, rope, attn_mask, cache, layer, slot=None):
         B, T, C = x.shape
         q = self.q_proj(x).view(B, T, self.n_head, self.head_dim)                     # (B, T, nh, hs)
         k = self.k_proj(x).view(B, T, self.n_kv_head, self.head_dim)                  # (B, T, nkv, hs)
@@ -164,7 +164,11 @@ class Attention(nn.Module):
         v = self.v_proj(x).view(B, T, self.n_kv_head, self.head_dim).transpose(1, 2)  # (B, nkv, T, hs)
         if rope is not None:
             q, k = rotate(q, *rope), rotate(k, *rope)
-        if cache is not None:
+        if slot is not None:    # a static-shape decode step: write one slot, attend over all (masked)
+            cache.k[layer].index_copy_(2, slot, k)
+            cache.v[layer].index_copy_(2, slot, v)
+            k, v = cache.k[layer], cache.v[layer]                                      # (B, nkv, Lmax, hs)
+        elif cache is not None:
             t0 = cache.length
             cache.k[layer, :, :, t0:t0 + T] = k
             cache.v[layer, :, :, t0:t0 + T] = v
@@ -203,8 +207,8 @@ class Block(nn.Module):
         self.ln_2 = make_norm(config)
         self.mlp = MLP(config)
 
-    def forward(self, x, rope, attn_mask, cache, layer):
-        x = x + self.attn(self.ln_1(x), rope, attn_mask, cache, layer)
+    def forward(self, x, rope, attn_mask, cache, layer, slot=None):
+        x = x + self.attn(self.ln_1(x), rope, attn_mask, cache, layer, slot)
         return x + self.mlp(self.ln_2(x))
 
 
@@ -307,6 +311,33 @@ class GPT(nn.Module):
         h = self.ln_f(x)                                                            # (B, T, C)
         logits = self.lm_head(h[:, logits_from:]).float()                          # (B, T', V)
         return (logits, h) if return_hidden else logits
+
+    def decode_step(self, token, cache, slot):
+        """One decoding step in static shapes, for torch.compile (and CUDA graphs): token (B,) ids, slot a
+        (1,) long tensor, the cache slot to fill. Attends over every slot of the preallocated cache with
+        a mask (filled slots of real tokens), so that no shape and no Python value depends on the step.
+        Computes what forward(token[:, None], cache=cache) does. Returns logits (B, vocab_size)."""
+        L = cache.valid.shape[1]
+        cache.valid.index_fill_(1, slot, True)
+        pos = cache.n_real[:, None]                                                 # (B, 1)
+        keys = (torch.arange(L, device=token.device) <= slot) & cache.valid         # (B, L)
+        x = self.wte(token[:, None])                                                # (B, 1, C)
+        rope = None
+        if self.config.pos == "learned":
+            x = x + self.wpe(pos)
+        else:
+            rope = (self.rope_cos[pos][:, None].to(x.dtype), self.rope_sin[pos][:, None].to(x.dtype))
+        for layer, block in enumerate(self.blocks):
+            x = block(x, rope, keys[:, None, None, :], cache, layer, slot)
+        cache.n_real += 1
+        return self.lm_head(self.ln_f(x)[:, -1]).float()                           # (B, V)
+
+    def compiled_decode_step(self):
+        """decode_step compiled once per model (fullgraph, static shapes); on CUDA with CUDA graphs."""
+        if getattr(self, "_compiled_decode", None) is None:
+            mode = "reduce-overhead" if self.wte.weight.device.type == "cuda" else None
+            self._compiled_decode = torch.compile(self.decode_step, fullgraph=True, dynamic=False, mode=mode)
+        return self._compiled_decode
 
 
 def autocast(device, bf16):

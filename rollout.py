@@ -75,10 +75,11 @@ def sample_token(logits, temperature, top_p, generator):
 
 
 def generate(model, prompts, *, num_samples, max_new_tokens, temperature=1.0, top_p=1.0, eos_id,
-             stop_ids=None, generator=None):
+             stop_ids=None, generator=None, compile=False):
     """Sample num_samples responses for each prompt (a list of token-id lists). A row ends at the first
     of its tokens in stop_ids (default: eos_id alone; a checkpoint's generation_config may list several);
-    eos_id pads the prompts on the left and the responses after their end.
+    eos_id pads the prompts on the left and the responses after their end. compile: decode with
+    model.compiled_decode_step (static shapes; CUDA graphs on CUDA), else the eager forward.
     Returns a Rollout of N = len(prompts) * num_samples rows, prompt-major."""
     if num_samples < 1 or max_new_tokens < 1:
         raise ValueError("num_samples and max_new_tokens must be >= 1")
@@ -101,6 +102,7 @@ def generate(model, prompts, *, num_samples, max_new_tokens, temperature=1.0, to
         mask = torch.zeros(N, max_new_tokens, dtype=torch.bool, device=device)
         logprobs = torch.zeros(N, max_new_tokens, device=device)
         done = torch.zeros(N, dtype=torch.bool, device=device)
+        step = model.compiled_decode_step() if compile else None
         for t in range(max_new_tokens):
             token, lp = sample_token(logits, temperature, top_p, generator)          # (N,), (N,)
             token = token.masked_fill(done, eos_id)
@@ -110,7 +112,10 @@ def generate(model, prompts, *, num_samples, max_new_tokens, temperature=1.0, to
             done = done | torch.isin(token, stops)
             if t == max_new_tokens - 1 or bool(done.all()):
                 break
-            logits = model(token[:, None], cache=cache)[:, -1]                       # (N, V)
+            if step is not None:                                                     # static shapes
+                logits = step(token, cache, torch.tensor([Tp + t], device=device))       # (N, V)
+            else:
+                logits = model(token[:, None], cache=cache)[:, -1]                       # (N, V)
     model.train(was_training)
     T = t + 1  # trim the columns no row reached
     out = Rollout(prompt=ids.repeat_interleave(G, dim=0).clone(),

@@ -126,8 +126,8 @@ class Batch:
     rewards: torch.Tensor      # (N,) raw rewards r
     r_hat: torch.Tensor        # (N,) group-normalized rewards r̂ (docs/method.md §4.1)
     ref_logprobs: torch.Tensor  # (N, T) under π_ref (zeros with --no_ref)
-    old_logprobs: torch.Tensor  # (N, T) under π_old, the policy before this step's updates
-    entropy: torch.Tensor      # (N, T) token entropy of π_old (a metric)
+    old_logprobs: torch.Tensor  # (N, T) under π_old, the policy before this step's updates (None: update sets it)
+    entropy: torch.Tensor      # (N, T) token entropy of π_old (a metric; None: update sets it)
     adv: torch.Tensor = None   # (N, T) per-token advantages (reinforce_pp, ppo)
     returns: torch.Tensor = None  # (N, T) value targets (ppo)
     keys: torch.Tensor = None  # (N,) prompt keys of the log Z table (--logz table)
@@ -152,7 +152,9 @@ def rollout_policy_pass(args, run, ro, row_sets):
     """π_old as the training forward computes it (docs/method.md §4.3): the log-probs the importance
     weights divide by, recomputed without gradients before any update, minibatch by minibatch as the
     first epoch will run them, so that on-policy w = 1 exactly (the sampler's cached decode differs
-    in rounding, in bf16 by far more). Also the token entropy (a metric) and PPO's old values."""
+    in rounding, in bf16 by far more). Also the token entropy (a metric) and PPO's old values. Needed
+    only where a batch gets more than one update or a target needs π_old before the update
+    (REINFORCE++'s KL reward, PPO's values); otherwise the update's own forward is π_old."""
     old, entropy = torch.zeros_like(ro.logprobs), torch.zeros_like(ro.logprobs)          # (N, T)
     values = torch.zeros_like(ro.logprobs) if run.algo == "ppo" else None
     for rows in row_sets:
@@ -170,7 +172,7 @@ def collect(args, run, task, tok, step, rank, world):
     with gathered(run.policy):                  # FSDP: parameters gathered once for the whole rollout
         ro = generate(run.policy, [tok.encode_prompt(p.prompt) for p in problems], num_samples=G,
                       max_new_tokens=args.max_new_tokens, temperature=args.temperature, eos_id=tok.eos_id,
-                      stop_ids=tok.stop_ids, generator=run.gen)
+                      stop_ids=tok.stop_ids, generator=run.gen, compile=args.compile)
     scores = [task.score(problems[i // G], t) for i, t in enumerate(decode_responses(tok, ro))]
     return prepare(args, run, task, problems, ro, scores, step, world)
 
@@ -180,7 +182,9 @@ def prepare(args, run, task, problems, ro, scores, step, world):
     r̂, and each algorithm's own targets; statistics that span the batch span every process's share."""
     P, G = len(problems), args.group_size
     rewards = torch.tensor([s["reward"] for s in scores], device=ro.mask.device)          # (N,)
-    old, entropy, old_values = rollout_policy_pass(args, run, ro, minibatches(args, P, step, 0, ro.mask.device))
+    old = entropy = old_values = None           # one on-policy update: update() takes π_old from its own forward
+    if args.epochs > 1 or args.minibatches > 1 or run.algo in ("reinforce_pp", "ppo"):
+        old, entropy, old_values = rollout_policy_pass(args, run, ro, minibatches(args, P, step, 0, ro.mask.device))
     ref_logprobs, _ = chunked_logprobs(run.ref, ro, args.temperature, rows_per_chunk(args, world))  # (N, T)
     if args.no_ref:
         ref_logprobs = torch.zeros_like(ref_logprobs)
@@ -239,8 +243,11 @@ def update(args, run, b, step, world):
     for epoch in range(args.epochs):
         for rows in minibatches(args, len(b.problems), step, epoch, b.rewards.device):
             mb = b.ro.select(rows)
-            logprobs, _, h = sequence_logprobs(run.train_policy, mb, args.temperature, return_hidden=True,
-                                               with_entropy=False)
+            on_policy = b.old_logprobs is None          # the one update of the step: π_old is this forward's π_θ
+            logprobs, entropy, h = sequence_logprobs(run.train_policy, mb, args.temperature, return_hidden=True,
+                                                     with_entropy=on_policy)
+            if on_policy:
+                b.old_logprobs, b.entropy = logprobs.detach(), entropy
             loss, st = algo_loss(args, run, b, rows, mb, logprobs, h)
             run.opt.zero_grad(set_to_none=True)
             loss.backward()

@@ -1,5 +1,6 @@
 import math
 
+import pytest
 import torch
 import torch.nn as nn
 
@@ -150,3 +151,28 @@ def test_rows_stop_independently_and_done_rows_do_not_change_others():
     # the same prompt alone gives the same row: a finished row changes nothing for the others
     alone = generate(m, [[1]], num_samples=1, max_new_tokens=6, eos_id=EOS)
     assert torch.equal(alone.response[0], r.response[2])
+
+
+def test_static_shape_decode_step_samples_what_the_forward_samples():
+    # decode_step (what --compile compiles) run eagerly: the same tokens as the cached forward
+    for kw in ({}, {"pos": "learned", "norm": "layernorm", "mlp": "gelu", "bias": True}):
+        torch.manual_seed(0)
+        model = GPT(GPTConfig(vocab_size=32, n_layer=2, n_head=4, n_kv_head=2, n_embd=32, block_size=64, **kw))
+        a = generate(model, PROMPTS, num_samples=4, max_new_tokens=10, eos_id=EOS,
+                     generator=torch.Generator().manual_seed(0))
+        model._compiled_decode = model.decode_step
+        b = generate(model, PROMPTS, num_samples=4, max_new_tokens=10, eos_id=EOS,
+                     generator=torch.Generator().manual_seed(0), compile=True)
+        assert torch.equal(a.response, b.response) and torch.equal(a.mask, b.mask)
+        assert torch.allclose(a.logprobs, b.logprobs, atol=1e-5)
+
+
+@pytest.mark.slow
+def test_compiled_decode_gives_the_eager_tokens():
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(vocab_size=32, n_layer=2, n_head=4, n_kv_head=2, n_embd=32, block_size=64))
+    seed = lambda: torch.Generator().manual_seed(0)
+    a = generate(model, PROMPTS, num_samples=4, max_new_tokens=10, eos_id=EOS, generator=seed())
+    b = generate(model, PROMPTS, num_samples=4, max_new_tokens=10, eos_id=EOS, generator=seed(), compile=True)
+    assert model._compiled_decode is not model.decode_step                     # torch.compile did run
+    assert torch.equal(a.response, b.response) and torch.allclose(a.logprobs, b.logprobs, atol=1e-5)
