@@ -1,8 +1,10 @@
 """
-A run on disk: checkpoints written atomically (never half a file), resume from them, the metrics
-log (metrics.jsonl, one JSON record a line) and summary.json.
+One algorithm's run: its models and optimizer (new_run), checkpoints written atomically (never half a
+file) and resume from them, the metrics log (metrics.jsonl, one JSON record a line, mirrored to W&B
+with --wandb) and summary.json.
 """
 
+import copy
 import json
 import os
 import random
@@ -10,8 +12,9 @@ from dataclasses import asdict, dataclass
 
 import torch
 
+import flowrl
 from config import UserError
-from parallel import load_full_optimizer_state, load_full_state
+from parallel import data_parallel, load_full_optimizer_state, load_full_state, shard
 
 
 def save_atomic(obj, path):
@@ -50,6 +53,34 @@ class Run:
     world: int = 1             # processes (torchrun); the training forwards go through DDP when > 1
     train_policy: torch.nn.Module = None   # policy, or its DistributedDataParallel wrapper
     train_head: torch.nn.Module = None     # head, or its DistributedDataParallel wrapper
+
+
+def new_run(args, algo, warm, task, device, rank, world=1):
+    policy = copy.deepcopy(warm).train()
+    ref = copy.deepcopy(warm).eval().requires_grad_(False)
+    if device.type == "cuda" and args.bf16 and args.init_from is not None:
+        ref = ref.to(torch.bfloat16)    # run under bf16 autocast only (the toy tasks keep fp32 for the exact metrics)
+    torch.manual_seed(args.seed)
+    head, head_lr = None, None
+    if algo.startswith("flowrl") and args.logz != "group":
+        head = (flowrl.LogZHead(warm.config.n_embd) if args.logz == "head"
+                else flowrl.LogZTable(len(task.targets))).to(device)
+        head_lr = args.logz_lr
+    elif algo == "ppo":
+        head, head_lr = flowrl.ValueHead(warm.config.n_embd).to(device), args.value_lr
+    if args.fsdp:                               # sharded over the processes before the optimizer sees them
+        policy, ref = shard(policy, device, args.bf16), shard(ref, device, args.bf16)
+        head = shard(head, device, args.bf16) if head is not None else None
+    groups = [{"params": list(policy.parameters()), "lr": args.lr, "weight_decay": args.weight_decay}]
+    if head is not None:
+        groups.append({"params": list(head.parameters()), "lr": head_lr, "weight_decay": 0.0})
+    run = Run(algo, policy, ref, head, torch.optim.AdamW(groups), [p for g in groups for p in g["params"]],
+              random.Random(args.seed), torch.Generator(device=device).manual_seed(args.seed + rank), world=world,
+              train_policy=policy, train_head=head)
+    if world > 1 and not args.fsdp:             # gradients averaged over the processes (parallel.py)
+        run.train_policy = data_parallel(policy, device)
+        run.train_head = data_parallel(head, device) if head is not None else None
+    return run
 
 
 # the flags that define an experiment: a resumed run must keep them (--steps may grow, logging may change)

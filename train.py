@@ -19,7 +19,6 @@ log-probs) is ours, the form for which Proposition 1 holds (docs/method.md §6).
 Outputs: out/<algo>/metrics.jsonl, out/<algo>/ckpt.pt, out/summary.json, out/compare.png.
 """
 
-import copy
 import math
 import os
 import random
@@ -30,14 +29,14 @@ from dataclasses import asdict, dataclass
 import torch
 
 import flowrl
-from checkpoint import (Run, append_jsonl, load_checkpoint, log_record, open_wandb, resume, save_atomic,
+from checkpoint import (append_jsonl, load_checkpoint, log_record, new_run, open_wandb, resume, save_atomic,
                         save_checkpoint, truncate_log, write_summary)
-from evaluate import decode_responses, eval_problems, evaluate, final_table, summarize
 from config import UserError, parse_args
+from evaluate import decode_responses, eval_problems, evaluate, final_table, summarize
 from hf import architecture, from_pretrained, save_pretrained
 from model import GPT, GPTConfig, autocast
-from parallel import (all_sum, data_parallel, full_states, gather_objects, gather_rows, gathered, mean_over_ranks,
-                      setup_distributed, shard)
+from parallel import (all_sum, full_states, gather_objects, gather_rows, gathered, mean_over_ranks,
+                      setup_distributed)
 from rewards import ALPHABET, get_task
 from rollout import Rollout, chunked_logprobs, from_tokens, generate, left_pad, sequence_logprobs
 from tokenizer import CheckpointError, Tokenizer
@@ -85,34 +84,6 @@ def warm_start(args, task, tok, device):
     os.makedirs(args.out_dir, exist_ok=True)
     save_atomic({"model": model.state_dict(), "model_config": asdict(cfg), "key": key}, path)
     return model
-
-
-def new_run(args, algo, warm, task, device, rank, world=1):
-    policy = copy.deepcopy(warm).train()
-    ref = copy.deepcopy(warm).eval().requires_grad_(False)
-    if device.type == "cuda" and args.bf16 and args.init_from is not None:
-        ref = ref.to(torch.bfloat16)    # run under bf16 autocast only (the toy tasks keep fp32 for the exact metrics)
-    torch.manual_seed(args.seed)
-    head, head_lr = None, None
-    if algo.startswith("flowrl") and args.logz != "group":
-        head = (flowrl.LogZHead(warm.config.n_embd) if args.logz == "head"
-                else flowrl.LogZTable(len(task.targets))).to(device)
-        head_lr = args.logz_lr
-    elif algo == "ppo":
-        head, head_lr = flowrl.ValueHead(warm.config.n_embd).to(device), args.value_lr
-    if args.fsdp:                               # sharded over the processes before the optimizer sees them
-        policy, ref = shard(policy, device, args.bf16), shard(ref, device, args.bf16)
-        head = shard(head, device, args.bf16) if head is not None else None
-    groups = [{"params": list(policy.parameters()), "lr": args.lr, "weight_decay": args.weight_decay}]
-    if head is not None:
-        groups.append({"params": list(head.parameters()), "lr": head_lr, "weight_decay": 0.0})
-    run = Run(algo, policy, ref, head, torch.optim.AdamW(groups), [p for g in groups for p in g["params"]],
-              random.Random(args.seed), torch.Generator(device=device).manual_seed(args.seed + rank), world=world,
-              train_policy=policy, train_head=head)
-    if world > 1 and not args.fsdp:             # gradients averaged over the processes (parallel.py)
-        run.train_policy = data_parallel(policy, device)
-        run.train_head = data_parallel(head, device) if head is not None else None
-    return run
 
 
 # ---------------------------------------------------------------------------------------------
