@@ -359,7 +359,7 @@ def trl_rl_steps(path, tokenizer, problems, task, args, out_dir):
     cfg = GRPOConfig(output_dir=out_dir, per_device_train_batch_size=128, num_generations=8, max_completion_length=16,
                      beta=0.04, learning_rate=1e-5, temperature=1.0, use_vllm=False, max_steps=args.reps + 1,
                      loss_type="grpo", logging_steps=1, report_to="none", save_strategy="no", use_cpu=True,
-                     bf16=False, disable_dropout=True, seed=0)
+                     bf16=False, disable_dropout=True, gradient_checkpointing=False, seed=0)   # ours: no checkpointing
     clock = Clock()
     GRPOTrainer(model=path, reward_funcs=reward, args=cfg, train_dataset=data, processing_class=tokenizer,
                 callbacks=[clock]).train()
