@@ -98,6 +98,28 @@ def _hf_names(config, arch):
     return names
 
 
+def tensor_locations(path):
+    """Every tensor of a checkpoint's safetensors files (model.safetensors, or the shards listed in
+    model.safetensors.index.json): {Hugging Face key, GPT-2's "transformer." prefix dropped: (file, key)}."""
+    from safetensors import safe_open
+    single, index = os.path.join(path, "model.safetensors"), os.path.join(path, "model.safetensors.index.json")
+    if os.path.exists(index):
+        files = sorted(set(read_json(index)["weight_map"].values()))
+    elif os.path.exists(single):
+        files = ["model.safetensors"]
+    else:
+        raise CheckpointError(f"no model.safetensors or model.safetensors.index.json in {path}")
+    where = {}
+    for fname in files:
+        fpath = os.path.join(path, fname)
+        if not os.path.exists(fpath):
+            raise CheckpointError(f"missing shard {fpath} (listed in {index})")
+        with safe_open(fpath, framework="pt") as f:
+            for k in f.keys():
+                where[k[len("transformer."):] if k.startswith("transformer.") else k] = (fpath, k)
+    return where
+
+
 def from_pretrained(path, dtype=torch.float32):
     """A GPT holding the weights of a local Hugging Face checkpoint directory: config.json and
     model.safetensors, or shards listed in model.safetensors.index.json. Read with safetensors
@@ -108,21 +130,7 @@ def from_pretrained(path, dtype=torch.float32):
         raise CheckpointError(f"checkpoint directory {path} does not exist")
     config = hf_config(path)
     arch = read_json(os.path.join(path, "config.json"))["architectures"][0]
-    single, index = os.path.join(path, "model.safetensors"), os.path.join(path, "model.safetensors.index.json")
-    if os.path.exists(index):
-        files = sorted(set(read_json(index)["weight_map"].values()))
-    elif os.path.exists(single):
-        files = ["model.safetensors"]
-    else:
-        raise CheckpointError(f"no model.safetensors or model.safetensors.index.json in {path}")
-    where = {}                                                                       # HF key -> file
-    for fname in files:
-        fpath = os.path.join(path, fname)
-        if not os.path.exists(fpath):
-            raise CheckpointError(f"missing shard {fpath} (listed in {index})")
-        with safe_open(fpath, framework="pt") as f:
-            for k in f.keys():
-                where[k[len("transformer."):] if k.startswith("transformer.") else k] = (fpath, k)
+    where = tensor_locations(path)
     # buffers some GPT-2 files carry (causal masks) and rotary tables are not weights
     ignored = {k for k in where if k.endswith("rotary_emb.inv_freq") or
                (arch == "GPT2LMHeadModel" and k.endswith((".attn.bias", ".attn.masked_bias")))}

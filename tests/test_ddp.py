@@ -47,6 +47,8 @@ def gradients(algo, rank, world, fsdp=False):
                       0, world)
     rows = torch.arange(share * G)
     logprobs, _, h = sequence_logprobs(run.train_policy, b.ro, return_hidden=True)
+    if b.old_logprobs is None:                  # one on-policy update: π_old is this forward (as update() does)
+        b.old_logprobs = logprobs.detach()
     loss, _ = train.algo_loss(args, run, b, rows, b.ro, logprobs, h)
     run.opt.zero_grad()
     loss.backward()
