@@ -94,7 +94,10 @@ def generate(model, prompts, *, num_samples, max_new_tokens, temperature=1.0, to
     was_training = model.training
     model.eval()
     with torch.inference_mode():
-        cache = model.make_cache(P, Tp + max_new_tokens)
+        slots = Tp + max_new_tokens
+        if compile:                             # one cache length for many prompt lengths: no recompilation
+            slots = min(model.config.block_size, 64 * math.ceil(slots / 64))
+        cache = model.make_cache(P, slots)
         logits = model(ids, valid=valid, cache=cache, logits_from=Tp - 1)[:, -1]    # (P, V): one prefill per prompt
         cache = cache.select(torch.arange(P, device=device).repeat_interleave(G))   # (N, ...) shared by the group
         logits = logits.repeat_interleave(G, dim=0)                                  # (N, V)
