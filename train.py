@@ -6,17 +6,19 @@ reward-maximizing baselines from the same start, evaluate each, and draw the com
     python train.py --algo flowrl grpo --steps 800 --kl_coef 0.04
     python train.py --help
 
-One RL step (docs/method.md §4, §7) reads as four named steps:
-    collect      prompts -> rollout.generate G answers each -> rewards -> reference log-probs ->
-                 group-normalized rewards, and what one algorithm needs once per batch
+One RL step (docs/method.md §4, §7) reads as named steps:
+    collect      prompts -> rollout.generate G answers each -> rewards, then
+    prepare      π_old's and π_ref's log-probs, group-normalized rewards r̂, and what one algorithm
+                 needs once per batch (log Z's start, REINFORCE++'s and PPO's advantages)
+    update       epochs x minibatches of whole groups, gradient clip, the non-finite skip; each
+                 minibatch's loss from
     algo_loss    the one place where the algorithms differ: a short branch each, calling flowrl.py
-    update       epochs x minibatches of whole groups, gradient clip, the non-finite skip
     train_record the metrics record (names as TRL / veRL users know them)
 Where we differ from the paper: a toy task and a tiny model; the log Z head in its own optimizer
 group with its own lr (GFlowNet practice, docs/method.md §4.4); flowrl_exact (raw reward, summed
 log-probs) is ours, the form for which Proposition 1 holds (docs/method.md §6).
 
-Outputs: out/<algo>/metrics.jsonl, out/<algo>/ckpt.pt, out/summary.json, out/compare.png.
+Outputs: out/<algo>/{metrics.jsonl, samples.jsonl, ckpt.pt, hf/}, out/summary.json, out/compare.png.
 """
 
 import math
