@@ -294,12 +294,7 @@ class GPT(nn.Module):
             attn_mask = (causal & keys_valid[:, None, :]) | (k_slot == q_slot)     # (B, T, L)
             attn_mask = attn_mask[:, None]                                          # (B, 1, T, L)
 
-        x = self.wte(idx)                                                           # (B, T, C)
-        rope = None
-        if self.config.pos == "learned":
-            x = x + self.wpe(pos)
-        else:
-            rope = (self.rope_cos[pos][:, None].to(x.dtype), self.rope_sin[pos][:, None].to(x.dtype))
+        x, rope = self.embed(idx, pos)                                              # (B, T, C)
         for layer, block in enumerate(self.blocks):
             if self.grad_checkpointing and cache is None and torch.is_grad_enabled():  # recompute in backward
                 x = torch.utils.checkpoint.checkpoint(block, x, rope, attn_mask, None, layer, use_reentrant=False)
@@ -312,6 +307,15 @@ class GPT(nn.Module):
         logits = self.lm_head(h[:, logits_from:]).float()                          # (B, T', V)
         return (logits, h) if return_hidden else logits
 
+    def embed(self, idx, pos):
+        """Token embeddings at positions pos: plus learned position embeddings (GPT-2), or with the rotary
+        tables at pos for the attention (cos, sin: (B, 1, T, hs/2)). idx, pos: (B, T).
+        Returns x (B, T, C) and rope or None."""
+        x = self.wte(idx)
+        if self.config.pos == "learned":
+            return x + self.wpe(pos), None
+        return x, (self.rope_cos[pos][:, None].to(x.dtype), self.rope_sin[pos][:, None].to(x.dtype))
+
     def decode_step(self, token, cache, slot):
         """One decoding step in static shapes, for torch.compile (and CUDA graphs): token (B,) ids, slot a
         (1,) long tensor, the cache slot to fill. Attends over every slot of the preallocated cache with
@@ -321,12 +325,7 @@ class GPT(nn.Module):
         cache.valid.index_fill_(1, slot, True)
         pos = cache.n_real[:, None]                                                 # (B, 1)
         keys = (torch.arange(L, device=token.device) <= slot) & cache.valid         # (B, L)
-        x = self.wte(token[:, None])                                                # (B, 1, C)
-        rope = None
-        if self.config.pos == "learned":
-            x = x + self.wpe(pos)
-        else:
-            rope = (self.rope_cos[pos][:, None].to(x.dtype), self.rope_sin[pos][:, None].to(x.dtype))
+        x, rope = self.embed(token[:, None], pos)                                   # (B, 1, C)
         for layer, block in enumerate(self.blocks):
             x = block(x, rope, keys[:, None, None, :], cache, layer, slot)
         cache.n_real += 1
