@@ -87,6 +87,15 @@ QWEN25 = {  # the Qwen2.5 family's config.json values: hidden, layers, heads, KV
     "3B": (2048, 36, 16, 2, 11008, 151936, True), "7B": (3584, 28, 28, 4, 18944, 152064, False),
     "32B": (5120, 64, 40, 8, 27648, 152064, False),
 }
+SHAPES_CLI = {f"qwen2.5-{name.lower()}": name for name in QWEN25}   # --shape qwen2.5-0.5b -> "0.5B"
+
+
+def qwen25_config(name, block_size=32768):
+    """The GPTConfig of a Qwen2.5 size (QWEN25): RMSNorm eps 1e-6, rope theta 1e6, q/k/v biases."""
+    from model import GPTConfig
+    C, L, H, KV, I, V, tied = QWEN25[name]
+    return GPTConfig(vocab_size=V, n_layer=L, n_head=H, n_kv_head=KV, n_embd=C, n_inner=I, block_size=block_size,
+                     norm_eps=1e-6, rope_theta=1e6, qkv_bias=True, tie_embeddings=tied)
 
 
 def cache_vs_nocache(args):
@@ -139,27 +148,25 @@ def memory_table(gpus=8):
     replicated (one GPU, or DistributedDataParallel) or sharded over `gpus` with --fsdp, where the rollout
     also holds the whole policy gathered in bf16 (2P) while it samples. Left out: activations, logits,
     the KV cache (they scale with batch x length) and FSDP's one gathered block at a time in training."""
-    from model import GPT, GPTConfig
+    from model import GPT
     print(f"| model | parameters P | replicated: 16P + reference 2P | FSDP on {gpus} GPUs: (16P + 2P)/{gpus} "
           f"| FSDP, during the rollout: + 2P gathered |")
     print("|---|---|---|---|---|")
-    for name, (C, L, H, KV, I, V, tied) in QWEN25.items():
+    for name in QWEN25:
         with torch.device("meta"):
-            P = GPT(GPTConfig(vocab_size=V, n_layer=L, n_head=H, n_kv_head=KV, n_embd=C, n_inner=I, block_size=8,
-                              qkv_bias=True, tie_embeddings=tied)).num_params()
+            P = GPT(qwen25_config(name, block_size=8)).num_params()
         gb = lambda b: f"{b / 1e9:.1f} GB"
         sharded = 18 * P / gpus
         print(f"| Qwen2.5-{name} | {P / 1e9:.2f}B | {gb(18 * P)} | {gb(sharded)} | {gb(sharded + 2 * P)} |")
 
 
 def bench_qwen05b(args):
-    """Qwen2.5-0.5B's shape (its config.json): 24 layers, 896 wide, 14 heads, 2 KV heads, MLP 4864,
-    vocab 151936, tied embeddings, rope theta 1e6."""
-    from model import GPT, GPTConfig
+    """Qwen2.5-0.5B's shape (its config.json, QWEN25): 24 layers, 896 wide, 14 heads, 2 KV heads,
+    MLP 4864, vocab 151936, tied embeddings, rope theta 1e6."""
+    from model import GPT
     device = torch.device(args.device)
     dtype = torch.float32 if args.dtype == "fp32" else torch.bfloat16
-    cfg = GPTConfig(vocab_size=151936, n_layer=24, n_head=14, n_kv_head=2, n_embd=896, n_inner=4864,
-                    block_size=4096, norm_eps=1e-6, rope_theta=1e6, qkv_bias=True, tie_embeddings=True)
+    cfg = qwen25_config("0.5B", block_size=4096)
     torch.manual_seed(0)
     model = GPT(cfg).to(device=device, dtype=dtype).eval()
     prompts = torch.randint(0, cfg.vocab_size, (args.prompts, 64)).tolist()
@@ -264,12 +271,6 @@ def print_rows(args, device, rows):
               f"| {ach / rate:.0%} | {tf:.3f} | {tg:.3f} | {tf / tg:.2f}x | {ntok / tf:,.0f} | {mem:,.0f} |")
 
 
-QWEN_SHAPES = {   # the published configs of Qwen2.5-0.5B and -1.5B (random weights here)
-    "qwen2.5-0.5b": dict(n_embd=896, n_layer=24, n_head=14, n_kv_head=2, n_inner=4864, tie_embeddings=True),
-    "qwen2.5-1.5b": dict(n_embd=1536, n_layer=28, n_head=12, n_kv_head=2, n_inner=8960, tie_embeddings=True),
-}
-
-
 def make_checkpoint(path, shape):
     """A local Hugging Face checkpoint of a Qwen2.5 shape with random weights and a byte-level tokenizer
     (256 byte tokens, no merges, the Qwen specials; no chat template, so raw prompts): what
@@ -277,11 +278,10 @@ def make_checkpoint(path, shape):
     import json
 
     from hf import save_pretrained
-    from model import GPT, GPTConfig
+    from model import GPT
     from tokenizer import byte_to_unicode
     torch.manual_seed(0)
-    cfg = GPTConfig(vocab_size=151936, block_size=32768, norm="rmsnorm", norm_eps=1e-6, rope_theta=1e6,
-                    qkv_bias=True, **QWEN_SHAPES[shape])
+    cfg = qwen25_config(SHAPES_CLI[shape])
     with torch.device("cuda" if torch.cuda.is_available() else "cpu"):
         model = GPT(cfg)
     specials = {"<|endoftext|>": 151643, "<|im_start|>": 151644, "<|im_end|>": 151645}
@@ -293,7 +293,8 @@ def make_checkpoint(path, shape):
         f.write("#version: 0.2\n")
     added = {str(i): {"content": t, "special": True} for t, i in specials.items()}
     with open(os.path.join(path, "tokenizer_config.json"), "w") as f:
-        json.dump({"added_tokens_decoder": added, "eos_token": "<|endoftext|>", "tokenizer_class": "Qwen2Tokenizer"}, f)
+        json.dump({"added_tokens_decoder": added, "eos_token": "<|endoftext|>",
+                   "tokenizer_class": "Qwen2Tokenizer"}, f)
     print(f"{path}: {shape}-shaped, {model.num_params() / 1e6:.0f}M parameters, random weights")
 
 
@@ -405,7 +406,7 @@ def parse_args():
     p.add_argument("--memory_table", action="store_true", help="instead: the memory each Qwen2.5 size needs for RL")
     p.add_argument("--make_checkpoint", default=None, metavar="DIR", help="instead: write a random checkpoint of "
                    "--shape to DIR (for train.py --init_from DIR without a download)")
-    p.add_argument("--shape", default="qwen2.5-0.5b", choices=sorted(QWEN_SHAPES))
+    p.add_argument("--shape", default="qwen2.5-0.5b", choices=list(SHAPES_CLI))
     p.add_argument("--trl", action="store_true", help="instead: one RL step of ours against TRL's GRPOTrainer "
                    "(needs `pip install trl`, a benchmark-only dependency)")
     p.add_argument("--compile", action="store_true", help="our decode step compiled (torch.compile)")

@@ -38,9 +38,9 @@ def append_jsonl(path, record):
         f.write(json.dumps(record) + "\n")
 
 
-
 @dataclass
 class Run:
+    """One algorithm's training state: what new_run builds, save_checkpoint writes and resume restores."""
     algo: str
     policy: torch.nn.Module
     ref: torch.nn.Module       # π_ref: the frozen start
@@ -56,6 +56,9 @@ class Run:
 
 
 def new_run(args, algo, warm, task, device, rank, world=1):
+    """The policy and π_ref (copies of the start), the algorithm's head, AdamW (the head in its own group
+    with its own lr, docs/method.md §4.4), the prompt and sampler streams; sharded (--fsdp) or wrapped
+    in DistributedDataParallel under torchrun."""
     policy = copy.deepcopy(warm).train()
     ref = copy.deepcopy(warm).eval().requires_grad_(False)
     if device.type == "cuda" and args.bf16 and args.init_from is not None:
@@ -115,21 +118,15 @@ def resume(run, path, args, rank):
         if k in ck["config"] and ck["config"][k] != getattr(args, k):
             raise UserError(f"--resume: --{k} was {ck['config'][k]!r} in {path}, now {getattr(args, k)!r}; "
                             f"resume with the same --{k}, or start a new run in another --out_dir")
-    if args.fsdp:                                              # full states back into this process's shards
-        load_full_state(run.policy, ck["model"])
-        if run.head is not None:
-            load_full_state(run.head, ck["head"])
-        load_full_optimizer_state(run.opt, ck["optimizer"])
-    else:
-        run.policy.load_state_dict(ck["model"])
-        if run.head is not None:
-            run.head.load_state_dict(ck["head"])
-        run.opt.load_state_dict(ck["optimizer"])
-    version, state, gauss = ck["rng"]["python"]
-    run.prompt_rng.setstate((version, tuple(state), gauss))
     samplers = ck["rng"]["samplers"]                           # every process's own stream
     if len(samplers) != run.world:
         raise UserError(f"--resume: {path} was written by {len(samplers)} processes, this run has {run.world}")
+    load_full_state(run.policy, ck["model"])                   # full states (into shards under --fsdp)
+    if run.head is not None:
+        load_full_state(run.head, ck["head"])
+    load_full_optimizer_state(run.opt, ck["optimizer"])
+    version, state, gauss = ck["rng"]["python"]
+    run.prompt_rng.setstate((version, tuple(state), gauss))
     run.gen.set_state(samplers[rank])
     torch.set_rng_state(ck["rng"]["torch"])
     if ck["rng"].get("cuda") is not None and run.gen.device.type == "cuda":

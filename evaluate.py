@@ -157,10 +157,9 @@ def evaluate(model, tok, task, problems, *, k, max_new_tokens, seed, step, chunk
             out["log_z/learned"] = lz.mean().item()
             out["log_z_abs_err"] = (lz - torch.tensor(true_z)).abs().mean().item()
     if n_logged:
-        out["samples"] = [{"step": step, "prompt": p.prompt, "completion": texts[i * k],
-                           "reward": task.score(p, texts[i * k])["reward"],
-                           "correct": bool(task.score(p, texts[i * k])["correct"])}
-                          for i, p in enumerate(problems[:n_logged])]
+        scores = [task.score(p, texts[i * k]) for i, p in enumerate(problems[:n_logged])]
+        out["samples"] = [{"step": step, "prompt": p.prompt, "completion": texts[i * k], "reward": s["reward"],
+                           "correct": bool(s["correct"])} for i, (p, s) in enumerate(zip(problems, scores))]
     return out
 
 

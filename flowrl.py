@@ -77,6 +77,12 @@ def tb_residual(log_z, l_theta, l_ref, rewards, beta):
     return log_z + l_theta - beta * rewards - l_ref
 
 
+def sequence_logprob(logprobs, mask, length_norm):
+    """ℓ(y): the response's log-prob, the token mean over the mask (length_norm, the practical form,
+    docs/method.md §4.2) or the sum log π(y|x) (Proposition 1's form, §2). (N, T), (N, T) -> (N,)."""
+    return masked_mean(logprobs, mask) if length_norm else masked_sum(logprobs, mask)
+
+
 def group_normalize(rewards, group_size, eps=1e-6):
     """r̂ = (r − mean_group(r)) / (std_group(r) + eps) over consecutive groups of group_size rows,
     unbiased std (docs/method.md §4.1; the GRPO advantage). rewards: (N,) -> (N,)."""
@@ -113,9 +119,8 @@ def flowrl_loss(logprobs, old_logprobs, ref_logprobs, mask, rewards, log_z, *, b
     Returns (loss, stats) with stats: log_z, tb_residual (mean δ²), is_weight (mean w), clip_frac,
     logp (mean ℓ_θ), ref_logp (mean ℓ_ref)."""
     mask = mask.to(logprobs.dtype)
-    pool = masked_mean if length_norm else masked_sum
-    l_theta = pool(logprobs, mask)                                                    # (N,)
-    l_ref = pool(ref_logprobs.detach(), mask)                                         # (N,)
+    l_theta = sequence_logprob(logprobs, mask, length_norm)                           # (N,)
+    l_ref = sequence_logprob(ref_logprobs.detach(), mask, length_norm)                # (N,)
     delta = tb_residual(log_z, l_theta, l_ref, rewards.detach(), beta)                # (N,)
     w, w_raw = importance_weight(logprobs, old_logprobs, mask, clip)                  # (N,)
     loss = (w * delta.pow(2)).mean()
@@ -160,9 +165,10 @@ def log_partition_init(rewards, group_size, beta):
 def group_log_z(logprobs, ref_logprobs, mask, rewards, beta, group_size, length_norm):
     """--logz group: no learned log Z; each group's own minimizer of Σ_g δ², the group mean of
     β·r + ℓ_ref − ℓ_θ, detached (on-policy a baseline, docs/method.md §3). All (N, T) / (N,) -> (N,)."""
-    pool = masked_mean if length_norm else masked_sum
     m = mask.to(logprobs.dtype)
-    est = beta * rewards + pool(ref_logprobs, m) - pool(logprobs.detach(), m)         # (N,)
+    l_ref = sequence_logprob(ref_logprobs, m, length_norm)                            # (N,)
+    l_theta = sequence_logprob(logprobs.detach(), m, length_norm)                     # (N,)
+    est = beta * rewards + l_ref - l_theta                                            # (N,)
     return est.view(-1, group_size).mean(1).repeat_interleave(group_size)
 
 

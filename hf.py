@@ -214,12 +214,12 @@ def export_state(model, arch):
     ours = dict(model.named_parameters())                                            # tied weights listed once
     state = {}
     for name, (key, fn) in _hf_names(model.config, arch).items():
-        if name not in ours:
+        if name not in ours or ".c_attn." in key:                                     # c_attn: fused below
             continue
         t = ours[name].detach()
         if arch == "GPT2LMHeadModel":
             key = "transformer." + key if not key.startswith("lm_head") else key
-            if fn is not None and ".c_attn." not in key:
+            if fn is not None:                                                        # Conv1D: (in, out)
                 t = t.t()
         state[key] = t
     if arch == "GPT2LMHeadModel":                                                    # fuse q, k, v: (C, 3C), (3C,)

@@ -122,8 +122,8 @@ def full_state(state):
 
 
 def load_full_state(module, state):
-    """Load a full (unsharded) state dict into a sharded module: each process keeps its own shard of
-    every tensor, placed like the parameter it belongs to."""
+    """Load a full (unsharded) state dict into a module: sharded (FSDP), each process keeps its own
+    shard of every tensor, placed like the parameter it belongs to; not sharded, a plain load."""
     from torch.distributed.tensor import DTensor, distribute_tensor
     state = dict(state)
     for name, t in module.state_dict().items():
@@ -133,8 +133,8 @@ def load_full_state(module, state):
 
 
 def load_full_optimizer_state(opt, state):
-    """Load a full optimizer state dict (full_state of an AdamW over sharded parameters) back into
-    shards: every per-parameter tensor shaped like its parameter is split as the parameter is."""
+    """Load a full optimizer state dict: over sharded parameters (FSDP), every per-parameter tensor
+    shaped like its parameter is split as the parameter is; otherwise a plain load."""
     from torch.distributed.tensor import DTensor, distribute_tensor
     params = [p for g in opt.param_groups for p in g["params"]]
     for i, st in state["state"].items():

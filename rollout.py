@@ -94,10 +94,10 @@ def generate(model, prompts, *, num_samples, max_new_tokens, temperature=1.0, to
     was_training = model.training
     model.eval()
     with torch.inference_mode():
-        slots = Tp + max_new_tokens
+        length = Tp + max_new_tokens
         if compile:                             # one cache length for many prompt lengths: no recompilation
-            slots = min(model.config.block_size, 64 * math.ceil(slots / 64))
-        cache = model.make_cache(P, slots)
+            length = min(model.config.block_size, 64 * math.ceil(length / 64))
+        cache = model.make_cache(P, length)
         logits = model(ids, valid=valid, cache=cache, logits_from=Tp - 1)[:, -1]    # (P, V): one prefill per prompt
         cache = cache.select(torch.arange(P, device=device).repeat_interleave(G))   # (N, ...) shared by the group
         logits = logits.repeat_interleave(G, dim=0)                                  # (N, V)
@@ -106,6 +106,7 @@ def generate(model, prompts, *, num_samples, max_new_tokens, temperature=1.0, to
         logprobs = torch.zeros(N, max_new_tokens, device=device)
         done = torch.zeros(N, dtype=torch.bool, device=device)
         step = model.compiled_decode_step() if compile else None
+        slots = torch.arange(Tp, Tp + max_new_tokens, device=device)                 # the cache slot of each step
         for t in range(max_new_tokens):
             token, lp = sample_token(logits, temperature, top_p, generator)          # (N,), (N,)
             token = token.masked_fill(done, eos_id)
@@ -116,7 +117,7 @@ def generate(model, prompts, *, num_samples, max_new_tokens, temperature=1.0, to
             if t == max_new_tokens - 1 or bool(done.all()):
                 break
             if step is not None:                                                     # static shapes
-                logits = step(token, cache, torch.tensor([Tp + t], device=device))       # (N, V)
+                logits = step(token, cache, slots[t:t + 1])                              # (N, V)
             else:
                 logits = model(token[:, None], cache=cache)[:, -1]                       # (N, V)
     model.train(was_training)
@@ -148,8 +149,7 @@ def sequence_logprobs(model, rollout, temperature=1.0, return_hidden=False, with
     responses (N, T), and the per-token entropy of the full next-token distribution (N, T) (a
     metric: computed outside the autograd graph), both under softmax(logits / temperature) and 0
     where masked. With return_hidden, also the final-layer hidden states (N, Tp + T, C), for the
-    log Z and value heads. with_entropy=False skips the entropy (None): at a 150k vocabulary it is
-    one more (N, T, V) tensor."""
+    log Z and value heads. with_entropy=False skips the entropy (None)."""
     Tp = rollout.prompt.shape[1]
     idx = torch.cat([rollout.prompt, rollout.response], dim=1)                      # (N, Tp+T)
     valid = torch.cat([rollout.prompt_mask, torch.ones_like(rollout.mask)], dim=1)  # (N, Tp+T)
@@ -160,9 +160,9 @@ def sequence_logprobs(model, rollout, temperature=1.0, return_hidden=False, with
     logp_all = F.log_softmax(logits, dim=-1)                                         # (N, T, V)
     logprobs = logp_all.gather(2, rollout.response[..., None])[..., 0] * rollout.mask   # (N, T)
     entropy = None
-    if with_entropy:
+    if with_entropy:                            # H = −Σ_v p·log p, 8 rows at a time: no extra (N, T, V) tensor
         with torch.no_grad():
-            entropy = -(logp_all.exp() * logp_all).sum(-1) * rollout.mask            # (N, T)
+            entropy = torch.cat([-(lp.exp() * lp).sum(-1) for lp in logp_all.split(8)]) * rollout.mask  # (N, T)
     return (logprobs, entropy, h) if return_hidden else (logprobs, entropy)
 
 
