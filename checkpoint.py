@@ -90,7 +90,7 @@ def new_run(args, algo, warm, task, device, rank, world=1):
 EXPERIMENT_FLAGS = ("task", "seed", "preset", "batch_prompts", "group_size", "max_new_tokens", "temperature", "lr",
                     "logz_lr", "value_lr", "weight_decay", "reward_beta", "kl_coef", "clip", "clip_eps",
                     "length_norm", "logz", "no_ref", "grad_clip", "epochs", "minibatches", "n_layer", "n_embd",
-                    "n_head", "n_kv_head", "warm_steps", "warm_noise", "warm_lr", "init_from", "eval_k",
+                    "n_head", "n_kv_head", "warm_steps", "warm_noise", "warm_skew", "warm_lr", "init_from", "eval_k",
                     "eval_prompts", "bf16")
 
 

@@ -14,12 +14,13 @@ from rewards import TASKS
 ALGOS = ("flowrl", "flowrl_exact", "grpo", "reinforce_pp", "ppo")
 MAX_NEW_TOKENS = {"make_n": 6, "add": 5, "countdown": 16}   # per-task default response budget
 PRESETS = {
-    # the default: a 2-layer, 64-wide GPT; about a minute and a half on 2 CPU cores for warm start + 3 algorithms
-    "small": dict(n_layer=2, n_embd=64, n_head=4, n_kv_head=4, steps=400, batch_prompts=16, group_size=8,
-                  warm_steps=1500, lr=3e-4),
-    # a larger run for one GPU: a 6-layer, 384-wide model, more prompts per step, longer training
+    # the CPU default: a 2-layer, 64-wide GPT, 2,000 steps: long enough to see practical FlowRL narrow
+    # with GRPO and then recover (about 6 minutes on 2 CPU cores for warm start + 3 algorithms)
+    "small": dict(n_layer=2, n_embd=64, n_head=4, n_kv_head=4, steps=2000, batch_prompts=16, group_size=8,
+                  warm_steps=1500, lr=3e-4, eval_every=100),
+    # the CUDA default, for one GPU: a 6-layer, 384-wide model, more prompts per step
     "large": dict(n_layer=6, n_embd=384, n_head=6, n_kv_head=2, steps=1000, batch_prompts=64, group_size=8,
-                  warm_steps=4000, lr=1e-4),
+                  warm_steps=4000, lr=1e-4, eval_every=50),
 }
 
 
@@ -39,7 +40,7 @@ def add_rl_flags(a):
     a("--algo", nargs="+", default=["flowrl", "flowrl_exact", "grpo"], choices=ALGOS,
       help="algorithms to train, one after another")
     a("--task", default="make_n", choices=sorted(TASKS), help="the task (rewards.py)")
-    a("--steps", type=int, default=None, help="RL steps per algorithm (preset: small 400, large 1000)")
+    a("--steps", type=int, default=None, help="RL steps per algorithm (preset: small 2000, large 1000)")
     a("--batch_prompts", type=int, default=None, help="prompts per RL step (preset: 16 / 64)")
     a("--group_size", type=int, default=None, help="samples per prompt, G (preset: 8)")
     a("--max_new_tokens", type=int, default=None, help="response budget (make_n 6, add 5, countdown 16)")
@@ -65,7 +66,8 @@ def add_rl_flags(a):
 
 
 def add_run_flags(a):
-    a("--preset", default="small", choices=sorted(PRESETS), help="model size and run length; other flags override it")
+    a("--preset", default=None, choices=sorted(PRESETS),
+      help="model size and run length; other flags override it (default: large on CUDA, small otherwise)")
     a("--n_layer", type=int, default=None, help="model depth (preset: 2 / 6)")
     a("--n_embd", type=int, default=None, help="model width (preset: 64 / 384)")
     a("--n_head", type=int, default=None, help="attention heads (preset: 4 / 6)")
@@ -73,9 +75,11 @@ def add_run_flags(a):
     a("--warm_steps", type=int, default=None, help="supervised warm-start steps (preset: 1500 / 4000)")
     a("--warm_noise", type=float, default=0.5, help="fraction of random (mostly wrong) answers in the warm-start data")
     a("--warm_lr", type=float, default=1e-3, help="warm-start learning rate")
+    a("--warm_skew", type=float, default=0.0, help="skew of the warm start's correct demonstrations: answer i of "
+      "a prompt's solution list drawn ∝ (i + 1)^-skew (0: uniform; 2: a few answers take most of π_ref's mass)")
     a("--init_from", default=None, help="a local Hugging Face checkpoint directory (GPT-2, Qwen2/Qwen2.5, Llama) "
       "to start from instead of the warm start; its tokenizer too")
-    a("--eval_every", type=int, default=50, help="RL steps between evaluations")
+    a("--eval_every", type=int, default=None, help="RL steps between evaluations (preset: 100 / 50)")
     a("--eval_k", type=int, default=16, help="samples per eval prompt (pass@k)")
     a("--eval_prompts", type=int, default=32, help="held-out eval prompts (make_n: all of its targets)")
     a("--log_every", type=int, default=25, help="RL steps between progress lines")
@@ -121,6 +125,7 @@ def check_args(a):
         (a.batch_prompts % a.minibatches == 0, "--minibatches must divide --batch_prompts"),
         (a.warm_steps >= 0, "--warm_steps must be >= 0"),
         (0 <= a.warm_noise <= 1, "--warm_noise must be in [0, 1]"),
+        (a.warm_skew >= 0, "--warm_skew must be >= 0 (0: uniform over the correct answers)"),
         (min(a.eval_every, a.log_every, a.ckpt_every) >= 1, "--eval_every, --log_every, --ckpt_every must be >= 1"),
         (a.eval_k >= 1 and a.eval_prompts >= 1, "--eval_k and --eval_prompts must be >= 1"),
         (min(a.n_layer, a.n_embd, a.n_head, a.n_kv_head) >= 1,
@@ -134,6 +139,16 @@ def check_args(a):
 
 def parse_args(argv=None):
     args = build_parser().parse_args(argv)
+    if args.device == "auto":
+        args.device = "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        dev = torch.device(args.device)
+    except RuntimeError:
+        raise UserError(f"--device: unknown device {args.device!r}; use auto, cpu or cuda[:N]")
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise UserError("--device cuda: no CUDA device is available here; use --device cpu")
+    if args.preset is None:                     # one GPU runs the large preset, a CPU the small one
+        args.preset = "large" if dev.type == "cuda" else "small"
     for k, v in PRESETS[args.preset].items():
         if getattr(args, k) is None:
             setattr(args, k, v)
@@ -158,12 +173,4 @@ def parse_args(argv=None):
             importlib.import_module("wandb")
         except ImportError:
             raise UserError("--wandb needs the wandb package: pip install wandb")
-    if args.device == "auto":
-        args.device = "cuda" if torch.cuda.is_available() else "cpu"
-    try:
-        dev = torch.device(args.device)
-    except RuntimeError:
-        raise UserError(f"--device: unknown device {args.device!r}; use auto, cpu or cuda[:N]")
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise UserError("--device cuda: no CUDA device is available here; use --device cpu")
     return args

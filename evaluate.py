@@ -69,9 +69,12 @@ def exact_target_metrics(model, ref, tok, task, problems, pi_correct, beta, max_
     """Exact distances to the target p* ∝ π_ref·exp(β·r) with the raw 0/1 reward (docs/method.md §1,
     §8), per prompt, averaged: KL(π‖p*) over π's enumerated responses (enumerate_responses;
     `pruned_mass` is what was left unexpanded), KL(p*‖π) (the correct answers exactly, the wrong ones
-    lumped into one bucket: a lower bound on their part, which is below e^-β), and the true log Z.
+    lumped into one bucket: a lower bound on their part, which is below e^-β), and the true log Z; and
+    the shape of π over the correct answers against p*'s (which is π_ref's there): kl_shape_to_target =
+    KL(π(·|correct) ‖ p*(·|correct)) and target_effective_correct = exp(H(p*(·|correct))).
     pi_correct: exact_correct_probs(model, ...). Returns (averages, the true log Z per prompt)."""
-    out = {"kl_to_target": [], "kl_from_target": [], "log_z_true": [], "pruned_mass": []}
+    out = {"kl_to_target": [], "kl_from_target": [], "log_z_true": [], "pruned_mass": [], "kl_shape_to_target": [],
+           "target_effective_correct": []}
     ref_correct = exact_correct_probs(ref, tok, task, problems)
     device = next(model.parameters()).device
     for p, pc, rc in zip(problems, pi_correct, ref_correct):
@@ -91,6 +94,9 @@ def exact_target_metrics(model, ref, tok, task, problems, pi_correct, beta, max_
         out["kl_from_target"].append(rev.item())
         out["log_z_true"].append(log_z.item())
         out["pruned_mass"].append(pruned)
+        q_pi, q_star = pc / pc.sum(), rc / rc.sum()      # over the correct answers: p*(·|correct) = π_ref(·|correct)
+        out["kl_shape_to_target"].append((q_pi * (q_pi.clamp(min=1e-300) / q_star).log()).sum().item())
+        out["target_effective_correct"].append(math.exp(answer_entropy(rc)))
     return {k: sum(v) / len(v) for k, v in out.items()}, out["log_z_true"]
 
 
@@ -118,7 +124,7 @@ def answer_entropy(probs):
 def evaluate(model, tok, task, problems, *, k, max_new_tokens, seed, step, chunk_rows, beta, ref=None,
              learned_log_z=None, n_logged=0):
     """One evaluation record: accuracy (the mean over k samples at T = 1: avg@k = pass@1), pass@j for
-    j in {1, 4, k}, distinct correct answers among the k samples, the effective number of correct
+    j in {1, 2, 4, ..., k} and each prompt's count of correct samples, distinct correct answers among the k samples, the effective number of correct
     answers exp(H(π restricted to correct answers)) (exact where the answers can be listed, else from
     the samples), the mean token entropy; on enumerable tasks with a reference, the exact metrics
     against p* and, given learned_log_z (a function of the problems), the learned log Z beside the
@@ -133,9 +139,10 @@ def evaluate(model, tok, task, problems, *, k, max_new_tokens, seed, step, chunk
     texts = decode_responses(tok, ro)
     n_correct, correct = answer_counts(task, problems, texts, k)
     out = {"kind": "eval", "step": step, "accuracy": sum(n_correct) / (k * len(problems))}
-    for j in sorted({1, min(4, k), k}):
+    for j in sorted({2 ** i for i in range(k.bit_length()) if 2 ** i <= k} | {k}):
         out[f"pass@{j}"] = sum(pass_at_k(k, c, j) for c in n_correct) / len(problems)
     out["pass@k"], out["k"] = out[f"pass@{k}"], k
+    out["correct_counts"] = n_correct            # per prompt, of k: pass@j for any j <= k (passk.py)
     out["distinct_correct"] = sum(len(c) for c in correct) / len(correct)
     exact_ctx = torch.autocast(device.type, enabled=False)
     if enumerable(task, tok):                     # exact, from the policy's probabilities
@@ -169,7 +176,7 @@ def summarize(run_dir):
     with open(os.path.join(run_dir, "metrics.jsonl")) as f:
         evals = [r for r in map(json.loads, f) if r["kind"] == "eval"]
     keys = ("step", "accuracy", "pass@1", "pass@k", "k", "distinct_correct", "effective_correct", "entropy",
-            "answer_entropy", "correct_mass")
+            "answer_entropy", "correct_mass", "kl_to_target", "kl_shape_to_target", "target_effective_correct")
     pick = lambda r: {k: r[k] for k in keys if k in r}
     matched = next((r for r in evals if r["accuracy"] >= 0.9), None)
     return {**pick(evals[-1]), "matched_accuracy": pick(matched) if matched else None}

@@ -17,9 +17,12 @@ VARIANTS = {
     "flowrl_exact": ("flowrl_exact", []),
     "flowrl": ("flowrl", []),
     "grpo": ("grpo", []),
-    "grpo_kl": ("grpo", ["--kl_coef", "0.04"]),
+    "grpo_kl0.01": ("grpo", ["--kl_coef", "0.01"]),
+    "grpo_kl0.04": ("grpo", ["--kl_coef", "0.04"]),
+    "grpo_kl0.1": ("grpo", ["--kl_coef", "0.1"]),
     "reinforce_pp": ("reinforce_pp", ["--kl_coef", "0.01"]),
     "ppo": ("ppo", []),
+    "flowrl_nolen": ("flowrl", ["--no-length_norm"]),
     # ablations the paper's reviewers asked about
     "flowrl_exact_no_ref": ("flowrl_exact", ["--no_ref"]),
     "flowrl_no_ref": ("flowrl", ["--no_ref"]),

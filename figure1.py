@@ -22,7 +22,9 @@ import torch
 
 from experiments import VARIANTS, read_evals, run_all
 
-MAIN = ["flowrl_exact", "flowrl", "grpo", "grpo_kl", "reinforce_pp", "ppo"]
+MAIN = ["flowrl_exact", "flowrl", "grpo", "grpo_kl0.04", "reinforce_pp", "ppo"]
+ABLATIONS = ["flowrl_exact_no_ref", "flowrl_no_ref", "flowrl_exact_beta5", "flowrl_exact_beta2", "flowrl_beta5",
+             "flowrl_beta2", "flowrl_exact_noclip", "flowrl_noclip", "flowrl_exact_table", "flowrl_exact_group"]
 
 
 @torch.no_grad()
@@ -96,7 +98,8 @@ def draw(out_dir, summary, dists, prompts_n, path):
 
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0].strip())
-    p.add_argument("--only", nargs="+", default=None, choices=sorted(VARIANTS), help="variants to run (default: all)")
+    p.add_argument("--only", nargs="+", default=None, choices=sorted(VARIANTS),
+                   help="variants to run (default: the main six and the ablations)")
     p.add_argument("--steps", type=int, default=1500, help="RL steps of every variant")
     p.add_argument("--eval_every", type=int, default=250, help="steps between exact evaluations")
     p.add_argument("--lr", type=float, default=6e-4, help="policy learning rate of every run")
@@ -105,7 +108,7 @@ def main():
     p.add_argument("--workers", type=int, default=2, help="runs side by side (one thread each)")
     p.add_argument("--out_dir", default="out_fig1", help="where runs, summary and figure go")
     args = p.parse_args()
-    names = args.only or list(VARIANTS)
+    names = args.only or MAIN + ABLATIONS
     common = ["--task", "make_n", "--steps", str(args.steps), "--eval_every", str(args.eval_every),
               "--seed", str(args.seed), "--out_dir", args.out_dir, "--lr", str(args.lr),
               "--logz_lr", str(args.logz_lr), "--log_every", "250", "--ckpt_every", str(args.steps)]

@@ -100,7 +100,7 @@ def importance_weight(logprobs, old_logprobs, mask, clip):
 
 
 def flowrl_loss(logprobs, old_logprobs, ref_logprobs, mask, rewards, log_z, *, beta=15.0,
-                clip=(0.8, 1.2), length_norm=True):
+                clip=(0.8, 1.2), length_norm=True, flat=None):
     """The FlowRL objective (docs/method.md §4): the trajectory-balance loss with importance weights,
 
         δ_i = log Z_φ(x_i) + ℓ_θ(y_i) − β·r_i − ℓ_ref(y_i)               (tb_residual, §2)
@@ -115,9 +115,13 @@ def flowrl_loss(logprobs, old_logprobs, ref_logprobs, mask, rewards, log_z, *, b
     The official code takes the reward term as the token mean of the (constant per token)
     advantage, which equals r̂ here.
 
-    logprobs, old_logprobs, ref_logprobs, mask: (N, T); rewards, log_z: (N,).
+    logprobs, old_logprobs, ref_logprobs, mask: (N, T); rewards, log_z: (N,); flat: None or (N,) bool,
+    the rows whose group's rewards are all equal (r̂ = 0 there: δ = log Z + ℓ_θ − ℓ_ref, a pure pull
+    toward π_ref, docs/method.md §5), for the metrics only.
     Returns (loss, stats) with stats: log_z, tb_residual (mean δ²), is_weight (mean w), clip_frac,
-    logp (mean ℓ_θ), ref_logp (mean ℓ_ref)."""
+    logp (mean ℓ_θ), ref_logp (mean ℓ_ref), the sizes of δ's other terms (logp_minus_ref: mean ℓ_θ − ℓ_ref;
+    beta_reward: mean |β·r|) and, given flat, flat_grad_share (Σ_flat w·|δ| / Σ w·|δ|: the share of the
+    weight on the ∇ℓ_θ terms, 2·w·δ/N each, that comes from equal-reward groups) and flat_delta (mean δ there)."""
     mask = mask.to(logprobs.dtype)
     l_theta = sequence_logprob(logprobs, mask, length_norm)                           # (N,)
     l_ref = sequence_logprob(ref_logprobs.detach(), mask, length_norm)                # (N,)
@@ -131,7 +135,15 @@ def flowrl_loss(logprobs, old_logprobs, ref_logprobs, mask, rewards, log_z, *, b
         "clip_frac": (w != w_raw).float().mean().item(),
         "logp": l_theta.detach().mean().item(),
         "ref_logp": l_ref.mean().item(),
+        "logp_minus_ref": (l_theta.detach() - l_ref).mean().item(),
+        "beta_reward": (beta * rewards).abs().mean().item(),
     }
+    if flat is not None and flat.any():
+        pull = (w * delta.detach().abs())                                                 # (N,)
+        stats["flat_grad_share"] = (pull[flat].sum() / pull.sum().clamp(min=1e-30)).item()
+        stats["flat_delta"] = delta.detach()[flat].mean().item()
+    elif flat is not None:
+        stats["flat_grad_share"] = 0.0
     return loss, stats
 
 

@@ -1,5 +1,8 @@
 """
-Overlay training runs: accuracy, token entropy, distinct correct answers, log Z, and pass@k at the end.
+Overlay training runs: eval accuracy, the effective number of correct answers, token entropy,
+distinct correct answers per group, and the mechanism: the share of groups whose rewards are all equal
+(where GRPO has no gradient and practical FlowRL's δ is a pure pull toward π_ref, docs/method.md §5)
+and the size of each term of FlowRL's δ.
 
     python plot.py out/flowrl out/grpo -o fig.png
 
@@ -8,6 +11,7 @@ Reads each run's metrics.jsonl only (no imports from the rest of the project).
 
 import argparse
 import json
+import math
 import os
 import sys
 
@@ -35,10 +39,14 @@ def smooth(xs, n=10):
     return out
 
 
+def finite(xs):
+    """NaN (no such group in that step) as a gap in the line, not a zero."""
+    return [x if x is not None and not math.isnan(x) else float("nan") for x in xs]
+
+
 def plot_runs(run_dirs, out_path, title=None):
-    fig, axes = plt.subplots(2, 3, figsize=(15, 8))
-    ax = dict(zip(["acc", "ent", "distinct", "eff", "logz", "pass"], axes.flat))
-    finals = {}
+    fig, axes = plt.subplots(2, 3, figsize=(16, 8.5))
+    ax = dict(zip(["acc", "eff", "ent", "distinct", "flat", "delta"], axes.flat))
     for d in run_dirs:
         train, evals = load(d)
         name = os.path.basename(os.path.normpath(d))
@@ -46,29 +54,33 @@ def plot_runs(run_dirs, out_path, title=None):
         es = [r["step"] for r in evals]
         line, = ax["acc"].plot(es, [r["accuracy"] for r in evals], marker="o", ms=3, label=name)
         c = line.get_color()
+        ax["eff"].plot(es, [r["effective_correct"] for r in evals], marker="o", ms=3, color=c, label=name)
         ax["ent"].plot(steps, smooth([r["entropy"] for r in train]), color=c, label=name)
         ax["distinct"].plot(steps, smooth([r["distinct_correct"] for r in train]), color=c, label=name)
-        ax["eff"].plot(es, [r["effective_correct"] for r in evals], marker="o", ms=3, color=c, label=name)
-        if train and "log_z/mean" in train[0]:
-            ax["logz"].plot(steps, [r["log_z/mean"] for r in train], color=c, label=name)
-        if evals:   # pass@1, pass@4, ..., pass@k of the last eval
-            ks = sorted(int(x[5:]) for x in evals[-1] if x.startswith("pass@") and x != "pass@k")
-            finals[name] = (c, [evals[-1][f"pass@{k}"] for k in ks], ks)
+        ax["flat"].plot(steps, smooth([r["frac_reward_zero_std"] for r in train]), color=c, label=f"{name}: groups")
+        if train and "flat_groups/grad_share" in train[0]:
+            ax["flat"].plot(steps, smooth(finite([r["flat_groups/grad_share"] for r in train])), color=c, ls="--",
+                            label=f"{name}: share of Σw|δ|")
+        if train and "delta/logp_minus_ref" in train[0] and train[0].get("algo") == "flowrl":
+            for key, ls, what in [("log_z/mean", ":", "log Z"), ("delta/logp_minus_ref", "-", "ℓ_θ − ℓ_ref"),
+                                  ("delta/beta_reward_abs", "--", "|β·r̂|"), ("flat_groups/delta", "-.",
+                                                                             "δ in equal-reward groups")]:
+                ax["delta"].plot(steps, smooth(finite([r[key] for r in train])), color=c, ls=ls,
+                                 label=f"{name}: {what}")
     ax["acc"].set(title="eval accuracy (avg@k, T=1)", xlabel="RL step", ylabel="fraction correct", ylim=(0, 1.02))
-    ax["ent"].set(title="token entropy of the policy (train, smoothed)", xlabel="RL step", ylabel="nats per token")
-    ax["distinct"].set(title="distinct correct answers per group of G", xlabel="RL step", ylabel="answers")
-    ax["eff"].set(title="effective number of correct answers (eval)", xlabel="RL step",
+    ax["eff"].set(title="effective number of correct answers (eval, exact)", xlabel="RL step",
                   ylabel="exp(entropy over correct)")
-    ax["logz"].set(title="learned log Z (FlowRL)", xlabel="RL step", ylabel="log Z (nats)")
-    width = 0.8 / max(1, len(finals))
-    for i, (name, (c, vals, ks)) in enumerate(finals.items()):
-        ax["pass"].bar([j + i * width for j in range(len(ks))], vals, width=width, color=c, label=name)
-        ax["pass"].set_xticks([j + width * (len(finals) - 1) / 2 for j in range(len(ks))], [f"pass@{k}" for k in ks])
-    ax["pass"].set(title="pass@k at the end (unbiased)", ylabel="probability", ylim=(0, 1.02))
+    ax["ent"].set(title="token entropy of the policy (train, smoothed)", xlabel="RL step", ylabel="nats per token")
+    ax["distinct"].set(title="distinct correct answers per group of G (train)", xlabel="RL step", ylabel="answers")
+    ax["flat"].set(title="groups with all-equal rewards (solid; GRPO's gradient is 0 there)\n"
+                   "and FlowRL's gradient weight from them (dashed)", xlabel="RL step", ylabel="fraction",
+                   ylim=(0, 1.02))
+    ax["delta"].set(title="practical FlowRL: δ = log Z + ℓ_θ − ℓ_ref − β·r̂, mean of each term",
+                    xlabel="RL step", ylabel="nats (token mean)")
     for a in axes.flat:
         a.grid(alpha=0.3)
         if a.get_legend_handles_labels()[0]:
-            a.legend(fontsize=8)
+            a.legend(fontsize=7)
     fig.suptitle(title or "FlowRL vs reward maximization")
     fig.tight_layout()
     fig.savefig(out_path, dpi=110)

@@ -176,14 +176,18 @@ class Task:
     def reward(self, problem, completion):
         return self.score(problem, completion)["reward"]
 
-    def demo(self, rng, noise=0.0):
-        """A (prompt, answer) pair for the supervised warm start: the answer is uniform over the
-        correct ones, or with probability `noise` a random well-formed answer (mostly wrong), so
-        that the starting policy spreads its mass and starts below perfect accuracy."""
+    def demo(self, rng, noise=0.0, skew=0.0):
+        """A (prompt, answer) pair for the supervised warm start: the answer is a correct one, drawn
+        with probability ∝ (i + 1)^-skew over the task's list of solutions (skew 0: uniform; larger:
+        a few answers take most of the mass), or with probability `noise` a random well-formed answer
+        (mostly wrong), so that the starting policy spreads its mass and starts below perfect accuracy."""
         problem = self.sample(rng)
         if rng.random() < noise:
             return problem.prompt, self.random_answer(problem, rng)
-        return problem.prompt, rng.choice(self.solutions(problem))
+        sols = self.solutions(problem)
+        if skew == 0:
+            return problem.prompt, rng.choice(sols)
+        return problem.prompt, rng.choices(sols, weights=[(i + 1) ** -skew for i in range(len(sols))])[0]
 
 
 class AddTask(Task):

@@ -42,11 +42,8 @@ def left_pad(prompts, pad_id, device):
     if not prompts or any(len(p) == 0 for p in prompts):
         raise ValueError("every prompt needs at least one token")
     Tp = max(len(p) for p in prompts)
-    ids = torch.full((len(prompts), Tp), pad_id, dtype=torch.long)
-    valid = torch.zeros(len(prompts), Tp, dtype=torch.bool)
-    for i, p in enumerate(prompts):
-        ids[i, Tp - len(p):] = torch.tensor(p, dtype=torch.long)
-        valid[i, Tp - len(p):] = True
+    ids = torch.tensor([[pad_id] * (Tp - len(p)) + list(p) for p in prompts], dtype=torch.long)        # (P, Tp)
+    valid = torch.tensor([[False] * (Tp - len(p)) + [True] * len(p) for p in prompts])              # (P, Tp)
     return ids.to(device), valid.to(device)
 
 
@@ -135,11 +132,8 @@ def from_tokens(prompts, responses, eos_id, device="cpu"):
     logprobs are left at 0."""
     ids, valid = left_pad(prompts, eos_id, device)                                  # (N, Tp)
     T = max(len(r) for r in responses)
-    response = torch.full((len(responses), T), eos_id, dtype=torch.long)
-    mask = torch.zeros(len(responses), T, dtype=torch.bool)
-    for i, r in enumerate(responses):
-        response[i, :len(r)] = torch.tensor(r, dtype=torch.long)
-        mask[i, :len(r)] = True
+    response = torch.tensor([list(r) + [eos_id] * (T - len(r)) for r in responses], dtype=torch.long)  # (N, T)
+    mask = torch.tensor([[True] * len(r) + [False] * (T - len(r)) for r in responses])               # (N, T)
     return Rollout(ids, valid, response.to(device), mask.to(device), torch.zeros(response.shape, device=device),
                    eos_id)
 

@@ -1,12 +1,13 @@
 """
-The README's results table: the main job's settings (make_n, the small preset, grad clip 1.0),
-every algorithm, several seeds; mean ± std of the final eval and of the eval at matched accuracy
-(the first eval with accuracy >= 0.9).
+The README's results table: the main job's settings (make_n, the small preset: 2,000 steps, grad clip
+1.0), FlowRL's two forms against GRPO with and without a KL term, REINFORCE++ and PPO, several seeds;
+mean ± std of the final eval and of the eval at matched accuracy (the first eval with accuracy >= 0.9).
 
-    python table.py                          # 6 runs x 3 seeds, 2 at a time (CPU: about 8 minutes)
+    python table.py                          # 9 runs x 3 seeds, 2 at a time (CPU: about 30 minutes)
     python table.py --seeds 0 --steps 200
+    python table.py --warm_skew 2 --names flowrl flowrl_exact grpo grpo_kl0.04 --out_dir out_skew
 
-Writes out_table/seed<S>/<variant>/..., out_table/table.json and out_table/table.md.
+Writes <out_dir>/seed<S>/<variant>/..., <out_dir>/table.json and <out_dir>/table.md.
 """
 
 import argparse
@@ -16,10 +17,14 @@ import os
 import time
 
 from evaluate import summarize
-from experiments import run_all
+from experiments import VARIANTS, run_all
 
-NAMES = ["flowrl", "flowrl_exact", "grpo", "grpo_kl", "reinforce_pp", "ppo"]
-METRICS = ["accuracy", "pass@k", "distinct_correct", "effective_correct", "entropy"]
+NAMES = ["flowrl", "flowrl_exact", "grpo", "grpo_kl0.01", "grpo_kl0.04", "grpo_kl0.1", "reinforce_pp", "ppo",
+         "flowrl_no_ref"]
+# pass@16 is 1.00 for every method on make_n: the columns are the ones that differ
+METRICS = ["accuracy", "distinct_correct", "effective_correct", "entropy", "kl_shape_to_target"]
+HEAD = ["accuracy (= pass@1)", "distinct correct @{k}", "effective # correct", "token entropy",
+        "KL(π‖p*) over correct answers"]
 
 
 def mean_std(xs):
@@ -31,31 +36,33 @@ def mean_std(xs):
     return m, s, len(xs)
 
 
-def aggregate(out_dir, seeds):
+def aggregate(out_dir, seeds, names):
     """Mean ± std over seeds of each variant's final and matched-accuracy metrics (summarize)."""
     table = {}
-    for n in NAMES:
+    for n in names:
         sums = [summarize(os.path.join(out_dir, f"seed{s}", n)) for s in seeds]
         matched = [x["matched_accuracy"] for x in sums]
-        table[n] = {"final": {m: mean_std([x[m] for x in sums]) for m in METRICS},
-                    "matched": {m: mean_std([x[m] if x else None for x in matched]) for m in METRICS + ["step"]},
+        table[n] = {"final": {m: mean_std([x.get(m) for x in sums]) for m in METRICS},
+                    "matched": {m: mean_std([x.get(m) if x else None for x in matched]) for m in METRICS + ["step"]},
+                    "target_effective_correct": mean_std([x.get("target_effective_correct") for x in sums]),
                     "k": sums[0]["k"]}
     return table
 
 
-def markdown(table, steps, seeds):
+def markdown(table, names, steps, seeds, warm_skew):
     fmt = lambda v: ("n/a" if v is None else f"{v[0]:.2f} ± {v[1]:.2f}"
                      + ("" if v[2] == len(seeds) else f" ({v[2]} seeds)"))
-    k = table[NAMES[0]]["k"]
-    head = ["accuracy (= pass@1)", f"pass@{k}", f"distinct correct @{k}", "effective # correct", "token entropy"]
-    lines = [f"Final eval after {steps} steps (9 prompts x {k} samples, T=1; grad clip 1.0; "
-             f"mean ± std over seeds {seeds}):", "",
+    k = table[names[0]]["k"]
+    head = [h.format(k=k) for h in HEAD]
+    target = table[names[0]]["target_effective_correct"]
+    lines = [f"Final eval after {steps} steps (9 prompts x {k} samples, T=1; grad clip 1.0; warm_skew {warm_skew}; "
+             f"mean ± std over seeds {seeds}; p*'s effective # correct = π_ref's: {fmt(target)}):", "",
              "| algo | " + " | ".join(head) + " |", "|---" * (len(head) + 1) + "|"]
-    for n in NAMES:
+    for n in names:
         lines.append(f"| {n} | " + " | ".join(fmt(table[n]["final"][m]) for m in METRICS) + " |")
     lines += ["", "At matched accuracy (the first eval with accuracy >= 0.9):", "",
               "| algo | step | " + " | ".join(head) + " |", "|---" * (len(head) + 2) + "|"]
-    for n in NAMES:
+    for n in names:
         st = table[n]["matched"]["step"]
         lines.append(f"| {n} | {'n/a' if st is None else f'{st[0]:.0f} ± {st[1]:.0f}'} | " +
                      " | ".join(fmt(table[n]["matched"][m]) for m in METRICS) + " |")
@@ -65,20 +72,23 @@ def markdown(table, steps, seeds):
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0].strip())
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="seeds (each its own warm start)")
-    p.add_argument("--steps", type=int, default=400, help="RL steps per run (the main job's default)")
+    p.add_argument("--steps", type=int, default=2000, help="RL steps per run (the main job's default)")
+    p.add_argument("--names", nargs="+", default=NAMES, choices=sorted(VARIANTS), help="variants (experiments.py)")
+    p.add_argument("--warm_skew", type=float, default=0.0, help="train.py's --warm_skew for every run")
     p.add_argument("--workers", type=int, default=2, help="runs side by side (one thread each)")
     p.add_argument("--out_dir", default="out_table", help="where runs and the table go")
     p.add_argument("--aggregate_only", action="store_true", help="only rebuild the table from finished runs")
     args = p.parse_args()
     t0 = time.time()
-    common = lambda seed: ["--steps", str(args.steps), "--seed", str(seed),
+    common = lambda seed: ["--steps", str(args.steps), "--seed", str(seed), "--warm_skew", str(args.warm_skew),
                            "--out_dir", os.path.join(args.out_dir, f"seed{seed}")]
     if not args.aggregate_only:
-        run_all([(n, common(s)) for s in args.seeds for n in NAMES], args.workers)
-    table = aggregate(args.out_dir, args.seeds)
+        run_all([(n, common(s)) for s in args.seeds for n in args.names], args.workers)
+    table = aggregate(args.out_dir, args.seeds, args.names)
     with open(os.path.join(args.out_dir, "table.json"), "w") as f:
-        json.dump({"seeds": args.seeds, "steps": args.steps, "grad_clip": 1.0, "table": table}, f, indent=2)
-    md = markdown(table, args.steps, args.seeds)
+        json.dump({"seeds": args.seeds, "steps": args.steps, "grad_clip": 1.0, "warm_skew": args.warm_skew,
+                   "table": table}, f, indent=2)
+    md = markdown(table, args.names, args.steps, args.seeds, args.warm_skew)
     with open(os.path.join(args.out_dir, "table.md"), "w") as f:
         f.write(md + "\n")
     print(md)

@@ -48,11 +48,12 @@ from tokenizer import CheckpointError, Tokenizer
 
 def warm_start(args, task, tok, device):
     """Train the start policy by next-token prediction on (prompt, answer) demonstrations, the answer
-    uniform over the correct ones or, with probability --warm_noise, a random well-formed answer.
+    over the correct ones (uniform, or skewed by --warm_skew) or, with probability --warm_noise, a random
+    well-formed answer.
     Saved to out_dir/warmstart.pt and reused while its settings match."""
     path = os.path.join(args.out_dir, "warmstart.pt")
-    key = {k: getattr(args, k) for k in ("task", "seed", "warm_steps", "warm_noise", "warm_lr", "n_layer", "n_embd",
-                                         "n_head", "n_kv_head")}
+    key = {k: getattr(args, k) for k in ("task", "seed", "warm_steps", "warm_noise", "warm_skew", "warm_lr", "n_layer",
+                                         "n_embd", "n_head", "n_kv_head")}
     cfg = GPTConfig(vocab_size=tok.vocab_size, n_layer=args.n_layer, n_head=args.n_head, n_kv_head=args.n_kv_head,
                     n_embd=args.n_embd, block_size=64 if args.task != "countdown" else 96)
     if os.path.exists(path):
@@ -69,7 +70,7 @@ def warm_start(args, task, tok, device):
     rng = random.Random(args.seed + 12345)
     t0 = time.time()
     for step in range(args.warm_steps):
-        pairs = [task.demo(rng, noise=args.warm_noise) for _ in range(64)]
+        pairs = [task.demo(rng, noise=args.warm_noise, skew=args.warm_skew) for _ in range(64)]
         batch = from_tokens([tok.encode(p) for p, _ in pairs], [tok.encode(a) + [tok.eos_id] for _, a in pairs],
                             tok.eos_id, device)
         logprobs, _ = sequence_logprobs(model, batch)                                 # (B, T)
@@ -192,8 +193,10 @@ def algo_loss(args, run, b, rows, mb, logprobs, h):
             log_z = run.train_head(b.keys[rows])
         else:
             log_z = run.train_head(h[:, :Tp], mb.prompt_mask)
+        flat = (b.rewards[rows].view(-1, G).std(1) == 0).repeat_interleave(G)                # (n,) r̂ = 0 there
         return flowrl.flowrl_loss(logprobs, b.old_logprobs[rows], b.ref_logprobs[rows], mb.mask, r, log_z,
-                                  beta=args.reward_beta, clip=args.clip_bounds, length_norm=form["length_norm"])
+                                  beta=args.reward_beta, clip=args.clip_bounds, length_norm=form["length_norm"],
+                                  flat=flat)
     if run.algo == "grpo":
         return flowrl.grpo_loss(logprobs, b.old_logprobs[rows], b.ref_logprobs[rows], mb.mask, b.r_hat[rows],
                                 clip_eps=args.clip_eps, kl_coef=args.kl_coef)
@@ -242,7 +245,7 @@ def train_record(args, run, b, upd, dt, world, device):
     """The metrics of one step (TRL / veRL names), averaged over the ranks under torchrun."""
     stats, grad_norms = upd
     ro, G = b.ro, args.group_size
-    mean = lambda k: sum(stats[k]) / len(stats[k]) if stats.get(k) else float("nan")
+    mean = lambda k: sum(stats[k]) / len(stats[k]) if stats.get(k) else float("nan")    # over minibatches
     distinct = [len({s["answer"] for s in b.scores[i * G:(i + 1) * G] if s["correct"]}) for i in range(len(b.problems))]
     kl_ref = (flowrl.k3_kl(b.old_logprobs, b.ref_logprobs) * ro.mask).sum() / ro.mask.sum()
     gap = ((ro.logprobs - b.old_logprobs).abs() * ro.mask).max()      # sampler vs training forward, per token
@@ -264,7 +267,9 @@ def train_record(args, run, b, upd, dt, world, device):
         torch.cuda.reset_peak_memory_stats(device)
     if run.algo.startswith("flowrl"):
         rec.update({"log_z/mean": mean("log_z"), "tb_residual/mean": mean("tb_residual"),
-                    "is_weight/mean": mean("is_weight")})
+                    "is_weight/mean": mean("is_weight"),       # δ's terms and the equal-reward groups' part
+                    "delta/logp_minus_ref": mean("logp_minus_ref"), "delta/beta_reward_abs": mean("beta_reward"),
+                    "flat_groups/grad_share": mean("flat_grad_share"), "flat_groups/delta": mean("flat_delta")})
     rec["clip_frac"] = mean("clip_frac")
     if run.algo == "ppo":
         rec["value_loss"] = mean("value_loss")

@@ -202,6 +202,31 @@ def test_hand_computed_values():
     assert loss.item() == pytest.approx((0.8 * 2.5 ** 2 + 0.8 * 2.75 ** 2) / 2, abs=1e-12)
 
 
+def test_mechanism_stats_of_equal_reward_groups():
+    """flat_grad_share = Σ_flat w·|δ| / Σ w·|δ| and flat_delta = mean δ over the flat rows, by hand; the
+    other δ terms: mean ℓ_θ − ℓ_ref and mean |β·r|."""
+    lp = torch.tensor([[-1.0, -2.0], [-0.5, -1.5], [-3.0, -1.0], [-2.0, -2.0]])
+    ref = torch.tensor([[-1.5, -1.5], [-1.0, -1.0], [-2.0, -2.0], [-1.0, -3.0]])
+    mask = torch.ones(4, 2, dtype=torch.bool)
+    r = torch.tensor([0.0, 0.0, 1.0, -1.0])
+    z = torch.tensor([0.5, 0.5, -0.25, -0.25])
+    beta = 2.0
+    # token means: ℓ = -1.5, -1, -2, -2; ℓ_ref = -1.5, -1, -2, -2 -> ℓ_θ − ℓ_ref = 0 everywhere
+    # δ = z − β·r = 0.5, 0.5, -2.25, 1.75; w = 1 (old = lp)
+    flat = torch.tensor([True, True, False, False])
+    _, st = flowrl_loss(lp, lp.detach(), ref, mask, r, z, beta=beta, flat=flat)
+    assert st["flat_grad_share"] == pytest.approx(1.0 / (0.5 + 0.5 + 2.25 + 1.75))
+    assert st["flat_delta"] == pytest.approx(0.5)
+    assert st["logp_minus_ref"] == pytest.approx(0.0) and st["beta_reward"] == pytest.approx(1.0)
+    ref2 = ref + torch.tensor([[1.0], [0.0], [0.0], [0.0]])          # row 0: ℓ_θ − ℓ_ref = -1, δ = -0.5
+    _, st = flowrl_loss(lp, lp.detach(), ref2, mask, r, z, beta=beta, flat=flat)
+    assert st["logp_minus_ref"] == pytest.approx(-0.25) and st["flat_delta"] == pytest.approx(0.0)
+    _, st = flowrl_loss(lp, lp.detach(), ref, mask, r, z, beta=beta, flat=torch.zeros(4, dtype=torch.bool))
+    assert st["flat_grad_share"] == 0.0 and "flat_delta" not in st
+    _, st = flowrl_loss(lp, lp.detach(), ref, mask, r, z, beta=beta, flat=torch.ones(4, dtype=torch.bool))
+    assert st["flat_grad_share"] == pytest.approx(1.0)
+
+
 def test_group_normalize():
     r = torch.tensor([1.0, 0.0, 0.0, 1.0, 2.0, 2.0, 2.0, 2.0])
     out = group_normalize(r, 4)

@@ -1,3 +1,4 @@
+import math
 import random
 import time
 from fractions import Fraction
@@ -136,6 +137,21 @@ def test_demonstrations_spread_over_correct_answers():
     demos = [task.demo(rng, noise=0.5) for _ in range(2000)]
     noisy = [task.reward(Problem("", {"n": int(pr[2:4])}), a) for pr, a in demos]
     assert 0.45 < sum(noisy) / len(noisy) < 0.6               # 0.5 correct + 0.5 x (about 8%)
+
+
+def test_skewed_demonstrations_follow_the_power_law():
+    """--warm_skew s: correct answer i of the solution list drawn ∝ (i + 1)^-s; skew 0 draws exactly as
+    before (the same stream as the uniform choice)."""
+    task = get_task("make_n")
+    sols = task.solutions(Problem("", {"n": 9}))
+    rng = random.Random(1)
+    answers = [a for prompt, a in (task.demo(rng, skew=2.0) for _ in range(40000)) if prompt == "N=09:"]
+    weights = [(i + 1) ** -2.0 for i in range(len(sols))]
+    for i in (0, 1, 2):
+        expected = weights[i] / sum(weights)
+        assert abs(answers.count(sols[i]) / len(answers) - expected) < 4 * math.sqrt(expected / len(answers))
+    a, b = random.Random(3), random.Random(3)
+    assert [task.demo(a, noise=0.5) for _ in range(50)] == [task.demo(b, noise=0.5, skew=0.0) for _ in range(50)]
 
 
 def test_raw_prompts_and_answers_fit_the_tokenizer():

@@ -10,6 +10,7 @@ import torch
 import config
 import evaluate
 import flowrl
+import passk
 import train
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -45,7 +46,16 @@ def test_tiny_end_to_end_run(tmp_path, algo):
     for r in ev:
         for k in EVAL_KEYS:
             assert k in r and math.isfinite(r[k]), k
-        assert 0 <= r["pass@1"] <= r["pass@4"] <= 1
+        assert 0 <= r["pass@1"] <= r["pass@2"] <= r["pass@4"] <= 1
+        assert len(r["correct_counts"]) == 9 and sum(r["correct_counts"]) / (9 * 4) == pytest.approx(r["accuracy"])
+        curve = passk.pass_curve(r)                                     # pass@1..4 from the per-prompt counts
+        assert curve[0] == pytest.approx(r["pass@1"]) and curve[3] == pytest.approx(r["pass@4"])
+    for r in tr:
+        if algo == "flowrl":                   # δ's terms, and the equal-reward groups' share of it
+            for k in ("delta/logp_minus_ref", "delta/beta_reward_abs", "flat_groups/grad_share"):
+                assert math.isfinite(r[k]), k
+            assert 0 <= r["flat_groups/grad_share"] <= 1
+            assert (r["flat_groups/grad_share"] == 0) == (r["frac_reward_zero_std"] == 0)
     s = json.load(open(os.path.join(out, "summary.json")))[algo]
     for k in ("accuracy", "pass@1", "pass@k", "k", "distinct_correct", "effective_correct", "entropy",
               "matched_accuracy"):
@@ -118,6 +128,7 @@ def test_non_finite_step_is_skipped_and_counted(tmp_path, monkeypatch):
     (["--steps", "ten"], "--steps"),
     (["--resume", "--out_dir", "/nonexistent/dir"], "no checkpoint"),
     (["--device", "cuda:7" if not torch.cuda.is_available() else "tpu"], "--device"),
+    (["--warm_skew", "-1"], "--warm_skew"),
 ])
 def test_bad_input_exits_2_with_one_line(argv, needle):
     p = subprocess.run([sys.executable, os.path.join(ROOT, "train.py")] + argv, capture_output=True, text=True,
@@ -125,6 +136,18 @@ def test_bad_input_exits_2_with_one_line(argv, needle):
     assert p.returncode == 2, p.stderr
     lines = p.stderr.strip().splitlines()
     assert len(lines) == 1 and needle in lines[0] and "Traceback" not in p.stderr, p.stderr
+
+
+def test_preset_follows_the_device(monkeypatch):
+    """No --preset: the small one on a CPU (2,000 steps), the large one where CUDA is the device; an
+    explicit --preset or flag wins."""
+    a = config.parse_args(["--device", "cpu"])
+    assert (a.preset, a.steps, a.eval_every, a.n_layer) == ("small", 2000, 100, 2)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    a = config.parse_args([])
+    assert (a.device, a.preset, a.steps, a.n_layer, a.eval_every) == ("cuda", "large", 1000, 6, 50)
+    a = config.parse_args(["--preset", "small", "--steps", "7"])
+    assert (a.device, a.preset, a.steps, a.n_layer) == ("cuda", "small", 7, 2)
 
 
 def test_pass_at_k_is_unbiased():

@@ -210,10 +210,18 @@ def test_exact_metrics_vanish_at_the_target(tmp_path):
     assert abs(out["log_z_true"] - z.log().item()) < 1e-5 and out["log_z_abs_err"] < 1e-5
     assert abs(out["effective_correct"] - math.exp(-(correct * correct.log()).sum().item())) < 1e-4
     assert abs(out["correct_mass"] - (star[r == 1].sum() / z).item()) < 1e-5
+    # p*'s shape over the correct answers is π_ref's: 0 at the target, and for π_ref itself
+    assert abs(out["kl_shape_to_target"]) < 1e-5
+    assert abs(out["target_effective_correct"] - out["effective_correct"]) < 1e-4
+    uniform = PrefixPolicy({y: float(c) / r.sum().item() for y, c in zip(resp, r.tolist())}, tok.vocab_size, colon)
+    flat = evaluate.evaluate(uniform, tok, task, [problem], k=8, max_new_tokens=6, seed=0, step=0, chunk_rows=64,
+                             beta=beta, ref=ref)
+    u = torch.full_like(correct, 1 / len(correct))
+    assert abs(flat["kl_shape_to_target"] - (u * (u / correct).log()).sum().item()) < 1e-5
     # the reference itself is not the target: its KL is far from 0
     far = evaluate.evaluate(ref, tok, task, [problem], k=8, max_new_tokens=6, seed=0, step=0, chunk_rows=64,
                             beta=beta, ref=ref)
-    assert far["kl_to_target"] > 0.1
+    assert far["kl_to_target"] > 0.1 and abs(far["kl_shape_to_target"]) < 1e-5
 
 
 # ---- the sampler on a real model ----

@@ -1,0 +1,147 @@
+"""
+The paper's accuracy claim at toy scale, on countdown (use each given number once to reach the
+target; far from saturated at this size): unbiased pass@k for k = 1 ... n on held-out prompts, of
+the warm start and of each method after training, over seeds; the question of "Does RL really
+incentivize reasoning capacity beyond the base model?" (Yue et al., 2025): does a reward maximizer
+raise pass@1 but fall below the warm start at large k, and does FlowRL keep the large-k coverage?
+Beside it, answer length over training (flowrl with and without --length_norm, beside grpo).
+
+    python passk.py                          # 4 variants x 3 seeds, 2 at a time (CPU: about 25 minutes)
+    python passk.py --seeds 0 --steps 100    # a quick look
+
+Writes out_passk/seed<S>/<variant>/..., out_passk/passk.json, out_passk/passk.md, out_passk/passk.png.
+"""
+
+import argparse
+import json
+import math
+import os
+import time
+
+from evaluate import pass_at_k
+from experiments import VARIANTS, read_evals, run_all
+
+NAMES = ["flowrl", "flowrl_nolen", "flowrl_exact", "grpo"]
+START = "warm start"
+
+
+def read_train(run_dir):
+    with open(os.path.join(run_dir, "metrics.jsonl")) as f:
+        return [r for r in map(json.loads, f) if r["kind"] == "train"]
+
+
+def pass_curve(record):
+    """Unbiased pass@k for k = 1 ... n of one eval record, averaged over its prompts (n = the record's k)."""
+    n = record["k"]
+    return [sum(pass_at_k(n, c, k) for c in record["correct_counts"]) / len(record["correct_counts"])
+            for k in range(1, n + 1)]
+
+
+def collect(out_dir, seeds, names):
+    """Per method, per seed: the pass@k curve of the final eval (the warm start's: the step-0 eval, the
+    same in every run of a seed) and the training series of answer length."""
+    curves, series = {START: []}, {}
+    for s in seeds:
+        for i, name in enumerate(names):
+            evals = read_evals(os.path.join(out_dir, f"seed{s}", name))
+            if i == 0:
+                curves[START].append(pass_curve(evals[0]))
+            curves.setdefault(name, []).append(pass_curve(evals[-1]))
+            train = read_train(os.path.join(out_dir, f"seed{s}", name))
+            series.setdefault(name, []).append({k: [r[k] for r in train] for k in
+                                                ("step", "accuracy", "completions/mean_length",
+                                                 "completions/clipped_ratio")})
+    return curves, series
+
+
+def mean_std(xs):
+    m = sum(xs) / len(xs)
+    return m, math.sqrt(sum((x - m) ** 2 for x in xs) / (len(xs) - 1)) if len(xs) > 1 else 0.0
+
+
+def markdown(curves, series, steps, seeds, n, n_prompts):
+    ks = [k for k in (1, 2, 4, 8, 16, 32, 64, 128, 256) if k <= n]
+    fmt = lambda xs: "{:.3f} ± {:.3f}".format(*mean_std(xs))
+    lines = [f"countdown, held-out prompts: pass@k (unbiased, from {n} samples per prompt, {n_prompts} prompts, "
+             f"T=1), after {steps} steps; mean ± std over seeds {seeds}:", "",
+             "| method | " + " | ".join(f"pass@{k}" for k in ks) + " | mean length, last 100 steps | "
+             "cut answers, last 100 steps |", "|---" * (len(ks) + 3) + "|"]
+    for name, cs in curves.items():
+        cells = [fmt([c[k - 1] for c in cs]) for k in ks]
+        if name in series:
+            tail = lambda key: fmt([sum(s[key][-100:]) / len(s[key][-100:]) for s in series[name]])
+            cells += [tail("completions/mean_length"), tail("completions/clipped_ratio")]
+        else:
+            cells += ["-", "-"]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def smooth(xs, n=25):
+    return [sum(xs[max(0, i - n + 1):i + 1]) / len(xs[max(0, i - n + 1):i + 1]) for i in range(len(xs))]
+
+
+def draw(curves, series, path):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, axes = plt.subplots(1, 4, figsize=(20, 4.8))
+    colors = {name: plt.cm.tab10(i) for i, name in enumerate(curves)}
+    for name, cs in curves.items():
+        ks = list(range(1, len(cs[0]) + 1))
+        m = [sum(c[k - 1] for c in cs) / len(cs) for k in ks]
+        lo, hi = [min(c[k - 1] for c in cs) for k in ks], [max(c[k - 1] for c in cs) for k in ks]
+        ls = "--" if name == START else "-"
+        axes[0].plot(ks, m, ls=ls, color=colors[name], label=name)
+        axes[0].fill_between(ks, lo, hi, color=colors[name], alpha=0.15)
+    axes[0].set(xscale="log", xlabel="k", ylabel="pass@k", title="pass@k on held-out prompts (mean; band: seeds' range)")
+    axes[0].set_xticks([1, 2, 4, 8, 16, 32, 64], ["1", "2", "4", "8", "16", "32", "64"])
+    for name, ss in series.items():
+        for j, (key, title) in enumerate([("accuracy", "train accuracy"),
+                                          ("completions/mean_length", "mean answer length (tokens, incl. EOS)"),
+                                          ("completions/clipped_ratio", "share of answers cut at max_new_tokens")]):
+            for i, s in enumerate(ss):
+                axes[j + 1].plot(s["step"], smooth(s[key]), color=colors[name], alpha=0.8,
+                                 label=name if i == 0 else None)
+            axes[j + 1].set(title=title + " (smoothed)", xlabel="RL step")
+    for a in axes:
+        a.grid(alpha=0.3)
+        a.legend(fontsize=8)
+    fig.suptitle("countdown: does training keep the warm start's large-k coverage? (one line per seed)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0].strip())
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="seeds (each its own warm start)")
+    p.add_argument("--steps", type=int, default=1000, help="RL steps per run")
+    p.add_argument("--names", nargs="+", default=NAMES, choices=sorted(VARIANTS), help="variants (experiments.py)")
+    p.add_argument("--n", type=int, default=64, help="samples per held-out prompt (pass@k for k <= n)")
+    p.add_argument("--prompts", type=int, default=64, help="held-out prompts")
+    p.add_argument("--workers", type=int, default=2, help="runs side by side (one thread each)")
+    p.add_argument("--out_dir", default="out_passk", help="where runs, table and figure go")
+    p.add_argument("--aggregate_only", action="store_true", help="only rebuild the table and figure")
+    args = p.parse_args()
+    t0 = time.time()
+    common = lambda seed: ["--task", "countdown", "--steps", str(args.steps), "--seed", str(seed),
+                           "--eval_k", str(args.n), "--eval_prompts", str(args.prompts),
+                           "--eval_every", str(max(1, args.steps // 4)), "--log_every", "100",
+                           "--ckpt_every", str(args.steps), "--out_dir", os.path.join(args.out_dir, f"seed{seed}")]
+    if not args.aggregate_only:
+        run_all([(n, common(s)) for s in args.seeds for n in args.names], args.workers)
+    curves, series = collect(args.out_dir, args.seeds, args.names)
+    md = markdown(curves, series, args.steps, args.seeds, args.n, args.prompts)
+    with open(os.path.join(args.out_dir, "passk.json"), "w") as f:
+        json.dump({"seeds": args.seeds, "steps": args.steps, "n": args.n, "prompts": args.prompts,
+                   "curves": curves}, f)
+    with open(os.path.join(args.out_dir, "passk.md"), "w") as f:
+        f.write(md + "\n")
+    draw(curves, series, os.path.join(args.out_dir, "passk.png"))
+    print(md)
+    print(f"\nfigure: {os.path.join(args.out_dir, 'passk.png')}; total wall time {time.time() - t0:.0f}s")
+
+
+if __name__ == "__main__":
+    main()
