@@ -50,6 +50,7 @@ def run_variant(job):
 
 def make_warm_start(common):
     """The warm start of these flags, made once (train.py reuses out_dir/warmstart.pt while it matches)."""
+    torch.set_num_threads(1)                     # warm starts side by side, one core each
     import train
     from rewards import ALPHABET, get_task
     from tokenizer import Tokenizer
@@ -60,13 +61,13 @@ def make_warm_start(common):
 
 def run_all(jobs, workers):
     """Every (name, common flags) job, `workers` at a time, after the warm start of each distinct
-    out_dir is made (so that parallel runs never race to write it). Returns {(name, out_dir): seconds}."""
+    out_dir is made (also `workers` at a time, before any run, so that runs never race to write it).
+    Returns {(name, out_dir): seconds}."""
     firsts = {}
     for name, common in jobs:
         firsts.setdefault(common[common.index("--out_dir") + 1], common)
-    for common in firsts.values():
-        make_warm_start(common)
     with get_context("spawn").Pool(workers) as pool:
+        pool.map(make_warm_start, list(firsts.values()), chunksize=1)
         times = pool.map(run_variant, jobs, chunksize=1)
     return {(name, common[common.index("--out_dir") + 1]): t for (name, common), (_, t) in zip(jobs, times)}
 

@@ -121,7 +121,8 @@ def flowrl_loss(logprobs, old_logprobs, ref_logprobs, mask, rewards, log_z, *, b
     Returns (loss, stats) with stats: log_z, tb_residual (mean δ²), is_weight (mean w), clip_frac,
     logp (mean ℓ_θ), ref_logp (mean ℓ_ref), the sizes of δ's other terms (logp_minus_ref: mean ℓ_θ − ℓ_ref;
     beta_reward: mean |β·r|) and, given flat, flat_grad_share (Σ_flat w·|δ| / Σ w·|δ|: the share of the
-    weight on the ∇ℓ_θ terms, 2·w·δ/N each, that comes from equal-reward groups) and flat_delta (mean δ there)."""
+    weight on the ∇ℓ_θ terms, 2·w·δ/N each, that comes from equal-reward groups) and flat_delta_abs (mean |δ|
+    there: the size of the pull)."""
     mask = mask.to(logprobs.dtype)
     l_theta = sequence_logprob(logprobs, mask, length_norm)                           # (N,)
     l_ref = sequence_logprob(ref_logprobs.detach(), mask, length_norm)                # (N,)
@@ -141,7 +142,7 @@ def flowrl_loss(logprobs, old_logprobs, ref_logprobs, mask, rewards, log_z, *, b
     if flat is not None and flat.any():
         pull = (w * delta.detach().abs())                                                 # (N,)
         stats["flat_grad_share"] = (pull[flat].sum() / pull.sum().clamp(min=1e-30)).item()
-        stats["flat_delta"] = delta.detach()[flat].mean().item()
+        stats["flat_delta_abs"] = delta.detach()[flat].abs().mean().item()
     elif flat is not None:
         stats["flat_grad_share"] = 0.0
     return loss, stats

@@ -94,7 +94,8 @@ def draw(curves, series, path):
         ls = "--" if name == START else "-"
         axes[0].plot(ks, m, ls=ls, color=colors[name], label=name)
         axes[0].fill_between(ks, lo, hi, color=colors[name], alpha=0.15)
-    axes[0].set(xscale="log", xlabel="k", ylabel="pass@k", title="pass@k on held-out prompts (mean; band: seeds' range)")
+    axes[0].set(xscale="log", xlabel="k", ylabel="pass@k",
+                title="pass@k on held-out prompts (mean; band: seeds' range)")
     axes[0].set_xticks([1, 2, 4, 8, 16, 32, 64], ["1", "2", "4", "8", "16", "32", "64"])
     for name, ss in series.items():
         for j, (key, title) in enumerate([("accuracy", "train accuracy"),

@@ -31,11 +31,12 @@ def load(run_dir):
 
 
 def smooth(xs, n=10):
+    """Trailing mean over n steps; NaN entries (no such group that step) are skipped."""
     out, acc = [], []
     for x in xs:
-        acc.append(x)
-        acc = acc[-n:]
-        out.append(sum(acc) / len(acc))
+        acc = (acc + [x])[-n:]
+        ok = [v for v in acc if not math.isnan(v)]
+        out.append(sum(ok) / len(ok) if ok else float("nan"))
     return out
 
 
@@ -45,7 +46,7 @@ def finite(xs):
 
 
 def plot_runs(run_dirs, out_path, title=None):
-    fig, axes = plt.subplots(2, 3, figsize=(16, 8.5))
+    fig, axes = plt.subplots(2, 3, figsize=(18, 9))
     ax = dict(zip(["acc", "eff", "ent", "distinct", "flat", "delta"], axes.flat))
     for d in run_dirs:
         train, evals = load(d)
@@ -57,26 +58,28 @@ def plot_runs(run_dirs, out_path, title=None):
         ax["eff"].plot(es, [r["effective_correct"] for r in evals], marker="o", ms=3, color=c, label=name)
         ax["ent"].plot(steps, smooth([r["entropy"] for r in train]), color=c, label=name)
         ax["distinct"].plot(steps, smooth([r["distinct_correct"] for r in train]), color=c, label=name)
-        ax["flat"].plot(steps, smooth([r["frac_reward_zero_std"] for r in train]), color=c, label=f"{name}: groups")
+        ax["flat"].plot(steps, smooth([r["frac_reward_zero_std"] for r in train], 50), color=c,
+                        label=f"{name}: groups")
         if train and "flat_groups/grad_share" in train[0]:
-            ax["flat"].plot(steps, smooth(finite([r["flat_groups/grad_share"] for r in train])), color=c, ls="--",
+            ax["flat"].plot(steps, smooth(finite([r["flat_groups/grad_share"] for r in train]), 50), color=c, ls="--",
                             label=f"{name}: share of Σw|δ|")
         if train and "delta/logp_minus_ref" in train[0] and train[0].get("algo") == "flowrl":
             for key, ls, what in [("log_z/mean", ":", "log Z"), ("delta/logp_minus_ref", "-", "ℓ_θ − ℓ_ref"),
-                                  ("delta/beta_reward_abs", "--", "|β·r̂|"), ("flat_groups/delta", "-.",
-                                                                             "δ in equal-reward groups")]:
-                ax["delta"].plot(steps, smooth(finite([r[key] for r in train])), color=c, ls=ls,
+                                  ("delta/beta_reward_abs", "--", "|β·r̂|"),
+                                  ("flat_groups/delta_abs", "-.", "|δ| in equal-reward groups: the pull")]:
+                ax["delta"].plot(steps, smooth(finite([r[key] for r in train]), 50), color=c, ls=ls,
                                  label=f"{name}: {what}")
     ax["acc"].set(title="eval accuracy (avg@k, T=1)", xlabel="RL step", ylabel="fraction correct", ylim=(0, 1.02))
     ax["eff"].set(title="effective number of correct answers (eval, exact)", xlabel="RL step",
                   ylabel="exp(entropy over correct)")
     ax["ent"].set(title="token entropy of the policy (train, smoothed)", xlabel="RL step", ylabel="nats per token")
     ax["distinct"].set(title="distinct correct answers per group of G (train)", xlabel="RL step", ylabel="answers")
-    ax["flat"].set(title="groups with all-equal rewards (solid; GRPO's gradient is 0 there)\n"
-                   "and FlowRL's gradient weight from them (dashed)", xlabel="RL step", ylabel="fraction",
-                   ylim=(0, 1.02))
-    ax["delta"].set(title="practical FlowRL: δ = log Z + ℓ_θ − ℓ_ref − β·r̂, mean of each term",
-                    xlabel="RL step", ylabel="nats (token mean)")
+    ax["flat"].set(title="share of groups with all-equal rewards (solid; GRPO's gradient\n"
+                   "is 0 there) and of FlowRL's gradient weight w·|δ| from them (dashed)", xlabel="RL step",
+                   ylabel="fraction", ylim=(0, 1.02))
+    ax["delta"].set(title="practical FlowRL: the terms of δ = log Z + ℓ_θ − ℓ_ref − β·r̂\n"
+                    "(batch means; symlog axis)",
+                    xlabel="RL step", ylabel="nats (token means)", yscale="symlog")
     for a in axes.flat:
         a.grid(alpha=0.3)
         if a.get_legend_handles_labels()[0]:

@@ -269,7 +269,8 @@ def train_record(args, run, b, upd, dt, world, device):
         rec.update({"log_z/mean": mean("log_z"), "tb_residual/mean": mean("tb_residual"),
                     "is_weight/mean": mean("is_weight"),       # δ's terms and the equal-reward groups' part
                     "delta/logp_minus_ref": mean("logp_minus_ref"), "delta/beta_reward_abs": mean("beta_reward"),
-                    "flat_groups/grad_share": mean("flat_grad_share"), "flat_groups/delta": mean("flat_delta")})
+                    "flat_groups/grad_share": mean("flat_grad_share"),
+                    "flat_groups/delta_abs": mean("flat_delta_abs")})
     rec["clip_frac"] = mean("clip_frac")
     if run.algo == "ppo":
         rec["value_loss"] = mean("value_loss")

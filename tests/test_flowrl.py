@@ -203,7 +203,7 @@ def test_hand_computed_values():
 
 
 def test_mechanism_stats_of_equal_reward_groups():
-    """flat_grad_share = Σ_flat w·|δ| / Σ w·|δ| and flat_delta = mean δ over the flat rows, by hand; the
+    """flat_grad_share = Σ_flat w·|δ| / Σ w·|δ| and flat_delta_abs = mean |δ| over the flat rows, by hand; the
     other δ terms: mean ℓ_θ − ℓ_ref and mean |β·r|."""
     lp = torch.tensor([[-1.0, -2.0], [-0.5, -1.5], [-3.0, -1.0], [-2.0, -2.0]])
     ref = torch.tensor([[-1.5, -1.5], [-1.0, -1.0], [-2.0, -2.0], [-1.0, -3.0]])
@@ -216,13 +216,13 @@ def test_mechanism_stats_of_equal_reward_groups():
     flat = torch.tensor([True, True, False, False])
     _, st = flowrl_loss(lp, lp.detach(), ref, mask, r, z, beta=beta, flat=flat)
     assert st["flat_grad_share"] == pytest.approx(1.0 / (0.5 + 0.5 + 2.25 + 1.75))
-    assert st["flat_delta"] == pytest.approx(0.5)
+    assert st["flat_delta_abs"] == pytest.approx(0.5)
     assert st["logp_minus_ref"] == pytest.approx(0.0) and st["beta_reward"] == pytest.approx(1.0)
-    ref2 = ref + torch.tensor([[1.0], [0.0], [0.0], [0.0]])          # row 0: ℓ_θ − ℓ_ref = -1, δ = -0.5
+    ref2 = ref + torch.tensor([[1.5], [0.0], [0.0], [0.0]])          # row 0: ℓ_θ − ℓ_ref = -1.5, δ = -1
     _, st = flowrl_loss(lp, lp.detach(), ref2, mask, r, z, beta=beta, flat=flat)
-    assert st["logp_minus_ref"] == pytest.approx(-0.25) and st["flat_delta"] == pytest.approx(0.0)
+    assert st["logp_minus_ref"] == pytest.approx(-0.375) and st["flat_delta_abs"] == pytest.approx(0.75)
     _, st = flowrl_loss(lp, lp.detach(), ref, mask, r, z, beta=beta, flat=torch.zeros(4, dtype=torch.bool))
-    assert st["flat_grad_share"] == 0.0 and "flat_delta" not in st
+    assert st["flat_grad_share"] == 0.0 and "flat_delta_abs" not in st
     _, st = flowrl_loss(lp, lp.detach(), ref, mask, r, z, beta=beta, flat=torch.ones(4, dtype=torch.bool))
     assert st["flat_grad_share"] == pytest.approx(1.0)
 
