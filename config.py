@@ -15,7 +15,7 @@ ALGOS = ("flowrl", "flowrl_exact", "grpo", "reinforce_pp", "ppo")
 MAX_NEW_TOKENS = {"make_n": 6, "add": 5, "countdown": 16}   # per-task default response budget
 PRESETS = {
     # the CPU default: a 2-layer, 64-wide GPT, 2,000 steps: long enough to see practical FlowRL narrow
-    # with GRPO and then recover (about 6 minutes on 2 CPU cores for warm start + 3 algorithms)
+    # with GRPO and then recover (about 5 minutes on 2 CPU cores for warm start + 3 algorithms)
     "small": dict(n_layer=2, n_embd=64, n_head=4, n_kv_head=4, steps=2000, batch_prompts=16, group_size=8,
                   warm_steps=1500, lr=3e-4, eval_every=100),
     # the CUDA default, for one GPU: a 6-layer, 384-wide model, more prompts per step

@@ -2,7 +2,7 @@
 The main job: warm-start a small GPT on a multi-answer task, then train it with FlowRL and with
 reward-maximizing baselines from the same start, evaluate each, and draw the comparison.
 
-    python train.py                         # flowrl, flowrl_exact and grpo on make_n (CPU: minutes)
+    python train.py                         # flowrl, flowrl_exact and grpo on make_n (CPU: ~5 min; CUDA: preset large)
     python train.py --algo flowrl grpo --steps 800 --kl_coef 0.04
     python train.py --help
 
