@@ -129,7 +129,8 @@ def evaluate(model, tok, task, problems, *, k, max_new_tokens, seed, step, chunk
     (exact where the answers can be listed, else from the samples), the mean token entropy; on
     enumerable tasks with a reference, the exact metrics against p* and, given learned_log_z (a
     function of the problems), the learned log Z beside the true one. The exact metrics run outside
-    autocast (float32 forwards, float64 sums) on every device. With n_logged > 0, the record's "samples" holds the first sample of the first n_logged prompts."""
+    autocast (float32 forwards, float64 sums) on every device. With n_logged > 0, the record's
+    "samples" holds the first sample of the first n_logged prompts."""
     device = next(model.parameters()).device
     gen = torch.Generator(device=device).manual_seed(seed * 1000003 + step)
     ro = generate(model, [tok.encode_prompt(p.prompt) for p in problems], num_samples=k,
