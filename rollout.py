@@ -55,7 +55,9 @@ def sample_token(logits, temperature, top_p, generator):
         logp = F.log_softmax(logits, dim=-1)                                         # (N, V)
         token = logits.argmax(-1)
         return token, logp.gather(1, token[:, None])[:, 0]
-    logp = F.log_softmax(logits / temperature, dim=-1)                               # (N, V)
+    if temperature != 1.0:                      # x / 1.0 is x: no (N, V) copy at the usual temperature
+        logits = logits / temperature
+    logp = F.log_softmax(logits, dim=-1)                                             # (N, V)
     probs = logp.exp()
     u = torch.rand(probs.shape[0], 1, device=probs.device, generator=generator)     # one uniform per row
     if top_p < 1.0:
@@ -149,7 +151,7 @@ def sequence_logprobs(model, rollout, temperature=1.0, return_hidden=False, with
     valid = torch.cat([rollout.prompt_mask, torch.ones_like(rollout.mask)], dim=1)  # (N, Tp+T)
     logits, h = model(idx, valid=valid, return_hidden=True, logits_from=Tp - 1)      # (N, T+1, V)
     logits = logits[:, :-1]                                                          # (N, T, V): predicts response
-    if temperature > 0:
+    if temperature > 0 and temperature != 1.0:   # x / 1.0 is x: no (N, T, V) copy in the graph at T = 1
         logits = logits / temperature
     logp_all = F.log_softmax(logits, dim=-1)                                         # (N, T, V)
     logprobs = logp_all.gather(2, rollout.response[..., None])[..., 0] * rollout.mask   # (N, T)
