@@ -116,13 +116,13 @@ def flowrl_loss(logprobs, old_logprobs, ref_logprobs, mask, rewards, log_z, *, b
     advantage, which equals r̂ here.
 
     logprobs, old_logprobs, ref_logprobs, mask: (N, T); rewards, log_z: (N,); flat: None or (N,) bool,
-    the rows whose group's rewards are all equal (r̂ = 0 there: δ = log Z + ℓ_θ − ℓ_ref, a pure pull
-    toward π_ref, docs/method.md §5), for the metrics only.
+    the rows whose group's rewards are all equal (r̂ = 0 there: δ = log Z + ℓ_θ − ℓ_ref has no reward
+    term, docs/method.md §5), for the metrics only.
     Returns (loss, stats) with stats: log_z, tb_residual (mean δ²), is_weight (mean w), clip_frac,
     logp (mean ℓ_θ), ref_logp (mean ℓ_ref), the sizes of δ's other terms (logp_minus_ref: mean ℓ_θ − ℓ_ref;
     beta_reward: mean |β·r|) and, given flat, flat_grad_share (Σ_flat w·|δ| / Σ w·|δ|: the share of the
     weight on the ∇ℓ_θ terms, 2·w·δ/N each, that comes from equal-reward groups) and flat_delta_abs (mean |δ|
-    there: the size of the pull)."""
+    there)."""
     mask = mask.to(logprobs.dtype)
     l_theta = sequence_logprob(logprobs, mask, length_norm)                           # (N,)
     l_ref = sequence_logprob(ref_logprobs.detach(), mask, length_norm)                # (N,)
