@@ -5,7 +5,9 @@ side (one thread each), and one reader of a run's metrics. Runs side by side wri
 run directory (--no_summary: never the shared summary.json).
 """
 
+import argparse
 import json
+import math
 import os
 import time
 from multiprocessing import get_context
@@ -76,3 +78,25 @@ def read_evals(run_dir):
     """The eval records of a run's metrics.jsonl, in step order."""
     with open(os.path.join(run_dir, "metrics.jsonl")) as f:
         return [r for r in map(json.loads, f) if r["kind"] == "eval"]
+
+
+def experiment_parser(doc, names, steps, out_dir):
+    """The flags every experiment script shares: seeds, steps, variants, workers, out_dir, aggregate_only."""
+    p = argparse.ArgumentParser(description=doc.split("\n\n")[0].strip())
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="seeds (each its own warm start)")
+    p.add_argument("--steps", type=int, default=steps, help="RL steps per run")
+    p.add_argument("--names", nargs="+", default=names, choices=sorted(VARIANTS), help="variants (VARIANTS)")
+    p.add_argument("--workers", type=int, default=2, help="runs side by side (one thread each)")
+    p.add_argument("--out_dir", default=out_dir, help="where runs, tables and figures go")
+    p.add_argument("--aggregate_only", action="store_true", help="only rebuild tables and figures from finished runs")
+    return p
+
+
+def mean_std(xs):
+    """(mean, sample std, count) of the values that are not None; None if there are none."""
+    xs = [x for x in xs if x is not None]
+    if not xs:
+        return None
+    m = sum(xs) / len(xs)
+    s = math.sqrt(sum((x - m) ** 2 for x in xs) / (len(xs) - 1)) if len(xs) > 1 else 0.0
+    return m, s, len(xs)

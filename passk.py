@@ -12,14 +12,12 @@ Beside it, answer length over training (flowrl with and without --length_norm, b
 Writes out_passk/seed<S>/<variant>/..., out_passk/passk.json, out_passk/passk.md, out_passk/passk.png.
 """
 
-import argparse
 import json
-import math
 import os
 import time
 
 from evaluate import pass_at_k
-from experiments import VARIANTS, read_evals, run_all
+from experiments import experiment_parser, mean_std, read_evals, run_all
 
 NAMES = ["flowrl", "flowrl_nolen", "flowrl_exact", "grpo"]
 START = "warm start"
@@ -54,14 +52,9 @@ def collect(out_dir, seeds, names):
     return curves, series
 
 
-def mean_std(xs):
-    m = sum(xs) / len(xs)
-    return m, math.sqrt(sum((x - m) ** 2 for x in xs) / (len(xs) - 1)) if len(xs) > 1 else 0.0
-
-
 def markdown(curves, series, steps, seeds, n, n_prompts):
     ks = [k for k in (1, 2, 4, 8, 16, 32, 64, 128, 256) if k <= n]
-    fmt = lambda xs: "{:.3f} ± {:.3f}".format(*mean_std(xs))
+    fmt = lambda xs: "{:.3f} ± {:.3f}".format(*mean_std(xs)[:2])
     lines = [f"countdown, held-out prompts: pass@k (unbiased, from {n} samples per prompt, {n_prompts} prompts, "
              f"T=1), after {steps} steps; mean ± std over seeds {seeds}:", "",
              "| method | " + " | ".join(f"pass@{k}" for k in ks) + " | mean length, last 100 steps | "
@@ -115,15 +108,9 @@ def draw(curves, series, path):
 
 
 def main():
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0].strip())
-    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="seeds (each its own warm start)")
-    p.add_argument("--steps", type=int, default=1000, help="RL steps per run")
-    p.add_argument("--names", nargs="+", default=NAMES, choices=sorted(VARIANTS), help="variants (experiments.py)")
+    p = experiment_parser(__doc__, NAMES, 1000, "out_passk")
     p.add_argument("--n", type=int, default=64, help="samples per held-out prompt (pass@k for k <= n)")
     p.add_argument("--prompts", type=int, default=64, help="held-out prompts")
-    p.add_argument("--workers", type=int, default=2, help="runs side by side (one thread each)")
-    p.add_argument("--out_dir", default="out_passk", help="where runs, table and figure go")
-    p.add_argument("--aggregate_only", action="store_true", help="only rebuild the table and figure")
     args = p.parse_args()
     t0 = time.time()
     common = lambda seed: ["--task", "countdown", "--steps", str(args.steps), "--seed", str(seed),

@@ -10,14 +10,12 @@ mean ± std of the final eval and of the eval at matched accuracy (the first eva
 Writes <out_dir>/seed<S>/<variant>/..., <out_dir>/table.json and <out_dir>/table.md.
 """
 
-import argparse
 import json
-import math
 import os
 import time
 
 from evaluate import summarize
-from experiments import VARIANTS, run_all
+from experiments import experiment_parser, mean_std, run_all
 
 NAMES = ["flowrl", "flowrl_exact", "grpo", "grpo_kl0.01", "grpo_kl0.04", "grpo_kl0.1", "reinforce_pp", "ppo",
          "flowrl_no_ref"]
@@ -25,15 +23,6 @@ NAMES = ["flowrl", "flowrl_exact", "grpo", "grpo_kl0.01", "grpo_kl0.04", "grpo_k
 METRICS = ["accuracy", "distinct_correct", "effective_correct", "entropy", "kl_shape_to_target"]
 HEAD = ["accuracy (= pass@1)", "distinct correct @{k}", "effective # correct", "token entropy",
         "KL(π‖p*) over correct answers"]
-
-
-def mean_std(xs):
-    xs = [x for x in xs if x is not None]
-    if not xs:
-        return None
-    m = sum(xs) / len(xs)
-    s = math.sqrt(sum((x - m) ** 2 for x in xs) / (len(xs) - 1)) if len(xs) > 1 else 0.0
-    return m, s, len(xs)
 
 
 def aggregate(out_dir, seeds, names):
@@ -70,14 +59,8 @@ def markdown(table, names, steps, seeds, warm_skew):
 
 
 def main():
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0].strip())
-    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="seeds (each its own warm start)")
-    p.add_argument("--steps", type=int, default=2000, help="RL steps per run (the main job's default)")
-    p.add_argument("--names", nargs="+", default=NAMES, choices=sorted(VARIANTS), help="variants (experiments.py)")
+    p = experiment_parser(__doc__, NAMES, 2000, "out_table")
     p.add_argument("--warm_skew", type=float, default=0.0, help="train.py's --warm_skew for every run")
-    p.add_argument("--workers", type=int, default=2, help="runs side by side (one thread each)")
-    p.add_argument("--out_dir", default="out_table", help="where runs and the table go")
-    p.add_argument("--aggregate_only", action="store_true", help="only rebuild the table from finished runs")
     args = p.parse_args()
     t0 = time.time()
     common = lambda seed: ["--steps", str(args.steps), "--seed", str(seed), "--warm_skew", str(args.warm_skew),
