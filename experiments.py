@@ -74,10 +74,10 @@ def run_all(jobs, workers):
     return {(name, common[common.index("--out_dir") + 1]): t for (name, common), (_, t) in zip(jobs, times)}
 
 
-def read_evals(run_dir):
-    """The eval records of a run's metrics.jsonl, in step order."""
+def read_evals(run_dir, kind="eval"):
+    """The eval (or, with kind="train", the train) records of a run's metrics.jsonl, in step order."""
     with open(os.path.join(run_dir, "metrics.jsonl")) as f:
-        return [r for r in map(json.loads, f) if r["kind"] == "eval"]
+        return [r for r in map(json.loads, f) if r["kind"] == kind]
 
 
 def experiment_parser(doc, names, steps, out_dir):

@@ -83,6 +83,12 @@ def sequence_logprob(logprobs, mask, length_norm):
     return masked_mean(logprobs, mask) if length_norm else masked_sum(logprobs, mask)
 
 
+def equal_reward_rows(rewards, group_size):
+    """(N,) bool: the rows whose group's G rewards are all equal, where r̂ = 0 (docs/method.md §5).
+    rewards: (N,) -> (N,)."""
+    return (rewards.view(-1, group_size).std(1) == 0).repeat_interleave(group_size)
+
+
 def group_normalize(rewards, group_size, eps=1e-6):
     """r̂ = (r − mean_group(r)) / (std_group(r) + eps) over consecutive groups of group_size rows,
     unbiased std (docs/method.md §4.1; the GRPO advantage). rewards: (N,) -> (N,)."""
@@ -129,22 +135,17 @@ def flowrl_loss(logprobs, old_logprobs, ref_logprobs, mask, rewards, log_z, *, b
     delta = tb_residual(log_z, l_theta, l_ref, rewards.detach(), beta)                # (N,)
     w, w_raw = importance_weight(logprobs, old_logprobs, mask, clip)                  # (N,)
     loss = (w * delta.pow(2)).mean()
-    stats = {
-        "log_z": log_z.detach().mean().item(),
-        "tb_residual": delta.detach().pow(2).mean().item(),
-        "is_weight": w.mean().item(),
-        "clip_frac": (w != w_raw).float().mean().item(),
-        "logp": l_theta.detach().mean().item(),
-        "ref_logp": l_ref.mean().item(),
-        "logp_minus_ref": (l_theta.detach() - l_ref).mean().item(),
-        "beta_reward": (beta * rewards).abs().mean().item(),
-    }
-    if flat is not None and flat.any():
-        pull = (w * delta.detach().abs())                                                 # (N,)
-        stats["flat_grad_share"] = (pull[flat].sum() / pull.sum().clamp(min=1e-30)).item()
-        stats["flat_delta_abs"] = delta.detach()[flat].abs().mean().item()
-    elif flat is not None:
-        stats["flat_grad_share"] = 0.0
+    d, l_th = delta.detach(), l_theta.detach()
+    stats = {"log_z": log_z.detach().mean(), "tb_residual": d.pow(2).mean(), "is_weight": w.mean(),
+             "clip_frac": (w != w_raw).float().mean(), "logp": l_th.mean(), "ref_logp": l_ref.mean(),
+             "logp_minus_ref": (l_th - l_ref).mean(), "beta_reward": (beta * rewards).abs().mean()}
+    if flat is not None:
+        pull = w * d.abs()                                                                # (N,)
+        stats["flat_grad_share"] = (pull * flat).sum() / pull.sum().clamp(min=1e-30)
+        stats["flat_delta_abs"] = (d.abs() * flat).sum() / flat.sum()                     # NaN: no such row
+    stats = dict(zip(stats, torch.stack([v.float() for v in stats.values()]).tolist()))   # one device sync
+    if flat is not None and math.isnan(stats["flat_delta_abs"]):
+        del stats["flat_delta_abs"]                                                       # no equal-reward group
     return loss, stats
 
 

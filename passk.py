@@ -18,14 +18,10 @@ import time
 
 from evaluate import pass_at_k
 from experiments import experiment_parser, mean_std, read_evals, run_all
+from plot import smooth
 
 NAMES = ["flowrl", "flowrl_nolen", "flowrl_exact", "grpo"]
 START = "warm start"
-
-
-def read_train(run_dir):
-    with open(os.path.join(run_dir, "metrics.jsonl")) as f:
-        return [r for r in map(json.loads, f) if r["kind"] == "train"]
 
 
 def pass_curve(record):
@@ -45,7 +41,7 @@ def collect(out_dir, seeds, names):
             if i == 0:
                 curves[START].append(pass_curve(evals[0]))
             curves.setdefault(name, []).append(pass_curve(evals[-1]))
-            train = read_train(os.path.join(out_dir, f"seed{s}", name))
+            train = read_evals(os.path.join(out_dir, f"seed{s}", name), kind="train")
             series.setdefault(name, []).append({k: [r[k] for r in train] for k in
                                                 ("step", "accuracy", "completions/mean_length",
                                                  "completions/clipped_ratio")})
@@ -70,10 +66,6 @@ def markdown(curves, series, steps, seeds, n, n_prompts):
     return "\n".join(lines)
 
 
-def smooth(xs, n=25):
-    return [sum(xs[max(0, i - n + 1):i + 1]) / len(xs[max(0, i - n + 1):i + 1]) for i in range(len(xs))]
-
-
 def draw(curves, series, path):
     import matplotlib
     matplotlib.use("Agg")
@@ -95,7 +87,7 @@ def draw(curves, series, path):
                                           ("completions/mean_length", "mean answer length (tokens, incl. EOS)"),
                                           ("completions/clipped_ratio", "share of answers cut at max_new_tokens")]):
             for i, s in enumerate(ss):
-                axes[j + 1].plot(s["step"], smooth(s[key]), color=colors[name], alpha=0.8,
+                axes[j + 1].plot(s["step"], smooth(s[key], 25), color=colors[name], alpha=0.8,
                                  label=name if i == 0 else None)
             axes[j + 1].set(title=title + " (smoothed)", xlabel="RL step")
     for a in axes:

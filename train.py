@@ -193,10 +193,9 @@ def algo_loss(args, run, b, rows, mb, logprobs, h):
             log_z = run.train_head(b.keys[rows])
         else:
             log_z = run.train_head(h[:, :Tp], mb.prompt_mask)
-        flat = (b.rewards[rows].view(-1, G).std(1) == 0).repeat_interleave(G)                # (n,) r̂ = 0 there
         return flowrl.flowrl_loss(logprobs, b.old_logprobs[rows], b.ref_logprobs[rows], mb.mask, r, log_z,
                                   beta=args.reward_beta, clip=args.clip_bounds, length_norm=form["length_norm"],
-                                  flat=flat)
+                                  flat=flowrl.equal_reward_rows(b.rewards[rows], G))
     if run.algo == "grpo":
         return flowrl.grpo_loss(logprobs, b.old_logprobs[rows], b.ref_logprobs[rows], mb.mask, b.r_hat[rows],
                                 clip_eps=args.clip_eps, kl_coef=args.kl_coef)
@@ -253,7 +252,7 @@ def train_record(args, run, b, upd, dt, world, device):
            "reward/mean": b.rewards.mean().item(), "reward/std": b.rewards.std().item(),
            "accuracy": sum(s["correct"] for s in b.scores) / len(b.scores),
            "format": sum(s["format"] for s in b.scores) / len(b.scores),
-           "frac_reward_zero_std": (b.rewards.view(-1, G).std(1) == 0).float().mean().item(),
+           "frac_reward_zero_std": flowrl.equal_reward_rows(b.rewards, G).float().mean().item(),
            "entropy": (b.entropy.sum() / ro.mask.sum()).item(), "kl_ref": kl_ref.item(),
            "logprob_gap/max": gap.item(),
            "completions/mean_length": ro.mask.sum(-1).float().mean().item(),
