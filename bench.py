@@ -320,8 +320,9 @@ def tiny_qwen2(path, problems_text):
     return fast
 
 
-def our_rl_steps(path, algo, args, out_dir):
-    """Seconds of each of our RL steps (collect + update: rollout, rewards, reference, loss, AdamW)."""
+def our_rl_step(path, algo, args, out_dir):
+    """One of our RL steps (collect + update: rollout, rewards, reference, loss, AdamW) as a function
+    that runs the next step and returns its seconds."""
     import config
     import train
     a = config.parse_args(["--init_from", path, "--task", "countdown", "--algo", algo, "--batch_prompts", "16",
@@ -329,46 +330,52 @@ def our_rl_steps(path, algo, args, out_dir):
                            "--device", "cpu", "--out_dir", out_dir] + (["--compile"] if args.compile else []))
     warm, tok, task = train.load_start(a, 0, 1, torch.device("cpu"))
     run = train.new_run(a, algo, warm, task, torch.device("cpu"), 0, 1)
-    times = []
-    for step in range(args.reps + 1):
+    steps = iter(range(10 ** 9))
+
+    def step():
+        i = next(steps)
         t0 = time.perf_counter()
-        b = train.collect(a, run, task, tok, step, 0, 1)
-        train.update(a, run, b, step, 1)
-        times.append(time.perf_counter() - t0)
-    return times[1:]                                                            # the first warms up
+        train.update(a, run, train.collect(a, run, task, tok, i, 0, 1), i, 1)
+        return time.perf_counter() - t0
+    return step
 
 
-def trl_rl_steps(path, tokenizer, problems, task, args, out_dir):
-    """Seconds of each step of TRL's GRPOTrainer on the same checkpoint, prompts, reward, batch (16 prompts
-    x 8), lengths (16 new tokens), lr, temperature, with a reference model (beta 0.04); no vLLM."""
+def trl_interleaved(path, tokenizer, problems, task, args, ours):
+    """Steps of TRL's GRPOTrainer on the same checkpoint, prompts, reward, batch (16 prompts x 8), lengths
+    (16 new tokens), lr, temperature, with a reference model (beta 0.04); no vLLM. After each of its steps
+    (timed from step begin to step end) one step of each of ours runs, in an order that alternates, so
+    that the machine's drift falls on both sides alike. Returns {name: [seconds per step]}."""
     import datasets
     import transformers
     from trl import GRPOConfig, GRPOTrainer
     data = datasets.Dataset.from_dict({"prompt": [p.prompt for p in problems], "idx": list(range(len(problems)))})
+    times = {name: [] for name in ["trl", *ours]}
 
     def reward(prompts, completions, idx, **kw):
         return [task.reward(problems[i], c) for i, c in zip(idx, completions)]
 
-    class Clock(transformers.TrainerCallback):
-        times = []
-
+    class Interleave(transformers.TrainerCallback):
         def on_step_begin(self, *a, **kw):
             self.t0 = time.perf_counter()
 
         def on_step_end(self, *a, **kw):
-            self.times.append(time.perf_counter() - self.t0)
-    cfg = GRPOConfig(output_dir=out_dir, per_device_train_batch_size=128, num_generations=8, max_completion_length=16,
-                     beta=0.04, learning_rate=1e-5, temperature=1.0, use_vllm=False, max_steps=args.reps + 1,
-                     loss_type="grpo", logging_steps=1, report_to="none", save_strategy="no", use_cpu=True,
-                     bf16=False, disable_dropout=True, gradient_checkpointing=False, seed=0)   # ours: no checkpointing
-    clock = Clock()
+            times["trl"].append(time.perf_counter() - self.t0)
+            names = list(ours) if len(times["trl"]) % 2 else list(ours)[::-1]
+            for name in names:
+                times[name].append(ours[name]())
+    cfg = GRPOConfig(output_dir=os.path.join(path, "trl"), per_device_train_batch_size=128, num_generations=8,
+                     max_completion_length=16, beta=0.04, learning_rate=1e-5, temperature=1.0, use_vllm=False,
+                     max_steps=args.reps + 1, loss_type="grpo", logging_steps=1, report_to="none", save_strategy="no",
+                     use_cpu=True, bf16=False, disable_dropout=True, gradient_checkpointing=False,
+                     seed=0)                                                     # ours: no checkpointing either
     GRPOTrainer(model=path, reward_funcs=reward, args=cfg, train_dataset=data, processing_class=tokenizer,
-                callbacks=[clock]).train()
-    return clock.times[1:]
+                callbacks=[Interleave()]).train()
+    return {name: t[1:] for name, t in times.items()}                            # the first step warms up
 
 
 def trl_table(args):
-    """One RL step, ours (FlowRL, GRPO with k3 KL 0.04) against TRL's GRPOTrainer (beta 0.04), medians."""
+    """One RL step, ours (FlowRL, GRPO with k3 KL 0.04) against TRL's GRPOTrainer (beta 0.04): medians of
+    the step times and of the paired ratios (TRL's step over ours right after it)."""
     import random
 
     from rewards import get_task
@@ -377,17 +384,18 @@ def trl_table(args):
     problems = [task.sample(rng) for _ in range(16 * (args.reps + 2))]
     with tempfile.TemporaryDirectory() as d:
         tok = tiny_qwen2(d, [p.prompt + task.solutions(p)[0] for p in problems[:200]])
-        ours = {algo: statistics.median(our_rl_steps(d, algo, args, os.path.join(d, "ours")))
-                for algo in ("flowrl", "grpo")}
-        theirs = statistics.median(trl_rl_steps(d, tok, problems, task, args, os.path.join(d, "trl")))
+        ours = {algo: our_rl_step(d, algo, args, os.path.join(d, algo)) for algo in ("flowrl", "grpo")}
+        times = trl_interleaved(d, tok, problems, task, args, ours)
     print(f"\nOne RL step on the CPU ({os.cpu_count()} cores, fp32, torch {torch.__version__}): a ~3M-parameter "
           f"Qwen2, countdown, 16 prompts x 8 samples x 16 new tokens, lr 1e-5, with a reference model; "
-          f"medians of {args.reps} steps after one warm-up step\n")
-    print("| trainer | s / step | TRL's GRPO step / this |")
+          f"{args.reps} steps of each after one warm-up step, interleaved (TRL, then ours)\n")
+    print("| trainer | median s / step | TRL's step / this: median of the paired ratios (min-max) |")
     print("|---|---|---|")
-    for name, t in [("ours, flowrl", ours["flowrl"]), ("ours, grpo (k3 KL 0.04)", ours["grpo"]),
-                    ("TRL GRPOTrainer (beta 0.04)", theirs)]:
-        print(f"| {name} | {t:.3f} | {theirs / t:.2f}x |")
+    for name, label in [("flowrl", "ours, flowrl"), ("grpo", "ours, grpo (k3 KL 0.04)"),
+                        ("trl", "TRL GRPOTrainer (beta 0.04)")]:
+        ratios = [a / b for a, b in zip(times["trl"], times[name])]
+        print(f"| {label} | {statistics.median(times[name]):.3f} | {statistics.median(ratios):.2f}x "
+              f"({min(ratios):.2f}-{max(ratios):.2f}) |")
 
 
 def parse_args():

@@ -122,12 +122,26 @@ class KVCache:
         self.no_padding = None  # after the prefill: true when no row has padding (decode needs no mask)
 
     def select(self, rows):
-        """A new cache holding the given rows (LongTensor (B',)), e.g. each prompt's row repeated G
-        times so that one prefill is shared by the G samples of its group."""
+        """A new cache holding the given rows (LongTensor (B',)), every slot copied (a tree search's
+        children: enumerate_responses)."""
         out = KVCache.__new__(KVCache)
         out.k, out.v = self.k[:, rows], self.v[:, rows]
         out.valid, out.n_real = self.valid[rows], self.n_real[rows]
         out.length, out.no_padding = self.length, self.no_padding
+        return out
+
+    def repeat_rows(self, rows):
+        """A new cache of the same length holding the given rows (LongTensor (B',)), e.g. each prompt's
+        row repeated G times so that one prefill is shared by the G samples of its group: only the filled
+        slots are copied, into zeros (the rest would be G copies of zeros, a cost at long lengths)."""
+        out = KVCache.__new__(KVCache)
+        t = self.length
+        out.k = self.k.new_zeros(self.k.shape[:1] + (len(rows),) + self.k.shape[2:])  # (n_layer, B', nkv, Lmax, hs)
+        out.v = torch.zeros_like(out.k)
+        out.k[:, :, :, :t], out.v[:, :, :, :t] = self.k[:, rows, :, :t], self.v[:, rows, :, :t]
+        out.valid = self.valid.new_zeros(len(rows), self.valid.shape[1])                # (B', Lmax)
+        out.valid[:, :t] = self.valid[rows, :t]
+        out.n_real, out.length, out.no_padding = self.n_real[rows], t, self.no_padding
         return out
 
     @staticmethod
@@ -137,6 +151,26 @@ class KVCache:
         out.k, out.v = torch.cat([c.k for c in caches], 1), torch.cat([c.v for c in caches], 1)
         out.valid, out.n_real = torch.cat([c.valid for c in caches]), torch.cat([c.n_real for c in caches])
         out.length, out.no_padding = caches[0].length, caches[0].no_padding
+        return out
+
+
+class Prefix:
+    """Keys and values of prompts that several rows share, for a forward with gradients (training's
+    counterpart of KVCache; functional, so gradients flow back into the prompt's positions):
+    forward(prompt, prefix=p) records every layer's keys and values; p.select(rows) gives each row its
+    prompt's; forward(answers, prefix=p.select(rows)) then attends to them first (docs/method.md §9).
+    k, v: layer -> (B, nkv, Tp, hs); valid: (B, Tp) bool, true on real prompt tokens."""
+
+    def __init__(self, valid):
+        self.valid, self.k, self.v = valid, {}, {}
+        self.recording = True                    # false once selected: then the keys are read, not written
+
+    def select(self, rows):
+        """The prefix of the given rows (LongTensor (B',)), e.g. each prompt repeated for its G answers."""
+        out = Prefix(self.valid[rows])
+        out.k = {layer: k[rows] for layer, k in self.k.items()}
+        out.v = {layer: v[rows] for layer, v in self.v.items()}
+        out.recording = False
         return out
 
 
@@ -154,7 +188,7 @@ class Attention(nn.Module):
             self.q_norm, self.k_norm = RMSNorm(hs, config.norm_eps), RMSNorm(hs, config.norm_eps)
         self.qk_norm = config.qk_norm
 
-    def forward(self, x, rope, attn_mask, cache, layer, slot=None):
+    def forward(self, x, rope, attn_mask, cache, layer, slot=None, prefix=None):
         B, T, C = x.shape
         q = self.q_proj(x).view(B, T, self.n_head, self.head_dim)                     # (B, T, nh, hs)
         k = self.k_proj(x).view(B, T, self.n_kv_head, self.head_dim)                  # (B, T, nkv, hs)
@@ -174,9 +208,14 @@ class Attention(nn.Module):
             cache.v[layer, :, :, t0:t0 + T] = v
             k = cache.k[layer, :, :, :t0 + T]                                          # (B, nkv, L, hs)
             v = cache.v[layer, :, :, :t0 + T]
+        elif prefix is not None and prefix.recording:
+            prefix.k[layer], prefix.v[layer] = k, v                                    # (B, nkv, Tp, hs)
+        elif prefix is not None:  # the shared prompt's keys first, then these
+            k = torch.cat([prefix.k[layer], k], dim=2)                                 # (B, nkv, Tp+T, hs)
+            v = torch.cat([prefix.v[layer], v], dim=2)
         gqa = self.n_kv_head != self.n_head
-        if attn_mask is None:   # no padding: plain causal attention, or one query seeing every key
-            y = F.scaled_dot_product_attention(q, k, v, is_causal=cache is None, enable_gqa=gqa)
+        if attn_mask is None:   # no padding: plain causal attention (T > 1), or one query seeing every key
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=T > 1, enable_gqa=gqa)
         else:                   # attn_mask: (B, 1, T, L) bool, true where a query may look
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, enable_gqa=gqa)
         y = y.transpose(1, 2).reshape(B, T, self.n_head * self.head_dim)               # (B, T, nh*hs)
@@ -207,8 +246,8 @@ class Block(nn.Module):
         self.ln_2 = make_norm(config)
         self.mlp = MLP(config)
 
-    def forward(self, x, rope, attn_mask, cache, layer, slot=None):
-        x = x + self.attn(self.ln_1(x), rope, attn_mask, cache, layer, slot)
+    def forward(self, x, rope, attn_mask, cache, layer, slot=None, prefix=None):
+        x = x + self.attn(self.ln_1(x), rope, attn_mask, cache, layer, slot, prefix)
         return x + self.mlp(self.ln_2(x))
 
 
@@ -254,16 +293,25 @@ class GPT(nn.Module):
         dtype = torch.get_autocast_dtype(p.device.type) if torch.is_autocast_enabled(p.device.type) else p.dtype
         return KVCache(self.config, batch_size, max_len, p.device, dtype)
 
-    def forward(self, idx, valid=None, cache=None, return_hidden=False, logits_from=0):
+    def forward(self, idx, valid=None, cache=None, return_hidden=False, logits_from=0, prefix=None):
         """idx: (B, T) token ids. valid: (B, T) bool, false at padding (None: all real).
         With a cache, idx holds the T tokens that follow the cache's filled slots.
+        With a recording prefix (a Prefix, not yet selected), every layer's keys and values are kept in it;
+        with a selected one, idx holds the T tokens that follow its prompts (no cache then).
         Returns logits (B, T - logits_from, vocab_size) for the positions from logits_from on (0: all),
         and with return_hidden also the final-layer hidden states after the last norm (B, T, n_embd),
         which the log Z and value heads read."""
         B, T = idx.shape
         if valid is None:
             valid = torch.ones(B, T, dtype=torch.bool, device=idx.device)
-        if cache is None:
+        after_prefix = prefix is not None and not prefix.recording
+        if cache is not None and prefix is not None:
+            raise ValueError("forward takes a KV cache (sampling) or a prefix (training), not both")
+        if after_prefix:        # the prompt's keys come first, as slots 0 .. Tp-1 of a cache would
+            t0 = prefix.valid.shape[1]
+            keys_valid = torch.cat([prefix.valid, valid], dim=1)                    # (B, L), L = Tp+T
+            pos = prefix.valid.long().sum(-1, keepdim=True) + valid.long().cumsum(-1) - 1  # (B, T)
+        elif cache is None:
             t0, keys_valid = 0, valid                                               # (B, L), L = T
             pos = valid.long().cumsum(-1) - 1                                       # (B, T)
         else:
@@ -276,13 +324,13 @@ class GPT(nn.Module):
             keys_valid = cache.valid[:, :t0 + T]                                    # (B, L), L = t0+T
             pos = cache.n_real[:, None] + valid.long().cumsum(-1) - 1               # (B, T)
         pos = pos.clamp(min=0)          # (positions < block_size: checked by make_cache and below, no sync)
-        if cache is None and T > self.config.block_size:
-            raise ValueError(f"a sequence of {T} tokens exceeds block_size={self.config.block_size}")
+        if cache is None and t0 + T > self.config.block_size:
+            raise ValueError(f"a sequence of {t0 + T} tokens exceeds block_size={self.config.block_size}")
 
         # attention mask (B, 1, T, L): causal, real keys only; a padding query sees itself (no NaN)
-        if cache is None and bool(valid.all()):
+        if cache is None and not after_prefix and bool(valid.all()):
             attn_mask = None
-        elif T == 1:                                                                # a decode step
+        elif T == 1 and cache is not None:                                          # a decode step
             no_pad = cache.no_padding if cache.no_padding is not None else bool(keys_valid.all())
             cache.no_padding = no_pad                                               # known once: no sync per step
             attn_mask = None if no_pad else keys_valid[:, None, None, :]           # (B, 1, 1, L)
@@ -297,9 +345,10 @@ class GPT(nn.Module):
         x, rope = self.embed(idx, pos)                                              # (B, T, C)
         for layer, block in enumerate(self.blocks):
             if self.grad_checkpointing and cache is None and torch.is_grad_enabled():  # recompute in backward
-                x = torch.utils.checkpoint.checkpoint(block, x, rope, attn_mask, None, layer, use_reentrant=False)
+                x = torch.utils.checkpoint.checkpoint(block, x, rope, attn_mask, None, layer, None, prefix,
+                                                      use_reentrant=False)
             else:
-                x = block(x, rope, attn_mask, cache, layer)
+                x = block(x, rope, attn_mask, cache, layer, None, prefix)
         if cache is not None:
             cache.length = t0 + T
             cache.n_real += valid.long().sum(-1)

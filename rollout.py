@@ -12,6 +12,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from model import Prefix
+
 
 @dataclass
 class Rollout:
@@ -98,7 +100,7 @@ def generate(model, prompts, *, num_samples, max_new_tokens, temperature=1.0, to
             length = min(model.config.block_size, 64 * math.ceil(length / 64))
         cache = model.make_cache(P, length)
         logits = model(ids, valid=valid, cache=cache, logits_from=Tp - 1)[:, -1]    # (P, V): one prefill per prompt
-        cache = cache.select(torch.arange(P, device=device).repeat_interleave(G))   # (N, ...) shared by the group
+        cache = cache.repeat_rows(torch.arange(P, device=device).repeat_interleave(G))  # (N, ...): the group's
         logits = logits.repeat_interleave(G, dim=0)                                  # (N, V)
         response = torch.full((N, max_new_tokens), eos_id, dtype=torch.long, device=device)
         mask = torch.zeros(N, max_new_tokens, dtype=torch.bool, device=device)
@@ -140,17 +142,31 @@ def from_tokens(prompts, responses, eos_id, device="cpu"):
                    eos_id)
 
 
+def shared_prompts(rollout):
+    """Runs of consecutive rows with the same prompt (a group's G samples): first (P,) long, the first row
+    of each run, and inverse (N,) long, the run of each row, so that prompt[first][inverse] == prompt."""
+    key = torch.cat([rollout.prompt, rollout.prompt_mask.long()], dim=1)            # (N, Tp)
+    new = torch.ones(key.shape[0], dtype=torch.bool, device=key.device)             # (N,)
+    new[1:] = (key[1:] != key[:-1]).any(-1)
+    return new.nonzero()[:, 0], new.long().cumsum(0) - 1
+
+
 def sequence_logprobs(model, rollout, temperature=1.0, return_hidden=False, with_entropy=True):
-    """Recompute, in one batched forward with gradients, the per-token log-probs of the rollout's
-    responses (N, T), and the per-token entropy of the full next-token distribution (N, T) (a
-    metric: computed outside the autograd graph), both under softmax(logits / temperature) and 0
-    where masked. With return_hidden, also the final-layer hidden states (N, Tp + T, C), for the
-    log Z and value heads. with_entropy=False skips the entropy (None)."""
+    """Recompute, with gradients, the per-token log-probs of the rollout's responses (N, T), and the
+    per-token entropy of the full next-token distribution (N, T) (a metric: computed outside the
+    autograd graph), both under softmax(logits / temperature) and 0 where masked. With return_hidden,
+    also the final-layer hidden states (N, Tp + T, C), for the log Z and value heads. with_entropy=False
+    skips the entropy (None).
+    Two forwards: each distinct prompt once (P rows; a group's G rows share one), then the responses
+    (N rows) attending to their prompt's keys (model.Prefix): the same values as one forward over the
+    N concatenated rows, with the prompt positions computed P times instead of N (docs/method.md §9)."""
     Tp = rollout.prompt.shape[1]
-    idx = torch.cat([rollout.prompt, rollout.response], dim=1)                      # (N, Tp+T)
-    valid = torch.cat([rollout.prompt_mask, torch.ones_like(rollout.mask)], dim=1)  # (N, Tp+T)
-    logits, h = model(idx, valid=valid, return_hidden=True, logits_from=Tp - 1)      # (N, T+1, V)
-    logits = logits[:, :-1]                                                          # (N, T, V): predicts response
+    first, inverse = shared_prompts(rollout)                                         # (P,), (N,)
+    prefix = Prefix(rollout.prompt_mask[first])
+    last, h_prompt = model(rollout.prompt[first], valid=rollout.prompt_mask[first], prefix=prefix,
+                           return_hidden=True, logits_from=Tp - 1)                   # (P, 1, V), (P, Tp, C)
+    logits, h = model(rollout.response, prefix=prefix.select(inverse), return_hidden=True)  # (N, T, V), (N, T, C)
+    logits = torch.cat([last[inverse], logits[:, :-1]], dim=1)                       # (N, T, V): predicts response
     if temperature > 0 and temperature != 1.0:   # x / 1.0 is x: no (N, T, V) copy in the graph at T = 1
         logits = logits / temperature
     logp_all = F.log_softmax(logits, dim=-1)                                         # (N, T, V)
@@ -159,16 +175,19 @@ def sequence_logprobs(model, rollout, temperature=1.0, return_hidden=False, with
     if with_entropy:                            # H = −Σ_v p·log p, 8 rows at a time: no extra (N, T, V) tensor
         with torch.no_grad():
             entropy = torch.cat([-(lp.exp() * lp).sum(-1) for lp in logp_all.split(8)]) * rollout.mask  # (N, T)
-    return (logprobs, entropy, h) if return_hidden else (logprobs, entropy)
+    if not return_hidden:
+        return logprobs, entropy
+    return logprobs, entropy, torch.cat([h_prompt[inverse], h], dim=1)                # h: (N, Tp+T, C)
 
 
 @torch.no_grad()
-def chunked_logprobs(model, rollout, temperature, rows):
+def chunked_logprobs(model, rollout, temperature, rows, with_entropy=True):
     """sequence_logprobs without gradients, `rows` rows at a time: bounds the (rows, T, vocab) logits,
-    which for a 150k vocabulary are what fills a GPU first. Returns (logprobs, entropy), (N, T) each."""
-    parts = [sequence_logprobs(model, rollout.select(slice(s, s + rows)), temperature)
+    which for a 150k vocabulary are what fills a GPU first. Returns (logprobs, entropy), (N, T) each;
+    entropy None with with_entropy=False (the reference's: not needed)."""
+    parts = [sequence_logprobs(model, rollout.select(slice(s, s + rows)), temperature, with_entropy=with_entropy)
              for s in range(0, rollout.mask.shape[0], rows)]
-    return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
+    return torch.cat([p[0] for p in parts]), (torch.cat([p[1] for p in parts]) if with_entropy else None)
 
 
 @torch.no_grad()

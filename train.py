@@ -159,7 +159,8 @@ def prepare(args, run, task, problems, ro, scores, step, world):
     old = entropy = old_values = None           # one on-policy update: update() takes π_old from its own forward
     if args.epochs > 1 or args.minibatches > 1 or run.algo in ("reinforce_pp", "ppo"):
         old, entropy, old_values = rollout_policy_pass(args, run, ro, minibatches(args, P, step, 0, ro.mask.device))
-    ref_logprobs, _ = chunked_logprobs(run.ref, ro, args.temperature, rows_per_chunk(args, world))  # (N, T)
+    ref_logprobs, _ = chunked_logprobs(run.ref, ro, args.temperature, rows_per_chunk(args, world),
+                                       with_entropy=False)                                        # (N, T)
     if args.no_ref:
         ref_logprobs = torch.zeros_like(ref_logprobs)
     b = Batch(problems, ro, scores, rewards, flowrl.group_normalize(rewards, G), ref_logprobs, old, entropy)

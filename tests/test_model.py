@@ -92,3 +92,16 @@ def test_activation_checkpointing_gives_the_same_gradients():
         grads.append([p.grad.clone() for p in model.parameters()])
     assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(*grads))
     assert any(g.abs().max() > 0 for g in grads[1])
+
+
+def test_prefix_and_cache_are_exclusive_and_length_is_checked():
+    from model import Prefix
+    model = tiny()
+    prompt = torch.randint(0, 19, (2, 20))
+    prefix = Prefix(torch.ones(2, 20, dtype=torch.bool))
+    model(prompt, prefix=prefix)
+    assert set(prefix.k) == {0, 1} and prefix.k[0].shape == (2, 4, 20, 8)      # (B, nkv, Tp, hs) per layer
+    with pytest.raises(ValueError, match="not both"):
+        model(prompt[:, :1], cache=model.make_cache(2, 21), prefix=prefix.select(torch.tensor([0, 1])))
+    with pytest.raises(ValueError, match="exceeds block_size"):                  # 20 + 13 > 32 positions
+        model(torch.randint(0, 19, (2, 13)), prefix=prefix.select(torch.tensor([0, 1])))

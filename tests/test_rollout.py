@@ -176,3 +176,47 @@ def test_compiled_decode_gives_the_eager_tokens():
     b = generate(model, PROMPTS, num_samples=4, max_new_tokens=10, eos_id=EOS, generator=seed(), compile=True)
     assert model._compiled_decode is not model.decode_step                     # torch.compile did run
     assert torch.equal(a.response, b.response) and torch.allclose(a.logprobs, b.logprobs, atol=1e-5)
+
+
+def one_forward(model, r):
+    """The reference for sequence_logprobs: one forward over each row's prompt and response concatenated."""
+    Tp = r.prompt.shape[1]
+    idx = torch.cat([r.prompt, r.response], 1)                                        # (N, Tp+T)
+    valid = torch.cat([r.prompt_mask, torch.ones_like(r.mask)], 1)
+    logits, h = model(idx, valid=valid, return_hidden=True, logits_from=Tp - 1)      # (N, T+1, V)
+    lp = torch.log_softmax(logits[:, :-1], -1).gather(2, r.response[..., None])[..., 0] * r.mask
+    return lp, h
+
+
+@pytest.mark.parametrize("checkpointing", [False, True])
+@pytest.mark.parametrize("style", [dict(), dict(norm="layernorm", pos="learned", mlp="gelu", bias=True, n_kv_head=4)])
+def test_shared_prompt_forward_equals_one_forward_per_row(style, checkpointing):
+    """sequence_logprobs computes each prompt once for its group; values, hidden states and gradients
+    must be those of one forward over every (prompt, response) row, padding included."""
+    model = tiny(**style)
+    model.grad_checkpointing = checkpointing
+    r = generate(model, PROMPTS, num_samples=3, max_new_tokens=9, eos_id=EOS,
+                 generator=torch.Generator().manual_seed(2))
+    r = r.select(torch.tensor([0, 1, 2, 3, 4, 5, 6, 7, 8, 2]))   # a prompt's rows need not be adjacent
+    grads = []
+    for fn in (one_forward, lambda m, ro: sequence_logprobs(m, ro, return_hidden=True, with_entropy=False)[::2]):
+        lp, h = fn(model, r)
+        (lp.sum() + h.pow(2).mean()).backward()
+        grads.append([p.grad.clone() for p in model.parameters()])
+        model.zero_grad()
+        if fn is one_forward:
+            lp0, h0 = lp.detach(), h.detach()
+    assert (lp - lp0).abs().max() <= 1e-5 and (h - h0).abs().max() <= 1e-5
+    assert all(torch.allclose(a, b, rtol=1e-4, atol=1e-6) for a, b in zip(*grads))
+    assert any(g.abs().max() > 0 for g in grads[0])
+
+
+def test_shared_prompts_finds_each_rows_run():
+    from rollout import shared_prompts
+    r = generate(tiny(), PROMPTS, num_samples=2, max_new_tokens=3, eos_id=EOS,
+                 generator=torch.Generator().manual_seed(0))
+    first, inverse = shared_prompts(r)
+    assert first.tolist() == [0, 2, 4] and inverse.tolist() == [0, 0, 1, 1, 2, 2]
+    assert torch.equal(r.prompt[first][inverse], r.prompt)
+    first, inverse = shared_prompts(r.select(torch.tensor([0, 2, 1, 3])))   # runs, not sets: 4 runs here
+    assert first.tolist() == [0, 1, 2, 3] and inverse.tolist() == [0, 1, 2, 3]

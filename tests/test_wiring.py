@@ -147,7 +147,8 @@ class PrefixPolicy(nn.Module):
     """A hand-built policy over whole responses: probs maps a response (a tuple of token ids ending
     with EOS) to its probability; next-token probabilities are ratios of prefix masses. The response
     is what follows the prompt's last ':' token. Token ids ride in the KV cache's key slots, so the
-    cached sampler and the tree enumeration work as with a GPT."""
+    cached sampler and the tree enumeration work as with a GPT; and in a Prefix's keys, so that the
+    two-pass sequence_logprobs does too."""
 
     def __init__(self, probs, vocab_size, colon_id):
         super().__init__()
@@ -171,10 +172,15 @@ class PrefixPolicy(nn.Module):
             return torch.zeros(self.config.vocab_size)                # past the end: anything (masked out)
         return mass.clamp(min=1e-300).log().clamp(min=-1e4).float()
 
-    def forward(self, idx, valid=None, cache=None, return_hidden=False, logits_from=0):
+    def forward(self, idx, valid=None, cache=None, return_hidden=False, logits_from=0, prefix=None):
         B, T = idx.shape
         valid = torch.ones(B, T, dtype=torch.bool) if valid is None else valid
-        if cache is not None:
+        if prefix is not None and prefix.recording:
+            prefix.k[0] = prefix.v[0] = idx
+        if prefix is not None and not prefix.recording:
+            t0 = prefix.valid.shape[1]
+            ids, ok = torch.cat([prefix.k[0], idx], 1), torch.cat([prefix.valid, valid], 1)
+        elif cache is not None:
             t0 = cache.length
             cache.k[0, :, 0, t0:t0 + T, 0] = idx.double()
             cache.valid[:, t0:t0 + T] = valid
