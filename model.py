@@ -168,8 +168,8 @@ class Prefix:
     def select(self, rows):
         """The prefix of the given rows (LongTensor (B',)), e.g. each prompt repeated for its G answers."""
         out = Prefix(self.valid[rows])
-        out.k = {layer: k[rows] for layer, k in self.k.items()}
-        out.v = {layer: v[rows] for layer, v in self.v.items()}
+        out.k = {layer: k.index_select(0, rows) for layer, k in self.k.items()}   # index_select: its backward
+        out.v = {layer: v.index_select(0, rows) for layer, v in self.v.items()}   # (index_add) is the fast one
         out.recording = False
         return out
 

@@ -166,7 +166,7 @@ def sequence_logprobs(model, rollout, temperature=1.0, return_hidden=False, with
     last, h_prompt = model(rollout.prompt[first], valid=rollout.prompt_mask[first], prefix=prefix,
                            return_hidden=True, logits_from=Tp - 1)                   # (P, 1, V), (P, Tp, C)
     logits, h = model(rollout.response, prefix=prefix.select(inverse), return_hidden=True)  # (N, T, V), (N, T, C)
-    logits = torch.cat([last[inverse], logits[:, :-1]], dim=1)                       # (N, T, V): predicts response
+    logits = torch.cat([last.index_select(0, inverse), logits[:, :-1]], dim=1)   # (N, T, V): predicts response
     if temperature > 0 and temperature != 1.0:   # x / 1.0 is x: no (N, T, V) copy in the graph at T = 1
         logits = logits / temperature
     logp_all = F.log_softmax(logits, dim=-1)                                         # (N, T, V)
@@ -177,7 +177,7 @@ def sequence_logprobs(model, rollout, temperature=1.0, return_hidden=False, with
             entropy = torch.cat([-(lp.exp() * lp).sum(-1) for lp in logp_all.split(8)]) * rollout.mask  # (N, T)
     if not return_hidden:
         return logprobs, entropy
-    return logprobs, entropy, torch.cat([h_prompt[inverse], h], dim=1)                # h: (N, Tp+T, C)
+    return logprobs, entropy, torch.cat([h_prompt.index_select(0, inverse), h], dim=1)   # h: (N, Tp+T, C)
 
 
 @torch.no_grad()
