@@ -160,31 +160,68 @@ def memory_table(gpus=8):
         print(f"| Qwen2.5-{name} | {P / 1e9:.2f}B | {gb(18 * P)} | {gb(sharded)} | {gb(sharded + 2 * P)} |")
 
 
+def card_limits(device, dtype):
+    """The machine's own limits, measured: memory bandwidth (bytes/s, a 1 GiB copy counted as read + write;
+    64 MiB on the CPU) and the matmul rate (FLOP/s, square matmuls of 8192 in dtype; 2048 on the CPU)."""
+    big = device.type == "cuda"
+    x = torch.empty(2 ** (28 if big else 24), device=device)                   # float32: 1 GiB / 64 MiB
+    y = torch.empty_like(x)
+    n = 8192 if big else 2048
+    a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
+    for _ in range(3):
+        y.copy_(x), a @ b
+    copy = statistics.median(timed(lambda: y.copy_(x), device)[0] for _ in range(10))
+    mm = statistics.median(timed(lambda: a @ b, device)[0] for _ in range(10))
+    return 2 * x.numel() * 4 / copy, 2 * n ** 3 / mm
+
+
 def bench_qwen05b(args):
-    """Qwen2.5-0.5B's shape (its config.json, QWEN25): 24 layers, 896 wide, 14 heads, 2 KV heads,
-    MLP 4864, vocab 151936, tied embeddings, rope theta 1e6."""
-    from model import GPT
+    """Qwen2.5-0.5B's shape (its config.json, QWEN25: 24 layers, 896 wide, 14 heads, 2 KV heads, MLP 4864,
+    vocab 151936, tied embeddings, rope theta 1e6) with random weights, saved by transformers and loaded by
+    both samplers: our eager decode, our compiled decode (CUDA graphs on CUDA) and transformers' generate,
+    every position decoded and counted on each side (rollout_vs_transformers), against the machine's
+    limits: a decode step must read every weight and the KV cache once (bytes / bandwidth) and do 2 FLOPs
+    per parameter per row (FLOPs / matmul rate)."""
+    import transformers
     device = torch.device(args.device)
     dtype = torch.float32 if args.dtype == "fp32" else torch.bfloat16
     cfg = qwen25_config("0.5B", block_size=4096)
-    torch.manual_seed(0)
-    model = GPT(cfg).to(device=device, dtype=dtype).eval()
-    prompts = torch.randint(0, cfg.vocab_size, (args.prompts, 64)).tolist()
-    gen = torch.Generator(device=device).manual_seed(0)
-    run = lambda: int(generate(model, prompts, num_samples=args.samples, max_new_tokens=args.new_tokens,
-                               eos_id=cfg.vocab_size - 1, generator=gen).mask.sum())
-    run()
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats()
-    times, n = [], 0
-    for _ in range(args.reps):
-        t, n = timed(run, device)
-        times.append(t)
-    dev = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
-    print(f"Qwen2.5-0.5B-shaped ({model.num_params() / 1e6:.0f}M parameters, random weights), {dev}, {args.dtype}: "
-          f"{args.prompts} prompts (64 tokens) x {args.samples} samples x {args.new_tokens} new tokens: "
-          f"{n / statistics.median(times):,.0f} tokens/s (median of {args.reps}), "
-          f"peak memory {peak_mb(device):,.0f} MB")
+    with tempfile.TemporaryDirectory() as d:
+        torch.manual_seed(0)
+        transformers.Qwen2ForCausalLM(transformers.Qwen2Config(
+            vocab_size=cfg.vocab_size, hidden_size=cfg.n_embd, intermediate_size=cfg.n_inner,
+            num_hidden_layers=cfg.n_layer, num_attention_heads=cfg.n_head, num_key_value_heads=cfg.n_kv_head,
+            max_position_embeddings=cfg.block_size, rope_theta=cfg.rope_theta, rms_norm_eps=cfg.norm_eps,
+            tie_word_embeddings=True)).to(dtype).save_pretrained(d)
+        theirs = transformers.AutoModelForCausalLM.from_pretrained(d).to(device=device, dtype=dtype).eval()
+        ours = from_pretrained(d, dtype=dtype).to(device).eval()
+    rows, P = args.prompts * args.samples, ours.num_params()
+    tps = {}
+    for compiled in (False, True):
+        args.compile = compiled
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats()
+        a, b, _ = rollout_vs_transformers(args, ours, theirs, device)
+        tps["ours, compiled" if compiled else "ours, eager"] = a
+        tps[f"transformers ({'2nd' if compiled else '1st'} run)"] = b
+        mem = peak_mb(device)
+    bandwidth, rate = card_limits(device, dtype)
+    width = torch.finfo(dtype).bits // 8
+    kv = 2 * cfg.n_layer * cfg.n_kv_head * cfg.head_dim * width * rows * (8 + args.new_tokens / 2)   # mean bytes/step
+    step_bytes = P * width + kv
+    limit = min(bandwidth / step_bytes, rate / (2 * P * rows)) * rows                     # tokens/s
+    dev = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({os.cpu_count()} cores)"
+    print(f"\nQwen2.5-0.5B-shaped ({P / 1e6:.0f}M parameters, random weights), {dev}, {args.dtype}, torch "
+          f"{torch.__version__}: {args.prompts} prompts (8 tokens) x {args.samples} samples x {args.new_tokens} new "
+          f"tokens, every position decoded and counted; medians of {args.reps} interleaved repetitions\n")
+    print(f"machine: {bandwidth / 1e9:,.0f} GB/s copy bandwidth, {rate / 1e12:,.1f} TFLOP/s matmul; a decode step "
+          f"reads {step_bytes / 1e9:.2f} GB on average (weights {P * width / 1e9:.2f}, KV cache {kv / 1e9:.2f}) and "
+          f"does {2 * P * rows / 1e9:,.0f} GFLOP: at most {limit:,.0f} tokens/s. Peak memory {mem:,.0f} MB.\n")
+    print("| sampler | tokens/s | / transformers | / our eager | of the machine's limit |")
+    print("|---|---|---|---|---|")
+    base = statistics.median([v for k, v in tps.items() if k.startswith("transformers")])
+    for name, v in tps.items():
+        print(f"| {name} | {v:,.0f} | {v / base:.2f}x | {v / tps['ours, eager']:.2f}x | {v / limit:.1%} |")
 
 
 def rollout_vs_transformers(args, ours, theirs, device):
@@ -407,8 +444,8 @@ def parse_args():
     p.add_argument("--new_tokens", type=int, default=64)
     p.add_argument("--reps", type=int, default=5)
     p.add_argument("--only", default=None, help="run one shape: a or b")
-    p.add_argument("--qwen05b", action="store_true", help="instead: rollout speed and peak memory of a "
-                   "Qwen2.5-0.5B-shaped model (random weights, ours only; for a GPU)")
+    p.add_argument("--qwen05b", action="store_true", help="instead: a Qwen2.5-0.5B-shaped model (random weights): "
+                   "our eager and compiled decode against transformers and the machine's limits (for a GPU)")
     p.add_argument("--cache_vs_nocache", action="store_true", help="instead: generate (KV cache) against a loop "
                    "that reruns the whole sequence each step, 4 layers x 128 wide, 32 new tokens")
     p.add_argument("--memory_table", action="store_true", help="instead: the memory each Qwen2.5 size needs for RL")

@@ -5,6 +5,7 @@ distinct correct answers per group, and the mechanism: the share of groups whose
 and the size of each term of FlowRL's δ.
 
     python plot.py out/flowrl out/grpo -o fig.png
+    python plot.py out/flowrl out/grpo --windows 100 400 1000 2000   # the mechanism as a table instead
 
 Reads each run's metrics.jsonl only (no imports from the rest of the project).
 """
@@ -91,13 +92,46 @@ def plot_runs(run_dirs, out_path, title=None):
     return out_path
 
 
+def mean(xs):
+    ok = [x for x in xs if x is not None and not math.isnan(x)]
+    return sum(ok) / len(ok) if ok else float("nan")
+
+
+def window_table(run_dir, ends):
+    """The mechanism over step windows (1..ends[0], ends[0]+1..ends[1], ...) of one run, as markdown: means
+    of the train records' all-equal-group share, FlowRL's gradient weight from those groups, |β·r̂|,
+    ℓ_θ − ℓ_ref and the token KL to π_ref (FlowRL's columns are blank for other algorithms), and the
+    effective number of correct answers at the last eval inside the window."""
+    train, evals = load(run_dir)
+    keys = ["frac_reward_zero_std", "flat_groups/grad_share", "delta/beta_reward_abs", "delta/logp_minus_ref",
+            "kl_ref"]
+    lines = [f"{os.path.basename(os.path.normpath(run_dir))}:",
+             r"| steps | groups with all-equal rewards | FlowRL's Σw·\|δ\| from them | mean \|β·r̂\| "
+             "| mean ℓ_θ − ℓ_ref | token KL to π_ref | effective # at the window's end |", "|---" * 7 + "|"]
+    lo = 0
+    for hi in ends:
+        rows = [r for r in train if lo < r["step"] <= hi]
+        cells = [mean([r.get(k) for r in rows]) for k in keys]
+        eff = [r["effective_correct"] for r in evals if r["step"] <= hi]
+        cells.append(eff[-1] if eff else float("nan"))
+        cells = ["" if math.isnan(c) else f"{c:.2f}" for c in cells]
+        lines.append(f"| {lo + 1:,}-{hi:,} | " + " | ".join(cells) + " |")
+        lo = hi
+    return "\n".join(lines)
+
+
 def main():
     p = argparse.ArgumentParser(description="Overlay training runs (directories holding metrics.jsonl).")
     p.add_argument("runs", nargs="+", help="run directories, e.g. out/flowrl out/grpo")
     p.add_argument("-o", "--out", default="compare.png", help="output image")
     p.add_argument("--title", default=None, help="figure title")
+    p.add_argument("--windows", type=int, nargs="+", default=None, metavar="END",
+                   help="instead of a figure: print the mechanism's means over the step windows ending at each END")
     args = p.parse_args()
     try:
+        if args.windows:
+            print("\n\n".join(window_table(d, args.windows) for d in args.runs))
+            return
         plot_runs(args.runs, args.out, args.title)
     except FileNotFoundError as e:
         print(f"plot.py: error: {e}", file=sys.stderr)

@@ -173,6 +173,25 @@ def test_plot_cli_overlays_runs_and_rejects_a_missing_run(tmp_path):
     assert p.returncode == 2 and "no metrics.jsonl" in p.stderr and "Traceback" not in p.stderr
 
 
+def test_window_table_means_by_hand(tmp_path):
+    """plot.py --windows: window means of the train records (NaN and absent keys skipped, FlowRL's columns
+    blank for GRPO) and the last eval inside each window."""
+    import json
+
+    import plot
+    run = tmp_path / "grpo"
+    run.mkdir()
+    recs = [{"kind": "eval", "step": 0, "effective_correct": 7.0}]
+    for step, zero, kl in [(1, 0.0, 0.1), (2, 0.5, 0.3), (3, 1.0, float("nan")), (4, 1.0, 0.5)]:
+        recs.append({"kind": "train", "step": step, "frac_reward_zero_std": zero, "kl_ref": kl})
+    recs.append({"kind": "eval", "step": 2, "effective_correct": 3.0})
+    (run / "metrics.jsonl").write_text("\n".join(json.dumps(r) for r in recs))
+    rows = plot.window_table(str(run), [2, 4]).splitlines()
+    assert rows[0] == "grpo:"
+    assert rows[3] == "| 1-2 | 0.25 |  |  |  | 0.20 | 3.00 |"      # eval at step 2 ends the first window
+    assert rows[4] == "| 3-4 | 1.00 |  |  |  | 0.50 | 3.00 |"      # the NaN KL skipped; no eval after step 2
+
+
 def test_wandb_mirrors_every_record_offline(tmp_path, monkeypatch):
     wandb = pytest.importorskip("wandb")
     monkeypatch.setenv("WANDB_MODE", "offline")
