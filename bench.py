@@ -362,17 +362,21 @@ def our_rl_step(path, algo, args, out_dir):
     that runs the next step and returns its seconds."""
     import config
     import train
+    device = torch.device(args.device)
     a = config.parse_args(["--init_from", path, "--task", "countdown", "--algo", algo, "--batch_prompts", "16",
                            "--group_size", "8", "--max_new_tokens", "16", "--lr", "1e-5", "--kl_coef", "0.04",
-                           "--device", "cpu", "--out_dir", out_dir] + (["--compile"] if args.compile else []))
-    warm, tok, task = train.load_start(a, 0, 1, torch.device("cpu"))
-    run = train.new_run(a, algo, warm, task, torch.device("cpu"), 0, 1)
+                           "--device", args.device, "--out_dir", out_dir,
+                           "--bf16" if args.dtype == "bf16" else "--no-bf16"] + (["--compile"] if args.compile else []))
+    warm, tok, task = train.load_start(a, 0, 1, device)
+    run = train.new_run(a, algo, warm, task, device, 0, 1)
     steps = iter(range(10 ** 9))
 
     def step():
         i = next(steps)
+        sync(device)
         t0 = time.perf_counter()
         train.update(a, run, train.collect(a, run, task, tok, i, 0, 1), i, 1)
+        sync(device)
         return time.perf_counter() - t0
     return step
 
@@ -391,11 +395,15 @@ def trl_interleaved(path, tokenizer, problems, task, args, ours):
     def reward(prompts, completions, idx, **kw):
         return [task.reward(problems[i], c) for i, c in zip(idx, completions)]
 
+    device = torch.device(args.device)
+
     class Interleave(transformers.TrainerCallback):
         def on_step_begin(self, *a, **kw):
+            sync(device)
             self.t0 = time.perf_counter()
 
         def on_step_end(self, *a, **kw):
+            sync(device)
             times["trl"].append(time.perf_counter() - self.t0)
             names = list(ours) if len(times["trl"]) % 2 else list(ours)[::-1]
             for name in names:
@@ -403,8 +411,8 @@ def trl_interleaved(path, tokenizer, problems, task, args, ours):
     cfg = GRPOConfig(output_dir=os.path.join(path, "trl"), per_device_train_batch_size=128, num_generations=8,
                      max_completion_length=16, beta=0.04, learning_rate=1e-5, temperature=1.0, use_vllm=False,
                      max_steps=args.reps + 1, loss_type="grpo", logging_steps=1, report_to="none", save_strategy="no",
-                     use_cpu=True, bf16=False, disable_dropout=True, gradient_checkpointing=False,
-                     seed=0)                                                     # ours: no checkpointing either
+                     use_cpu=device.type == "cpu", bf16=args.dtype == "bf16", disable_dropout=True,
+                     gradient_checkpointing=False, seed=0)                       # ours: no checkpointing either
     GRPOTrainer(model=path, reward_funcs=reward, args=cfg, train_dataset=data, processing_class=tokenizer,
                 callbacks=[Interleave()]).train()
     return {name: t[1:] for name, t in times.items()}                            # the first step warms up
@@ -423,7 +431,9 @@ def trl_table(args):
         tok = tiny_qwen2(d, [p.prompt + task.solutions(p)[0] for p in problems[:200]])
         ours = {algo: our_rl_step(d, algo, args, os.path.join(d, algo)) for algo in ("flowrl", "grpo")}
         times = trl_interleaved(d, tok, problems, task, args, ours)
-    print(f"\nOne RL step on the CPU ({os.cpu_count()} cores, fp32, torch {torch.__version__}): a ~3M-parameter "
+    dev = (torch.cuda.get_device_name(args.device) if args.device.startswith("cuda")
+           else f"the CPU ({os.cpu_count()} cores)")
+    print(f"\nOne RL step on {dev} ({args.dtype}, torch {torch.__version__}): a ~3M-parameter "
           f"Qwen2, countdown, 16 prompts x 8 samples x 16 new tokens, lr 1e-5, with a reference model; "
           f"{args.reps} steps of each after one warm-up step, interleaved (TRL, then ours)\n")
     print("| trainer | median s / step | TRL's step / this: median of the paired ratios (min-max) |")

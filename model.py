@@ -8,6 +8,9 @@ One class, three block styles, chosen by GPTConfig switches:
 - Qwen2 / Qwen3 / Llama: RMSNorm, rotary positions (rope_theta), SwiGLU, q/k/v bias (Qwen2), per-head
   q/k RMSNorm and a head width of its own (Qwen3), tied or not.
 
+Sampling keeps keys and values in a preallocated KVCache, written in place; the training forward
+computes a group's shared prompt once and keeps its keys and values in a Prefix, in the autograd graph.
+
 Padding. Prompts of different lengths are left-padded; `valid` (B, T) marks the real tokens.
 A query attends to the real keys at or before it; positions count real tokens only, so a
 left-padded row computes exactly what the same row would compute unpadded.
