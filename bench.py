@@ -10,6 +10,7 @@ interleaved (ours, theirs, ours, ...) after a warm-up, and medians are reported.
 """
 
 import argparse
+import itertools
 import os
 import resource
 import statistics
@@ -160,19 +161,17 @@ def memory_table(gpus=8):
         print(f"| Qwen2.5-{name} | {P / 1e9:.2f}B | {gb(18 * P)} | {gb(sharded)} | {gb(sharded + 2 * P)} |")
 
 
-def card_limits(device, dtype):
+def card_limits(device, dtype, reps):
     """The machine's own limits, measured: memory bandwidth (bytes/s, a 1 GiB copy counted as read + write;
-    64 MiB on the CPU) and the matmul rate (FLOP/s, square matmuls of 8192 in dtype; 2048 on the CPU)."""
+    64 MiB on the CPU) and the matmul rate (FLOP/s of square matmuls of 8192 in dtype; 2048 on the CPU)."""
     big = device.type == "cuda"
     x = torch.empty(2 ** (28 if big else 24), device=device)                   # float32: 1 GiB / 64 MiB
     y = torch.empty_like(x)
-    n = 8192 if big else 2048
-    a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
     for _ in range(3):
-        y.copy_(x), a @ b
+        y.copy_(x)
     copy = statistics.median(timed(lambda: y.copy_(x), device)[0] for _ in range(10))
-    mm = statistics.median(timed(lambda: a @ b, device)[0] for _ in range(10))
-    return 2 * x.numel() * 4 / copy, 2 * n ** 3 / mm
+    n = 8192 if big else 2048
+    return 2 * x.numel() * 4 / copy, matmul_rate([(n, n)], n, device, dtype, reps)
 
 
 def bench_qwen05b(args):
@@ -182,18 +181,15 @@ def bench_qwen05b(args):
     every position decoded and counted on each side (rollout_vs_transformers), against the machine's
     limits: a decode step must read every weight and the KV cache once (bytes / bandwidth) and do 2 FLOPs
     per parameter per row (FLOPs / matmul rate)."""
-    import transformers
     device = torch.device(args.device)
     dtype = torch.float32 if args.dtype == "fp32" else torch.bfloat16
     cfg = qwen25_config("0.5B", block_size=4096)
     with tempfile.TemporaryDirectory() as d:
-        torch.manual_seed(0)
-        transformers.Qwen2ForCausalLM(transformers.Qwen2Config(
+        theirs = save_random("qwen2", dict(
             vocab_size=cfg.vocab_size, hidden_size=cfg.n_embd, intermediate_size=cfg.n_inner,
             num_hidden_layers=cfg.n_layer, num_attention_heads=cfg.n_head, num_key_value_heads=cfg.n_kv_head,
             max_position_embeddings=cfg.block_size, rope_theta=cfg.rope_theta, rms_norm_eps=cfg.norm_eps,
-            tie_word_embeddings=True)).to(dtype).save_pretrained(d)
-        theirs = transformers.AutoModelForCausalLM.from_pretrained(d).to(device=device, dtype=dtype).eval()
+            tie_word_embeddings=True), d).to(device=device, dtype=dtype).eval()
         ours = from_pretrained(d, dtype=dtype).to(device).eval()
     rows, P = args.prompts * args.samples, ours.num_params()
     tps = {}
@@ -205,7 +201,7 @@ def bench_qwen05b(args):
         tps["ours, compiled" if compiled else "ours, eager"] = a
         tps[f"transformers ({'2nd' if compiled else '1st'} run)"] = b
         mem = peak_mb(device)
-    bandwidth, rate = card_limits(device, dtype)
+    bandwidth, rate = card_limits(device, dtype, args.reps)
     width = torch.finfo(dtype).bits // 8
     kv = 2 * cfg.n_layer * cfg.n_kv_head * cfg.head_dim * width * rows * (8 + args.new_tokens / 2)   # mean bytes/step
     step_bytes = P * width + kv
@@ -369,7 +365,7 @@ def our_rl_step(path, algo, args, out_dir):
                            "--bf16" if args.dtype == "bf16" else "--no-bf16"] + (["--compile"] if args.compile else []))
     warm, tok, task = train.load_start(a, 0, 1, device)
     run = train.new_run(a, algo, warm, task, device, 0, 1)
-    steps = iter(range(10 ** 9))
+    steps = itertools.count()
 
     def step():
         i = next(steps)

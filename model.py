@@ -125,18 +125,10 @@ class KVCache:
         self.no_padding = None  # after the prefill: true when no row has padding (decode needs no mask)
 
     def select(self, rows):
-        """A new cache holding the given rows (LongTensor (B',)), every slot copied (a tree search's
-        children: enumerate_responses)."""
-        out = KVCache.__new__(KVCache)
-        out.k, out.v = self.k[:, rows], self.v[:, rows]
-        out.valid, out.n_real = self.valid[rows], self.n_real[rows]
-        out.length, out.no_padding = self.length, self.no_padding
-        return out
-
-    def repeat_rows(self, rows):
-        """A new cache of the same length holding the given rows (LongTensor (B',)), e.g. each prompt's
-        row repeated G times so that one prefill is shared by the G samples of its group: only the filled
-        slots are copied, into zeros (the rest would be G copies of zeros, a cost at long lengths)."""
+        """A new cache of the same length holding the given rows (LongTensor (B',)): each prompt's row
+        repeated G times so that one prefill is shared by the G samples of its group, or a tree search's
+        children (enumerate_responses). Only the filled slots are copied, into zeros: the rest of the
+        preallocated length would be copies of zeros, a cost at long lengths."""
         out = KVCache.__new__(KVCache)
         t = self.length
         out.k = self.k.new_zeros(self.k.shape[:1] + (len(rows),) + self.k.shape[2:])  # (n_layer, B', nkv, Lmax, hs)

@@ -100,7 +100,7 @@ def generate(model, prompts, *, num_samples, max_new_tokens, temperature=1.0, to
             length = min(model.config.block_size, 64 * math.ceil(length / 64))
         cache = model.make_cache(P, length)
         logits = model(ids, valid=valid, cache=cache, logits_from=Tp - 1)[:, -1]    # (P, V): one prefill per prompt
-        cache = cache.repeat_rows(torch.arange(P, device=device).repeat_interleave(G))  # (N, ...): the group's
+        cache = cache.select(torch.arange(P, device=device).repeat_interleave(G))   # (N, ...) shared by the group
         logits = logits.repeat_interleave(G, dim=0)                                  # (N, V)
         response = torch.full((N, max_new_tokens), eos_id, dtype=torch.long, device=device)
         mask = torch.zeros(N, max_new_tokens, dtype=torch.bool, device=device)
