@@ -14,6 +14,7 @@ import itertools
 import os
 import resource
 import statistics
+import sys
 import tempfile
 import time
 
@@ -461,11 +462,30 @@ def parse_args():
     p.add_argument("--trl", action="store_true", help="instead: one RL step of ours against TRL's GRPOTrainer "
                    "(needs `pip install trl`, a benchmark-only dependency)")
     p.add_argument("--compile", action="store_true", help="our decode step compiled (torch.compile)")
+    p.add_argument("--out", default=None, metavar="FILE", help="also write everything printed to FILE (markdown: "
+                   "the tables docs/performance.md shows)")
     return p.parse_args()
+
+
+class Tee:
+    """sys.stdout that also writes to a file: the tables go to the terminal and to --out as printed."""
+
+    def __init__(self, path):
+        self.file, self.stdout = open(path, "w"), sys.stdout
+
+    def write(self, s):
+        self.stdout.write(s)
+        self.file.write(s)
+
+    def flush(self):
+        self.stdout.flush()
+        self.file.flush()
 
 
 def main():
     args = parse_args()
+    if args.out:
+        sys.stdout = Tee(args.out)
     if args.make_checkpoint:
         return make_checkpoint(args.make_checkpoint, args.shape)
     if args.trl:

@@ -6,6 +6,7 @@ with --wandb) and summary.json.
 
 import copy
 import json
+import math
 import os
 import random
 from dataclasses import asdict, dataclass
@@ -33,9 +34,21 @@ def load_checkpoint(path):
         raise UserError(f"cannot read checkpoint {path}: {type(e).__name__}: {str(e).splitlines()[0]}")
 
 
+def strict_json(x):
+    """x with every NaN or infinity (an undefined metric, e.g. a mean over no such group) as None, so that
+    the line is strict JSON (null), which jq and every JSON reader accept; bare NaN is not JSON."""
+    if isinstance(x, float) and not math.isfinite(x):
+        return None
+    if isinstance(x, dict):
+        return {k: strict_json(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [strict_json(v) for v in x]
+    return x
+
+
 def append_jsonl(path, record):
     with open(path, "a") as f:
-        f.write(json.dumps(record) + "\n")
+        f.write(json.dumps(strict_json(record), allow_nan=False) + "\n")
 
 
 @dataclass
@@ -57,7 +70,7 @@ class Run:
 
 def new_run(args, algo, warm, task, device, rank, world=1):
     """The policy and π_ref (copies of the start), the algorithm's head, AdamW (the head in its own group
-    with its own lr, docs/method.md §4.4), the prompt and sampler streams; sharded (--fsdp) or wrapped
+    with its own lr, docs/method.md M4.4), the prompt and sampler streams; sharded (--fsdp) or wrapped
     in DistributedDataParallel under torchrun."""
     policy = copy.deepcopy(warm).train()
     ref = copy.deepcopy(warm).eval().requires_grad_(False)
@@ -152,7 +165,7 @@ def write_summary(args, summary):
         with open(path) as f:
             old = json.load(f)
     with open(path + ".tmp", "w") as f:
-        json.dump({**old, **summary}, f, indent=2)
+        json.dump(strict_json({**old, **summary}), f, indent=2, allow_nan=False)
     os.replace(path + ".tmp", path)
 
 

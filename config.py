@@ -28,6 +28,19 @@ class UserError(Exception):
     """A user's mistake: reported as one line on stderr with exit code 2, never a traceback."""
 
 
+def preset_default(key):
+    """The help's default of a flag that takes its value from the preset, e.g. "2000 (small) / 1000 (large)"."""
+    return "default: " + " / ".join(f"{PRESETS[p][key]} ({p})" for p in sorted(PRESETS, key=lambda p: p != "small"))
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows "(default: X)" for flags with a fixed default; a flag whose default is None (set by the
+    preset, the task or the device) says its own default in its help."""
+
+    def _get_help_string(self, action):
+        return action.help if action.default is None else super()._get_help_string(action)
+
+
 class Parser(argparse.ArgumentParser):
     def error(self, message):
         raise UserError(message)
@@ -40,12 +53,12 @@ def add_rl_flags(a):
     a("--algo", nargs="+", default=["flowrl", "flowrl_exact", "grpo"], choices=ALGOS,
       help="algorithms to train, one after another")
     a("--task", default="make_n", choices=sorted(TASKS), help="the task (rewards.py)")
-    a("--steps", type=int, default=None, help="RL steps per algorithm (preset: small 2000, large 1000)")
-    a("--batch_prompts", type=int, default=None, help="prompts per RL step (preset: 16 / 64)")
-    a("--group_size", type=int, default=None, help="samples per prompt, G (preset: 8)")
-    a("--max_new_tokens", type=int, default=None, help="response budget (make_n 6, add 5, countdown 16)")
+    a("--steps", type=int, default=None, help=f"RL steps per algorithm ({preset_default('steps')})")
+    a("--batch_prompts", type=int, default=None, help=f"prompts per RL step ({preset_default('batch_prompts')})")
+    a("--group_size", type=int, default=None, help=f"samples per prompt, G ({preset_default('group_size')})")
+    a("--max_new_tokens", type=int, default=None, help="response budget in tokens (default: make_n 6, add 5, countdown 16; 256 with --init_from)")
     a("--temperature", type=float, default=1.0, help="rollout sampling temperature")
-    a("--lr", type=float, default=None, help="policy learning rate, AdamW (preset: 3e-4 / 1e-4)")
+    a("--lr", type=float, default=None, help=f"policy learning rate, AdamW ({preset_default('lr')})")
     a("--logz_lr", type=float, default=0.1, help="learning rate of the log Z head (FlowRL)")
     a("--value_lr", type=float, default=1e-3, help="learning rate of the value head (PPO)")
     a("--weight_decay", type=float, default=0.0, help="AdamW weight decay of the policy")
@@ -68,18 +81,19 @@ def add_rl_flags(a):
 def add_run_flags(a):
     a("--preset", default=None, choices=sorted(PRESETS),
       help="model size and run length; other flags override it (default: large on CUDA, small otherwise)")
-    a("--n_layer", type=int, default=None, help="model depth (preset: 2 / 6)")
-    a("--n_embd", type=int, default=None, help="model width (preset: 64 / 384)")
-    a("--n_head", type=int, default=None, help="attention heads (preset: 4 / 6)")
-    a("--n_kv_head", type=int, default=None, help="key/value heads (preset: 4 / 2)")
-    a("--warm_steps", type=int, default=None, help="supervised warm-start steps (preset: 1500 / 4000)")
+    a("--n_layer", type=int, default=None, help=f"model depth ({preset_default('n_layer')})")
+    a("--n_embd", type=int, default=None, help=f"model width ({preset_default('n_embd')})")
+    a("--n_head", type=int, default=None, help=f"attention heads ({preset_default('n_head')})")
+    a("--n_kv_head", type=int, default=None, help=f"key/value heads ({preset_default('n_kv_head')})")
+    a("--warm_steps", type=int, default=None, help=f"supervised warm-start steps ({preset_default('warm_steps')})")
     a("--warm_noise", type=float, default=0.5, help="fraction of random (mostly wrong) answers in the warm-start data")
     a("--warm_lr", type=float, default=1e-3, help="warm-start learning rate")
     a("--warm_skew", type=float, default=0.0, help="skew of the warm start's correct demonstrations: answer i of "
       "a prompt's solution list drawn ∝ (i + 1)^-skew (0: uniform; 2: a few answers take most of π_ref's mass)")
-    a("--init_from", default=None, help="a local Hugging Face checkpoint directory (GPT-2, Qwen2/Qwen2.5, Llama) "
-      "to start from instead of the warm start; its tokenizer too")
-    a("--eval_every", type=int, default=None, help="RL steps between evaluations (preset: 100 / 50)")
+    a("--init_from", default=None, help="a local Hugging Face checkpoint directory to start from instead of the warm "
+      "start, its tokenizer too: GPT2LMHeadModel, Qwen2ForCausalLM (Qwen2.5), Qwen3ForCausalLM, LlamaForCausalLM "
+      "(default: none)")
+    a("--eval_every", type=int, default=None, help=f"RL steps between evaluations ({preset_default('eval_every')})")
     a("--eval_k", type=int, default=16, help="samples per eval prompt (pass@k)")
     a("--eval_prompts", type=int, default=32, help="held-out eval prompts (make_n: all of its targets)")
     a("--log_every", type=int, default=25, help="RL steps between progress lines")
@@ -98,12 +112,12 @@ def add_run_flags(a):
     a("--no_plot", action="store_true", help="skip the comparison figure")
     a("--no_summary", action="store_true", help="write no out_dir/summary.json (runs side by side in one out_dir)")
     a("--wandb", default=None, metavar="PROJECT", help="also log every record and the final figure to this Weights "
-      "& Biases project (needs `pip install wandb`; WANDB_MODE=offline works without a network)")
+      "& Biases project (needs `pip install wandb`; WANDB_MODE=offline works without a network; default: off)")
 
 
 def build_parser():
     p = Parser(description="Train a small GPT with FlowRL and reward-maximizing baselines from one start; "
-               "compare them.", formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+               "compare them.", formatter_class=HelpFormatter)
     add_rl_flags(p.add_argument_group("RL").add_argument)
     add_run_flags(p.add_argument_group("model, warm start and run").add_argument)
     return p

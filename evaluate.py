@@ -1,5 +1,5 @@
 """
-Evaluation (docs/method.md §8): sample k answers per held-out prompt and measure accuracy, unbiased
+Evaluation (docs/method.md M8): sample k answers per held-out prompt and measure accuracy, unbiased
 pass@k, distinct and effective correct answers, token entropy; on tasks whose answers can be listed,
 exactly: the policy's probability of every correct answer, KL(π‖p*), KL(p*‖π), the true log Z.
 
@@ -10,6 +10,7 @@ import json
 import math
 import os
 import random
+import weakref
 from collections import Counter
 
 import torch
@@ -63,41 +64,86 @@ def exact_correct_probs(model, tok, task, problems):
     return [logp[owner == i] for i in range(len(problems))]
 
 
+_REF_TREES = weakref.WeakKeyDictionary()    # frozen π_ref -> {(prompt, budget, weights' versions): its rewarded responses}
+
+
+def ref_rewarded(ref, prompt, score, eos_id, max_new_tokens, min_prob, max_frontier):
+    """The rewarded responses in π_ref's token tree for one prompt. π_ref is frozen in training, so its tree
+    is expanded once per prompt and kept; the key holds its parameters' version counters, which any
+    in-place change of a weight bumps, so a changed model is expanded anew."""
+    key = (tuple(prompt), max_new_tokens, min_prob, max_frontier, tuple(p._version for p in ref.parameters()))
+    trees = _REF_TREES.setdefault(ref, {})
+    if key not in trees:
+        resp = enumerate_responses(ref, prompt, eos_id=eos_id, max_new_tokens=max_new_tokens, min_prob=min_prob,
+                                   max_frontier=max_frontier)[0]
+        trees[key] = [y for y in resp if score(y) > 0]
+    return trees[key]
+
+
 @torch.no_grad()
-def exact_target_metrics(model, ref, tok, task, problems, pi_correct, beta, max_new_tokens,
-                         min_prob=1e-6, max_frontier=1000):
-    """Exact distances to the target p* ∝ π_ref·exp(β·r) with the raw 0/1 reward (docs/method.md §1,
-    §8), per prompt, averaged: KL(π‖p*) over π's enumerated responses (enumerate_responses;
-    `pruned_mass` is what was left unexpanded), KL(p*‖π) (the correct answers exactly, the wrong ones
-    lumped into one bucket: a lower bound on their part, which is below e^-β), and the true log Z; and
-    the shape of π over the correct answers against p*'s (which is π_ref's there): kl_shape_to_target =
-    KL(π(·|correct) ‖ p*(·|correct)) and target_effective_correct = exp(H(p*(·|correct))).
-    pi_correct: exact_correct_probs(model, ...). Returns (averages, the true log Z per prompt)."""
-    out = {"kl_to_target": [], "kl_from_target": [], "log_z_true": [], "pruned_mass": [], "kl_shape_to_target": [],
-           "target_effective_correct": []}
-    ref_correct = exact_correct_probs(ref, tok, task, problems)
+def rewarded_support(model, ref, tok, task, problem, max_new_tokens, min_prob=1e-6, max_frontier=1000):
+    """The responses the exact metrics sum over, for one prompt: every response π gives mass to (its token
+    tree expanded by enumerate_responses) and every rewarded response π_ref gives mass to (ref's tree;
+    ref=None: π's alone), each scored by the task's own reward (so "correct" is whatever the reward
+    accepts, listed solution or not). Returns (log π (U,), log π_ref (U,) or None, r (U,), in_pi (U,) bool:
+    y is in π's tree, pruned: π's mass left unexpanded), float64."""
+    prompt = tok.encode_prompt(problem.prompt)
+    score = lambda y: task.reward(problem, tok.decode([t for t in y if t != tok.eos_id]))
+    resp, log_pi, pruned = enumerate_responses(model, prompt, eos_id=tok.eos_id, max_new_tokens=max_new_tokens,
+                                               min_prob=min_prob, max_frontier=max_frontier)
+    log_pi, n_pi = log_pi.cpu(), len(resp)
     device = next(model.parameters()).device
-    for p, pc, rc in zip(problems, pi_correct, ref_correct):
-        pc, rc = pc.double(), rc.double()
-        prompt = tok.encode_prompt(p.prompt)
-        resp, log_pi, pruned = enumerate_responses(model, prompt, eos_id=tok.eos_id, max_new_tokens=max_new_tokens,
-                                                   min_prob=min_prob, max_frontier=max_frontier)
-        texts = [tok.decode([t for t in y if t != tok.eos_id]) for y in resp]
-        r = torch.tensor([task.reward(p, t) for t in texts], dtype=torch.float64)
-        batch = from_tokens([prompt] * len(resp), [list(y) for y in resp], tok.eos_id, device)
-        log_ref = sequence_logprobs(ref, batch)[0].sum(-1).double().cpu()
+    forced = lambda m, ys: sequence_logprobs(m, from_tokens([prompt] * len(ys), [list(y) for y in ys], tok.eos_id,
+                                                            device))[0].double().sum(-1).cpu()
+    log_ref = None
+    if ref is not None:
+        seen = set(resp)
+        extra = [y for y in ref_rewarded(ref, prompt, score, tok.eos_id, max_new_tokens, min_prob, max_frontier)
+                 if y not in seen]                                # rewarded under π_ref, pruned from π's tree
+        if extra:
+            resp, log_pi = resp + extra, torch.cat([log_pi, forced(model, extra)])
+        log_ref = forced(ref, resp)
+    r = torch.tensor([score(y) for y in resp], dtype=torch.float64)
+    in_pi = torch.arange(len(resp)) < n_pi
+    return log_pi, log_ref, r, in_pi, pruned
+
+
+@torch.no_grad()
+def exact_metrics(model, ref, tok, task, problems, beta, max_new_tokens):
+    """Exact metrics on enumerable tasks (docs/method.md M8), per prompt, averaged; "correct" = reward 1,
+    over rewarded_support. Always: correct_mass (π's mass on every rewarded response), effective_correct
+    = exp(H(π(·|correct))) and answer_entropy = H(π(·|correct)). With a reference, against the target
+    p* ∝ π_ref·exp(β·r): kl_to_target = KL(π‖p*) over π's tree (pruned_mass: what was left unexpanded),
+    kl_from_target = KL(p*‖π) (rewarded responses exactly, the wrong ones lumped into one bucket: a
+    lower bound on their part, which is below e^-β), log_z_true = log(e^β·m + 1 − m) with m π_ref's
+    rewarded mass, and the shape of π over the correct answers against p*'s, which is π_ref's there:
+    kl_shape_to_target = KL(π(·|correct) ‖ p*(·|correct)) ("shape KL") and target_effective_correct =
+    exp(H(p*(·|correct))). Returns (averages, the true log Z per prompt or None)."""
+    out = {}
+    add = lambda k, v: out.setdefault(k, []).append(float(v))
+    for p in problems:
+        log_pi, log_ref, r, in_pi, pruned = rewarded_support(model, ref, tok, task, p, max_new_tokens)
+        c = r > 0
+        pc = log_pi[c].exp()                                                          # π on the rewarded responses
+        add("correct_mass", pc.sum())
+        h = answer_entropy(pc) if c.any() else 0.0
+        add("answer_entropy", h)
+        add("effective_correct", math.exp(h) if c.any() else 0.0)
+        if ref is None:
+            continue
+        rc = log_ref[c].exp()                                                         # π_ref on them
         log_z = flowrl.binary_log_partition(rc.sum(), beta)
-        log_pstar_c = rc.log() + beta - log_z                                        # p* on the correct answers
+        add("kl_to_target", flowrl.kl_to_target(log_pi[in_pi], log_ref[in_pi], r[in_pi], beta, log_z))
+        log_pstar_c = log_ref[c] + beta - log_z                                       # p* on the rewarded responses
         wrong_pstar, wrong_pi = (1 - rc.sum()) / log_z.exp(), (1 - pc.sum()).clamp(min=1e-300)
-        rev = (log_pstar_c.exp() * (log_pstar_c - pc.log())).sum() + wrong_pstar * (wrong_pstar / wrong_pi).log()
-        out["kl_to_target"].append(flowrl.kl_to_target(log_pi, log_ref, r, beta, log_z).item())
-        out["kl_from_target"].append(rev.item())
-        out["log_z_true"].append(log_z.item())
-        out["pruned_mass"].append(pruned)
-        q_pi, q_star = pc / pc.sum(), rc / rc.sum()      # over the correct answers: p*(·|correct) = π_ref(·|correct)
-        out["kl_shape_to_target"].append((q_pi * (q_pi.clamp(min=1e-300) / q_star).log()).sum().item())
-        out["target_effective_correct"].append(math.exp(answer_entropy(rc)))
-    return {k: sum(v) / len(v) for k, v in out.items()}, out["log_z_true"]
+        add("kl_from_target", (log_pstar_c.exp() * (log_pstar_c - log_pi[c])).sum()
+            + wrong_pstar * (wrong_pstar / wrong_pi).log())
+        add("log_z_true", log_z)
+        add("pruned_mass", pruned)
+        q_pi, q_star = pc / pc.sum(), rc / rc.sum()      # p*(·|correct) = π_ref(·|correct)
+        add("kl_shape_to_target", (q_pi * (q_pi.clamp(min=1e-300) / q_star).log()).sum())
+        add("target_effective_correct", math.exp(answer_entropy(rc)))
+    return {k: sum(v) / len(v) for k, v in out.items()}, out.get("log_z_true")
 
 
 def answer_counts(task, problems, texts, k):
@@ -145,25 +191,19 @@ def evaluate(model, tok, task, problems, *, k, max_new_tokens, seed, step, chunk
     out["pass@k"], out["k"] = out[f"pass@{k}"], k
     out["correct_counts"] = n_correct            # per prompt, of k: pass@j for any j <= k (passk.py)
     out["distinct_correct"] = sum(len(c) for c in correct) / len(correct)
-    exact_ctx = torch.autocast(device.type, enabled=False)
-    if enumerable(task, tok):                     # exact, from the policy's probabilities
-        with exact_ctx:
-            pi_correct = exact_correct_probs(model, tok, task, problems)
-        out["correct_mass"] = sum(pc.sum().item() for pc in pi_correct) / len(pi_correct)
-        ans_h = [answer_entropy(pc) for pc in pi_correct]
-    else:                                         # from the samples: the empirical distribution
-        ans_h = [answer_entropy(c) for c in correct]
-    out["effective_correct"] = sum(math.exp(h) if h is not None else 0.0 for h in ans_h) / len(ans_h)
-    out["answer_entropy"] = sum(h or 0.0 for h in ans_h) / len(ans_h)
     out["entropy"] = (ent.sum() / ro.mask.sum()).item()
-    if enumerable(task, tok) and ref is not None:   # exact distances to p* (Figure 1)
-        with exact_ctx:
-            exact, true_z = exact_target_metrics(model, ref, tok, task, problems, pi_correct, beta, max_new_tokens)
-            lz = learned_log_z(problems).double().cpu() if learned_log_z is not None else None
+    if enumerable(task, tok):                     # exact, from the policy's probabilities (and π_ref's)
+        with torch.autocast(device.type, enabled=False):
+            exact, true_z = exact_metrics(model, ref, tok, task, problems, beta, max_new_tokens)
+            lz = learned_log_z(problems).double().cpu() if learned_log_z is not None and ref is not None else None
         out.update(exact)
         if lz is not None:
             out["log_z/learned"] = lz.mean().item()
             out["log_z_abs_err"] = (lz - torch.tensor(true_z)).abs().mean().item()
+    else:                                         # from the samples: the empirical distribution
+        ans_h = [answer_entropy(c) for c in correct]
+        out["effective_correct"] = sum(math.exp(h) if h is not None else 0.0 for h in ans_h) / len(ans_h)
+        out["answer_entropy"] = sum(h or 0.0 for h in ans_h) / len(ans_h)
     if n_logged:
         scores = [task.score(p, texts[i * k]) for i, p in enumerate(problems[:n_logged])]
         out["samples"] = [{"step": step, "prompt": p.prompt, "completion": texts[i * k], "reward": s["reward"],

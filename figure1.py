@@ -8,7 +8,7 @@ run: 15 unless the variant says otherwise), and how close FlowRL's learned log Z
     python figure1.py --only flowrl_exact grpo --steps 400
 
 Writes out_fig1/<variant>/metrics.jsonl (with kl_to_target, kl_from_target, log_z_abs_err over
-steps), out_fig1/figure1.json (the summary) and out_fig1/figure1.png.
+steps), out_fig1/figure1.json (the summary), out_fig1/figure1.md (its table) and out_fig1/figure1.png.
 """
 
 import argparse
@@ -25,6 +25,10 @@ from experiments import VARIANTS, read_evals, run_all
 MAIN = ["flowrl_exact", "flowrl", "grpo", "grpo_kl0.04", "reinforce_pp", "ppo"]
 ABLATIONS = ["flowrl_exact_no_ref", "flowrl_no_ref", "flowrl_exact_beta5", "flowrl_exact_beta2", "flowrl_beta5",
              "flowrl_beta2", "flowrl_exact_noclip", "flowrl_noclip", "flowrl_exact_table", "flowrl_exact_group"]
+# the log Z panel: the exact-form variants that learn a log Z (whose true value is the target's), and
+# practical FlowRL, whose learned log Z is not an estimate of it (docs/method.md M5)
+LOGZ_PANEL = ["flowrl_exact", "flowrl_exact_table", "flowrl_exact_noclip", "flowrl_exact_beta5", "flowrl_exact_beta2",
+              "flowrl_exact_no_ref", "flowrl"]
 
 
 @torch.no_grad()
@@ -55,10 +59,10 @@ def draw(out_dir, summary, dists, prompts_n, path):
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from plot import style
     names = [n for n in MAIN if n in summary]
     fig = plt.figure(figsize=(16, 9))
-    gs = fig.add_gridspec(2, len(prompts_n) + 0, height_ratios=[1, 1])
-    colors = {n: plt.cm.tab10(i) for i, n in enumerate(names)}
+    gs = fig.add_gridspec(2, len(prompts_n), height_ratios=[1, 1])
     for j, n in enumerate(prompts_n):
         ax = fig.add_subplot(gs[0, j])
         answers = dists["answers"][j]
@@ -67,33 +71,48 @@ def draw(out_dir, summary, dists, prompts_n, path):
         ax.bar([i for i in x], [p * dists["p_star_mass"][j] for p in dists["p_star"][j]], width=width, color="black",
                label="target p* (β=15)")
         for k, name in enumerate(names):
-            ax.bar([i + (k + 1) * width for i in x], dists[name][j], width=width, color=colors[name], label=name)
+            ax.bar([i + (k + 1) * width for i in x], dists[name][j], width=width, color=style(name).get("color"),
+                   label=name)
         ax.set_xticks([i + width * len(names) / 2 for i in x], answers, rotation=60, fontsize=7)
-        ax.set(title=f"prompt N={n}: π(y) over the correct answers", ylabel="probability")
+        ax.set(title=f"prompt N={n}: π(y) over its listed correct answers", ylabel="probability")
         if j == 0:
             ax.legend(fontsize=7)
     ax = fig.add_subplot(gs[1, : max(1, len(prompts_n) // 2)])
     for name in names:
         ev = read_evals(os.path.join(out_dir, name))
-        ax.plot([r["step"] for r in ev], [max(r["kl_to_target"], 1e-3) for r in ev], marker="o", ms=3,
-                color=colors[name], label=name)
+        ax.plot([r["step"] for r in ev], [max(r["kl_to_target"], 1e-3) for r in ev], marker="o", ms=3, label=name,
+                **style(name))
     ax.set_yscale("log")
     ax.set(title="exact KL(π ‖ p*) on the eval prompts", xlabel="RL step", ylabel="nats (log scale)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
     ax = fig.add_subplot(gs[1, max(1, len(prompts_n) // 2):])
-    for name in [n for n in summary if n.startswith("flowrl_exact") and summary[n].get("log_z_abs_err") is not None]:
-        ev = [r for r in read_evals(os.path.join(out_dir, name)) if "log_z/learned" in r and r["step"] > 0]
-        steps = [r["step"] for r in ev]
-        line, = ax.plot(steps, [r["log_z/learned"] for r in ev], marker="o", ms=3, label=f"{name}: learned")
-        ax.plot(steps, [r["log_z_true"] for r in ev], ls="--", color=line.get_color(), label=f"{name}: true")
-    ax.set(title="learned vs true log Z (exact form)", xlabel="RL step", ylabel="log Z (nats)")
+    for name in [n for n in LOGZ_PANEL if n in summary]:
+        ev = [r for r in read_evals(os.path.join(out_dir, name)) if "log_z_abs_err" in r and r["step"] > 0]
+        ax.plot([r["step"] for r in ev], [r["log_z_abs_err"] for r in ev], marker="o", ms=3, label=name,
+                **style(name))
+    ax.set(title="|learned − true log Z|, mean over the eval prompts (log scale)", xlabel="RL step",
+           ylabel="nats", yscale="log")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
-    fig.suptitle("Figure 1 trained for real: make_n, a 2-layer GPT, exact enumeration of every answer")
+    fig.suptitle("Figure 1 trained for real: make_n, a 2-layer GPT, exact enumeration of every answer "
+                 "(python figure1.py; 2 CPU cores)")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
+
+
+def markdown(summary, steps):
+    """figure1.md: one row per variant of figure1.json, the numbers the README and docs/results.md show."""
+    lines = [f"make_n, one warm start (seed 0), {steps} RL steps per variant; the final exact eval (9 prompts). "
+             "Correct = every response the reward accepts; shape KL = KL(π(·|correct) ‖ p*(·|correct)).", "",
+             "| variant | β | KL(π‖p*) | KL(p*‖π) | \\|learned − true log Z\\| | correct mass | effective # correct "
+             "| shape KL |", "|---" * 8 + "|"]
+    for name, s in summary.items():
+        lz = "–" if s["log_z_abs_err"] is None else f"{s['log_z_abs_err']:.3f}"
+        lines.append(f"| {name} | {s['beta']:g} | {s['kl_to_target']:.3f} | {s['kl_from_target']:.3f} | {lz} | "
+                     f"{s['correct_mass']:.4f} | {s['effective_correct']:.2f} | {s['kl_shape_to_target']:.3f} |")
+    return "\n".join(lines)
 
 
 def main():
@@ -121,22 +140,20 @@ def main():
         algo, extra = VARIANTS[name]
         beta = float(extra[extra.index("--reward_beta") + 1]) if "--reward_beta" in extra else 15.0
         summary[name] = {"algo": algo, "flags": " ".join(extra), "beta": beta,
-                         "kl_to_target": last["kl_to_target"], "kl_from_target": last["kl_from_target"],
+                         **{k: last[k] for k in ("kl_to_target", "kl_from_target", "correct_mass", "effective_correct",
+                                                 "kl_shape_to_target", "pruned_mass")},
                          "log_z_abs_err": last.get("log_z_abs_err") if algo.startswith("flowrl") else None,
-                         "correct_mass": last["correct_mass"], "effective_correct": last["effective_correct"],
-                         "pruned_mass": last["pruned_mass"], "wall_s": round(times[name], 1)}
+                         "wall_s": round(times[name], 1)}
     with open(os.path.join(args.out_dir, "figure1.json"), "w") as f:
-        json.dump(summary, f, indent=2)
+        json.dump({"steps": args.steps, "seed": args.seed, "summary": summary}, f, indent=2)
+    md = markdown(summary, args.steps)
+    with open(os.path.join(args.out_dir, "figure1.md"), "w") as f:
+        f.write(md + "\n")
     prompts_n = [6, 9, 12]
     dists = answer_distributions(args.out_dir, [n for n in MAIN if n in summary], prompts_n)
     draw(args.out_dir, summary, dists, prompts_n, os.path.join(args.out_dir, "figure1.png"))
-    print(f"\n{'variant':22s} {'β':>4s} {'KL(π‖p*)':>9s} {'KL(p*‖π)':>9s} {'|ΔlogZ|':>8s} {'correct':>8s} "
-          f"{'effective':>9s}")
-    for name, s in summary.items():
-        lz = f"{s['log_z_abs_err']:8.3f}" if s["log_z_abs_err"] is not None else f"{'-':>8s}"
-        print(f"{name:22s} {s['beta']:4.0f} {s['kl_to_target']:9.3f} {s['kl_from_target']:9.3f} {lz} "
-              f"{s['correct_mass']:8.4f} {s['effective_correct']:9.2f}")
-    print(f"figure: {os.path.join(args.out_dir, 'figure1.png')}; total wall time {time.time() - t0:.0f}s")
+    print(md)
+    print(f"\nfigure: {os.path.join(args.out_dir, 'figure1.png')}; total wall time {time.time() - t0:.0f}s")
 
 
 if __name__ == "__main__":

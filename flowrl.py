@@ -1,9 +1,9 @@
 """
 The FlowRL loss and the reward-maximizing baselines it is compared with, as pure functions of the
 same tensors, side by side. Read beside docs/method.md (our account of
-Zhu et al., arXiv 2509.15207), in its order: the target p* (§1), trajectory balance and
-Proposition 1 (§2, §3), the practical loss (§4), the two forms we train (§6), the log Z head
-(§4.4); then the baselines (§7).
+Zhu et al., arXiv 2509.15207), in its order: the target p* (M1), trajectory balance and
+Proposition 1 (M2, M3), the practical loss (M4), the two forms we train (M6), the log Z head
+(M4.4); then the baselines (M7).
 
 Shapes: N sequences (rows, prompt-major: the G samples of a prompt are consecutive), T response
 positions. logprobs, old_logprobs, ref_logprobs: (N, T) per-token log-probs of the sampled tokens
@@ -45,7 +45,7 @@ def masked_whiten(x, mask, eps=1e-8, all_sum=None):
 
 
 # ---------------------------------------------------------------------------------------------
-# §1 The target p*(y|x) = π_ref(y|x)·exp(β·r(x, y)) / Z(x), exactly, where every answer can be listed
+# M1 The target p*(y|x) = π_ref(y|x)·exp(β·r(x, y)) / Z(x), exactly, where every answer can be listed
 
 def target_log_partition(log_ref, rewards, beta):
     """The true log Z(x) = log Σ_y π_ref(y|x)·exp(β·r(x,y)), over every response y.
@@ -68,30 +68,30 @@ def kl_to_target(log_pi, log_ref, rewards, beta, log_z):
 
 
 # ---------------------------------------------------------------------------------------------
-# §2 Trajectory balance (Proposition 1) and §4 the practical loss
+# M2 Trajectory balance (Proposition 1) and M4 the practical loss
 
 def tb_residual(log_z, l_theta, l_ref, rewards, beta):
-    """The trajectory-balance residual δ = log Z(x) + ℓ_θ(y) − β·r − ℓ_ref(y) (docs/method.md §2).
-    All (N,) -> (N,). Proposition 1: on-policy, E_y[∇_θ ½δ²] = ∇_θ KL(π_θ ‖ p*) when ℓ is the summed
+    """The trajectory-balance residual δ = log Z(x) + ℓ_θ(y) − β·r − ℓ_ref(y) (docs/method.md M2).
+    All (N,) -> (N,). Proposition 1: on-policy, E_y[∇_θ δ²] = 2·∇_θ KL(π_θ ‖ p*) when ℓ is the summed
     log-prob and r the raw reward."""
     return log_z + l_theta - beta * rewards - l_ref
 
 
 def sequence_logprob(logprobs, mask, length_norm):
     """ℓ(y): the response's log-prob, the token mean over the mask (length_norm, the practical form,
-    docs/method.md §4.2) or the sum log π(y|x) (Proposition 1's form, §2). (N, T), (N, T) -> (N,)."""
+    docs/method.md M4.2) or the sum log π(y|x) (Proposition 1's form, M2). (N, T), (N, T) -> (N,)."""
     return masked_mean(logprobs, mask) if length_norm else masked_sum(logprobs, mask)
 
 
 def equal_reward_rows(rewards, group_size):
-    """(N,) bool: the rows whose group's G rewards are all equal, where r̂ = 0 (docs/method.md §5).
+    """(N,) bool: the rows whose group's G rewards are all equal, where r̂ = 0 (docs/method.md M5).
     rewards: (N,) -> (N,)."""
     return (rewards.view(-1, group_size).std(1) == 0).repeat_interleave(group_size)
 
 
 def group_normalize(rewards, group_size, eps=1e-6):
     """r̂ = (r − mean_group(r)) / (std_group(r) + eps) over consecutive groups of group_size rows,
-    unbiased std (docs/method.md §4.1; the GRPO advantage). rewards: (N,) -> (N,)."""
+    unbiased std (docs/method.md M4.1; the GRPO advantage). rewards: (N,) -> (N,)."""
     if group_size < 2 or rewards.shape[0] % group_size:
         raise ValueError(f"group_size must be >= 2 and divide the {rewards.shape[0]} rows, got {group_size}")
     r = rewards.view(-1, group_size)                                                  # (P, G)
@@ -100,30 +100,30 @@ def group_normalize(rewards, group_size, eps=1e-6):
 
 def importance_weight(logprobs, old_logprobs, mask, clip):
     """w = π_θ(y|x) / π_old(y|x) = exp(Σ_t log π_θ − log π_old) per sequence, detached, clamped to
-    clip = (lo, hi) or not at all (None) (docs/method.md §4.3). Returns (w, w before the clamp), (N,)."""
+    clip = (lo, hi) or not at all (None) (docs/method.md M4.3). Returns (w, w before the clamp), (N,)."""
     w_raw = masked_sum(logprobs.detach() - old_logprobs.detach(), mask).exp()       # (N,)
     return (w_raw if clip is None else w_raw.clamp(clip[0], clip[1])), w_raw
 
 
 def flowrl_loss(logprobs, old_logprobs, ref_logprobs, mask, rewards, log_z, *, beta=15.0,
                 clip=(0.8, 1.2), length_norm=True, flat=None):
-    """The FlowRL objective (docs/method.md §4): the trajectory-balance loss with importance weights,
+    """The FlowRL objective (docs/method.md M4): the trajectory-balance loss with importance weights,
 
-        δ_i = log Z_φ(x_i) + ℓ_θ(y_i) − β·r_i − ℓ_ref(y_i)               (tb_residual, §2)
+        δ_i = log Z_φ(x_i) + ℓ_θ(y_i) − β·r_i − ℓ_ref(y_i)               (tb_residual, M2)
         w_i = clamp(exp(Σ_t log π_θ(y_it) − log π_old(y_it)), *clip)      (importance_weight, detached)
         L   = (1/N) Σ_i w_i · δ_i²
 
     ℓ(y) is the token mean of the log-probs over the response mask if length_norm (the paper's
-    practical form, §4.2), else their sum (the form for which Proposition 1 holds). Pass
+    practical form, M4.2), else their sum (the form for which Proposition 1 holds). Pass
     group-normalized rewards r̂ for the practical form, raw rewards for exact distribution matching
-    (§6, FORMS). Gradients reach logprobs and log_z only; old_logprobs, ref_logprobs and rewards are
+    (M6, FORMS). Gradients reach logprobs and log_z only; old_logprobs, ref_logprobs and rewards are
     constants. clip: (lo, hi) bounds of w (the paper's text: [0.8, 1.2], our default), or None.
     The official code takes the reward term as the token mean of the (constant per token)
     advantage, which equals r̂ here.
 
     logprobs, old_logprobs, ref_logprobs, mask: (N, T); rewards, log_z: (N,); flat: None or (N,) bool,
     the rows whose group's rewards are all equal (r̂ = 0 there: δ = log Z + ℓ_θ − ℓ_ref has no reward
-    term, docs/method.md §5), for the metrics only.
+    term, docs/method.md M5), for the metrics only.
     Returns (loss, stats) with stats: log_z, tb_residual (mean δ²), is_weight (mean w), clip_frac,
     logp (mean ℓ_θ), ref_logp (mean ℓ_ref), the sizes of δ's other terms (logp_minus_ref: mean ℓ_θ − ℓ_ref;
     beta_reward: mean |β·r|) and, given flat, flat_grad_share (Σ_flat w·|δ| / Σ w·|δ|: the share of the
@@ -150,12 +150,12 @@ def flowrl_loss(logprobs, old_logprobs, ref_logprobs, mask, rewards, log_z, *, b
 
 
 # ---------------------------------------------------------------------------------------------
-# §6 The two forms of FlowRL we train: which reward and which pooling each name stands for
+# M6 The two forms of FlowRL we train: which reward and which pooling each name stands for
 
 FORMS = {
-    # the paper's practical loss (§4): group-normalized reward, token-mean log-probs, log Z from 0
+    # the paper's practical loss (M4): group-normalized reward, token-mean log-probs, log Z from 0
     "flowrl": {"reward": "group_normalized", "length_norm": True, "init_log_z": False},
-    # Proposition 1's form (§2): raw reward, summed log-probs, log Z started at log E_ref[exp(β·r)]
+    # Proposition 1's form (M2): raw reward, summed log-probs, log Z started at log E_ref[exp(β·r)]
     "flowrl_exact": {"reward": "raw", "length_norm": False, "init_log_z": True},
 }
 
@@ -169,7 +169,7 @@ def flowrl_form(algo, length_norm=None):
 
 
 def log_partition_init(rewards, group_size, beta):
-    """A starting log Z for the summed form (docs/method.md §6): at θ = ref the true value is
+    """A starting log Z for the summed form (docs/method.md M6): at θ = ref the true value is
     log E_ref[exp(β·r)], estimated per group as log mean_g exp(β·r_g), a log-sum-exp, not the mean
     of β·r (Jensen makes that far too low). rewards: (N,) -> (N/G,)."""
     r = rewards.view(-1, group_size).double()
@@ -178,7 +178,7 @@ def log_partition_init(rewards, group_size, beta):
 
 def group_log_z(logprobs, ref_logprobs, mask, rewards, beta, group_size, length_norm):
     """--logz group: no learned log Z; each group's own minimizer of Σ_g δ², the group mean of
-    β·r + ℓ_ref − ℓ_θ, detached (on-policy a baseline, docs/method.md §3). All (N, T) / (N,) -> (N,)."""
+    β·r + ℓ_ref − ℓ_θ, detached (on-policy a baseline, docs/method.md M3). All (N, T) / (N,) -> (N,)."""
     m = mask.to(logprobs.dtype)
     l_ref = sequence_logprob(ref_logprobs, m, length_norm)                            # (N,)
     l_theta = sequence_logprob(logprobs.detach(), m, length_norm)                     # (N,)
@@ -187,10 +187,10 @@ def group_log_z(logprobs, ref_logprobs, mask, rewards, beta, group_size, length_
 
 
 # ---------------------------------------------------------------------------------------------
-# §4.4 The learned log-partition log Z_φ(x)
+# M4.4 The learned log-partition log Z_φ(x)
 
 class LogZHead(nn.Module):
-    """log Z_φ(x) (docs/method.md §4.4): an MLP on the mean of the final-layer hidden states of the
+    """log Z_φ(x) (docs/method.md M4.4): an MLP on the mean of the final-layer hidden states of the
     prompt tokens, [Linear(H,H) → GELU → LayerNorm(H) → Dropout] × 2 → Linear(H,1). The pooled states
     are not detached, so the head's gradient reaches the trunk too. Its own parameters:
     LogZHead.parameters(), for an optimizer group with its own lr. init: the starting log Z (the
@@ -230,7 +230,7 @@ class LogZTable(nn.Module):
 
 
 # ---------------------------------------------------------------------------------------------
-# §7 The reward maximizers. All share the token-level PPO clipped surrogate.
+# M7 The reward maximizers. All share the token-level PPO clipped surrogate.
 
 def clipped_surrogate(logprobs, old_logprobs, advantages, clip_eps):
     """Per-token PPO objective to minimize: −min(ρ·A, clip(ρ, 1−ε, 1+ε)·A), ρ = π_θ/π_old per token.

@@ -12,6 +12,8 @@ import torch
 from model import GPT, GPTConfig, rope_tables
 from tokenizer import CheckpointError, read_json
 
+ARCHITECTURES = ("GPT2LMHeadModel", "Qwen2ForCausalLM", "Qwen3ForCausalLM", "LlamaForCausalLM")   # what loads
+
 
 def hf_config(path):
     """GPTConfig for a Hugging Face config.json (GPT2LMHeadModel, Qwen2ForCausalLM, Qwen3ForCausalLM,
@@ -46,8 +48,7 @@ def hf_config(path):
                          bias=False, qkv_bias=qkv_bias, qk_norm=arch == "Qwen3ForCausalLM",
                          head_size=head_dim if head_dim * heads != c["hidden_size"] else 0,
                          tie_embeddings=c.get("tie_word_embeddings", False))
-    raise CheckpointError(f"{cfg_path}: architecture {arch!r} is not supported "
-                          f"(GPT2LMHeadModel, Qwen2ForCausalLM, Qwen3ForCausalLM, LlamaForCausalLM)")
+    raise CheckpointError(f"{cfg_path}: architecture {arch!r} is not supported ({', '.join(ARCHITECTURES)})")
 
 
 def _hf_names(config, arch):

@@ -153,7 +153,7 @@ class Prefix:
     """Keys and values of prompts that several rows share, for a forward with gradients (training's
     counterpart of KVCache; functional, so gradients flow back into the prompt's positions):
     forward(prompt, prefix=p) records every layer's keys and values; p.select(rows) gives each row its
-    prompt's; forward(answers, prefix=p.select(rows)) then attends to them first (docs/method.md §9).
+    prompt's; forward(answers, prefix=p.select(rows)) then attends to them first (docs/method.md M9).
     k, v: layer -> (B, nkv, Tp, hs); valid: (B, Tp) bool, true on real prompt tokens."""
 
     def __init__(self, valid):

@@ -33,7 +33,7 @@ def pass_curve(record):
 
 def collect(out_dir, seeds, names):
     """Per method, per seed: the pass@k curve of the final eval (the warm start's: the step-0 eval, the
-    same in every run of a seed) and the training series of answer length."""
+    same in every run of a seed) and the training series of accuracy and answer length."""
     curves, series = {START: []}, {}
     for s in seeds:
         for i, name in enumerate(names):
@@ -48,7 +48,16 @@ def collect(out_dir, seeds, names):
     return curves, series
 
 
-def markdown(curves, series, steps, seeds, n, n_prompts):
+def tails(series, last=100):
+    """Per method, per seed: the mean answer length and the share of answers cut at the budget over the
+    last `last` training steps (what passk.json keeps of the series)."""
+    mean = lambda xs: sum(xs[-last:]) / len(xs[-last:])
+    return {name: {key: [mean(s[f"completions/{key}"]) for s in ss] for key in ("mean_length", "clipped_ratio")}
+            for name, ss in series.items()}
+
+
+def markdown(curves, tail, steps, seeds, n, n_prompts):
+    """passk.md, from passk.json's curves and tails alone."""
     ks = [k for k in (1, 2, 4, 8, 16, 32, 64, 128, 256) if k <= n]
     fmt = lambda xs: "{:.3f} ± {:.3f}".format(*mean_std(xs)[:2])
     lines = [f"countdown, held-out prompts: pass@k (unbiased, from {n} samples per prompt, {n_prompts} prompts, "
@@ -57,43 +66,40 @@ def markdown(curves, series, steps, seeds, n, n_prompts):
              "cut answers, last 100 steps |", "|---" * (len(ks) + 3) + "|"]
     for name, cs in curves.items():
         cells = [fmt([c[k - 1] for c in cs]) for k in ks]
-        if name in series:
-            tail = lambda key: fmt([sum(s[key][-100:]) / len(s[key][-100:]) for s in series[name]])
-            cells += [tail("completions/mean_length"), tail("completions/clipped_ratio")]
-        else:
-            cells += ["-", "-"]
+        cells += [fmt(tail[name]["mean_length"]), fmt(tail[name]["clipped_ratio"])] if name in tail else ["-", "-"]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
-def draw(curves, series, path):
+def band(ax, xs, ys_per_seed, name, label=True):
+    """The mean over seeds as a line, the seeds' range as a band, in the method's colour."""
+    from plot import style
+    m = [sum(v) / len(v) for v in zip(*ys_per_seed)]
+    line, = ax.plot(xs, m, label=name if label else None, **style(name))
+    ax.fill_between(xs, [min(v) for v in zip(*ys_per_seed)], [max(v) for v in zip(*ys_per_seed)],
+                    color=line.get_color(), alpha=0.15)
+
+
+def draw(curves, series, seeds, path):
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    fig, axes = plt.subplots(1, 4, figsize=(20, 4.8))
-    colors = {name: plt.cm.tab10(i) for i, name in enumerate(curves)}
+    fig, axes = plt.subplots(1, 3, figsize=(18, 5))
     for name, cs in curves.items():
-        ks = list(range(1, len(cs[0]) + 1))
-        m = [sum(c[k - 1] for c in cs) / len(cs) for k in ks]
-        lo, hi = [min(c[k - 1] for c in cs) for k in ks], [max(c[k - 1] for c in cs) for k in ks]
-        ls = "--" if name == START else "-"
-        axes[0].plot(ks, m, ls=ls, color=colors[name], label=name)
-        axes[0].fill_between(ks, lo, hi, color=colors[name], alpha=0.15)
-    axes[0].set(xscale="log", xlabel="k", ylabel="pass@k",
-                title="pass@k on held-out prompts (mean; band: seeds' range)")
+        band(axes[0], list(range(1, len(cs[0]) + 1)), cs, name)
+    axes[0].set(xscale="log", xlabel="k", ylabel="pass@k", title="pass@k on held-out prompts, final eval")
     axes[0].set_xticks([1, 2, 4, 8, 16, 32, 64], ["1", "2", "4", "8", "16", "32", "64"])
     for name, ss in series.items():
-        for j, (key, title) in enumerate([("accuracy", "train accuracy"),
-                                          ("completions/mean_length", "mean answer length (tokens, incl. EOS)"),
-                                          ("completions/clipped_ratio", "share of answers cut at max_new_tokens")]):
-            for i, s in enumerate(ss):
-                axes[j + 1].plot(s["step"], smooth(s[key], 25), color=colors[name], alpha=0.8,
-                                 label=name if i == 0 else None)
-            axes[j + 1].set(title=title + " (smoothed)", xlabel="RL step")
+        for ax, key in zip(axes[1:], ("accuracy", "completions/mean_length")):
+            band(ax, ss[0]["step"], [smooth(s[key], 25) for s in ss], name)
+    axes[1].set(title="train accuracy (trailing mean of 25 steps)", xlabel="RL step", ylabel="fraction of samples correct")
+    axes[2].set(title="mean answer length (trailing mean of 25 steps)", xlabel="RL step",
+                ylabel="tokens per answer, incl. EOS")
     for a in axes:
         a.grid(alpha=0.3)
         a.legend(fontsize=8)
-    fig.suptitle("countdown: does training keep the warm start's large-k coverage? (one line per seed)")
+    fig.suptitle(f"countdown: does training keep the warm start's large-k coverage? "
+                 f"(lines: mean over seeds {seeds}; bands: their range; python passk.py)")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -112,13 +118,14 @@ def main():
     if not args.aggregate_only:
         run_all([(n, common(s)) for s in args.seeds for n in args.names], args.workers)
     curves, series = collect(args.out_dir, args.seeds, args.names)
-    md = markdown(curves, series, args.steps, args.seeds, args.n, args.prompts)
+    tail = tails(series)
+    md = markdown(curves, tail, args.steps, args.seeds, args.n, args.prompts)
     with open(os.path.join(args.out_dir, "passk.json"), "w") as f:
         json.dump({"seeds": args.seeds, "steps": args.steps, "n": args.n, "prompts": args.prompts,
-                   "curves": curves}, f)
+                   "curves": curves, "tails": tail}, f)
     with open(os.path.join(args.out_dir, "passk.md"), "w") as f:
         f.write(md + "\n")
-    draw(curves, series, os.path.join(args.out_dir, "passk.png"))
+    draw(curves, series, args.seeds, os.path.join(args.out_dir, "passk.png"))
     print(md)
     print(f"\nfigure: {os.path.join(args.out_dir, 'passk.png')}; total wall time {time.time() - t0:.0f}s")
 

@@ -1,7 +1,7 @@
 """
 Overlay training runs: eval accuracy, the effective number of correct answers, token entropy,
 distinct correct answers per group, and the mechanism: the share of groups whose rewards are all equal
-(where GRPO has no gradient and practical FlowRL's δ is a pure pull toward π_ref, docs/method.md §5)
+(where GRPO has no gradient and practical FlowRL's δ is a pure pull toward π_ref, docs/method.md M5)
 and the size of each term of FlowRL's δ.
 
     python plot.py out/flowrl out/grpo -o fig.png
@@ -31,30 +31,60 @@ def load(run_dir):
     return [r for r in rows if r["kind"] == "train"], [r for r in rows if r["kind"] == "eval"]
 
 
+# One colour and line style per algorithm (a variant name of experiments.VARIANTS, or "warm start"), the
+# same in every figure: compare.png, figure1.png, passk.png.
+STYLE = {
+    "flowrl": ("tab:blue", "-"), "flowrl_exact": ("tab:orange", "-"), "grpo": ("tab:green", "-"),
+    "grpo_kl0.01": ("tab:olive", "-"), "grpo_kl0.04": ("tab:red", "-"), "grpo_kl0.1": ("tab:pink", "-"),
+    "reinforce_pp": ("tab:purple", "-"), "ppo": ("tab:brown", "-"), "flowrl_nolen": ("tab:cyan", "-"),
+    "flowrl_no_ref": ("navy", "--"), "flowrl_exact_no_ref": ("darkgoldenrod", "--"),
+    "flowrl_beta5": ("deepskyblue", "-."), "flowrl_beta2": ("slateblue", ":"),
+    "flowrl_exact_beta5": ("gold", "-."), "flowrl_exact_beta2": ("peru", ":"),
+    "flowrl_noclip": ("teal", "--"), "flowrl_exact_noclip": ("orangered", "--"),
+    "flowrl_exact_table": ("black", "-."), "flowrl_exact_group": ("gray", "-."),
+    "warm start": ("black", "--"),
+}
+
+
+def style(name):
+    """matplotlib keywords for a run's line: its STYLE entry; another name gets matplotlib's next colour."""
+    color, ls = STYLE.get(name, (None, "-"))
+    return {"color": color, "ls": ls} if color else {"ls": ls}
+
+
 def smooth(xs, n=10):
-    """Trailing mean over n steps; NaN entries (no such group that step) are skipped."""
+    """Trailing mean over n steps; None or NaN entries (no such group that step) are skipped."""
     out, acc = [], []
     for x in xs:
         acc = (acc + [x])[-n:]
-        ok = [v for v in acc if not math.isnan(v)]
+        ok = [v for v in acc if v is not None and not math.isnan(v)]
         out.append(sum(ok) / len(ok) if ok else float("nan"))
     return out
 
 
 def finite(xs):
-    """NaN (no such group in that step) as a gap in the line, not a zero."""
+    """None or NaN (no such group in that step) as a gap in the line, not a zero."""
     return [x if x is not None and not math.isnan(x) else float("nan") for x in xs]
+
+
+def error_rate(evals):
+    """1 − accuracy of each eval, floored at half a sample (0.5 / samples) so that a log axis can show an
+    eval without any wrong sample; returns (rates, floor)."""
+    n = evals[0]["k"] * len(evals[0]["correct_counts"])
+    return [max(1 - r["accuracy"], 0.5 / n) for r in evals], 0.5 / n
 
 
 def plot_runs(run_dirs, out_path, title=None):
     fig, axes = plt.subplots(2, 3, figsize=(18, 9))
     ax = dict(zip(["acc", "eff", "ent", "distinct", "flat", "delta"], axes.flat))
+    floor = None
     for d in run_dirs:
         train, evals = load(d)
         name = os.path.basename(os.path.normpath(d))
         steps = [r["step"] for r in train]
         es = [r["step"] for r in evals]
-        line, = ax["acc"].plot(es, [r["accuracy"] for r in evals], marker="o", ms=3, label=name)
+        err, floor = error_rate(evals)
+        line, = ax["acc"].plot(es, err, marker="o", ms=3, label=name, **style(name))
         c = line.get_color()
         ax["eff"].plot(es, [r["effective_correct"] for r in evals], marker="o", ms=3, color=c, label=name)
         ax["ent"].plot(steps, smooth([r["entropy"] for r in train]), color=c, label=name)
@@ -70,7 +100,9 @@ def plot_runs(run_dirs, out_path, title=None):
                                   ("flat_groups/delta_abs", "-.", "|δ| in equal-reward groups: the pull")]:
                 ax["delta"].plot(steps, smooth(finite([r[key] for r in train]), 50), color=c, ls=ls,
                                  label=f"{name}: {what}")
-    ax["acc"].set(title="eval accuracy (avg@k, T=1)", xlabel="RL step", ylabel="fraction correct", ylim=(0, 1.02))
+    ax["acc"].axhline(floor, color="gray", lw=0.8, ls=":", label="no wrong sample in the eval")
+    ax["acc"].set(title="eval error rate, 1 − accuracy (T=1; log scale)", xlabel="RL step",
+                  ylabel="fraction of samples wrong", yscale="log")
     ax["eff"].set(title="effective number of correct answers (eval, exact)", xlabel="RL step",
                   ylabel="exp(entropy over correct)")
     ax["ent"].set(title="token entropy of the policy (train, smoothed)", xlabel="RL step", ylabel="nats per token")
@@ -123,16 +155,21 @@ def window_table(run_dir, ends):
 def main():
     p = argparse.ArgumentParser(description="Overlay training runs (directories holding metrics.jsonl).")
     p.add_argument("runs", nargs="+", help="run directories, e.g. out/flowrl out/grpo")
-    p.add_argument("-o", "--out", default="compare.png", help="output image")
+    p.add_argument("-o", "--out", default=None, help="output image (default: compare.png); with --windows, a "
+                   "markdown file to write the table to (default: print only)")
     p.add_argument("--title", default=None, help="figure title")
     p.add_argument("--windows", type=int, nargs="+", default=None, metavar="END",
                    help="instead of a figure: print the mechanism's means over the step windows ending at each END")
     args = p.parse_args()
     try:
         if args.windows:
-            print("\n\n".join(window_table(d, args.windows) for d in args.runs))
+            md = "\n\n".join(window_table(d, args.windows) for d in args.runs)
+            print(md)
+            if args.out:
+                with open(args.out, "w") as f:
+                    f.write(md + "\n")
             return
-        plot_runs(args.runs, args.out, args.title)
+        args.out = plot_runs(args.runs, args.out or "compare.png", args.title)
     except FileNotFoundError as e:
         print(f"plot.py: error: {e}", file=sys.stderr)
         sys.exit(2)

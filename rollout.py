@@ -159,7 +159,7 @@ def sequence_logprobs(model, rollout, temperature=1.0, return_hidden=False, with
     skips the entropy (None).
     Two forwards: each distinct prompt once (P rows; a group's G rows share one), then the responses
     (N rows) attending to their prompt's keys (model.Prefix): the same values as one forward over the
-    N concatenated rows, with the prompt positions computed P times instead of N (docs/method.md §9)."""
+    N concatenated rows, with the prompt positions computed P times instead of N (docs/method.md M9)."""
     Tp = rollout.prompt.shape[1]
     first, inverse = shared_prompts(rollout)                                         # (P,), (N,)
     prefix = Prefix(rollout.prompt_mask[first])

@@ -21,8 +21,7 @@ NAMES = ["flowrl", "flowrl_exact", "grpo", "grpo_kl0.01", "grpo_kl0.04", "grpo_k
          "flowrl_no_ref"]
 # pass@16 is 1.00 for every method on make_n: the columns are the ones that differ
 METRICS = ["accuracy", "distinct_correct", "effective_correct", "entropy", "kl_shape_to_target"]
-HEAD = ["accuracy (= pass@1)", "distinct correct @{k}", "effective # correct", "token entropy",
-        "KL(π‖p*) over correct answers"]
+HEAD = ["accuracy (= pass@1)", "distinct correct @{k}", "effective # correct", "token entropy", "shape KL"]
 
 
 def aggregate(out_dir, seeds, names):
@@ -55,6 +54,11 @@ def markdown(table, names, steps, seeds, warm_skew):
         st = table[n]["matched"]["step"]
         lines.append(f"| {n} | {'n/a' if st is None else f'{st[0]:.0f} ± {st[1]:.0f}'} | " +
                      " | ".join(fmt(table[n]["matched"][m]) for m in METRICS) + " |")
+    lines += ["", "Correct = every response the reward accepts; shape KL = KL(π(·|correct) ‖ p*(·|correct)), "
+              "p*(·|correct) being π_ref(·|correct) (docs/method.md M8)."]
+    if any("no_ref" in n for n in names):
+        lines[-1] += (" The no_ref rows drop π_ref from their loss, so they fit another target; their shape KL is "
+                      "still measured against p*, which has π_ref.")
     return "\n".join(lines)
 
 

@@ -6,7 +6,7 @@ reward-maximizing baselines from the same start, evaluate each, and draw the com
     python train.py --algo flowrl grpo --steps 800 --kl_coef 0.04
     python train.py --help
 
-One RL step (docs/method.md §4, §7) reads as named steps:
+One RL step (docs/method.md M4, M7) reads as named steps:
     collect      prompts -> rollout.generate G answers each -> rewards, then
     prepare      π_old's and π_ref's log-probs, group-normalized rewards r̂, and what one algorithm
                  needs once per batch (log Z's start, REINFORCE++'s and PPO's advantages)
@@ -15,8 +15,8 @@ One RL step (docs/method.md §4, §7) reads as named steps:
     algo_loss    the one place where the algorithms differ: a short branch each, calling flowrl.py
     train_record the metrics record (names as TRL / veRL users know them)
 Where we differ from the paper: a toy task and a tiny model; the log Z head in its own optimizer
-group with its own lr (GFlowNet practice, docs/method.md §4.4); flowrl_exact (raw reward, summed
-log-probs) is ours, the form for which Proposition 1 holds (docs/method.md §6).
+group with its own lr (GFlowNet practice, docs/method.md M4.4); flowrl_exact (raw reward, summed
+log-probs) is ours, the form for which Proposition 1 holds (docs/method.md M6).
 
 Outputs: out/<algo>/{metrics.jsonl, samples.jsonl, ckpt.pt, hf/}, out/summary.json, out/compare.png.
 """
@@ -98,7 +98,7 @@ class Batch:
     ro: Rollout                # N = prompts x G rows, prompt-major
     scores: list               # task.score per row: reward, correct, format, answer
     rewards: torch.Tensor      # (N,) raw rewards r
-    r_hat: torch.Tensor        # (N,) group-normalized rewards r̂ (docs/method.md §4.1)
+    r_hat: torch.Tensor        # (N,) group-normalized rewards r̂ (docs/method.md M4.1)
     ref_logprobs: torch.Tensor  # (N, T) under π_ref (zeros with --no_ref)
     old_logprobs: torch.Tensor  # (N, T) under π_old, the policy before this step's updates (None: update sets it)
     entropy: torch.Tensor      # (N, T) token entropy of π_old (a metric; None: update sets it)
@@ -123,7 +123,7 @@ def minibatches(args, n_prompts, step, epoch, device):
 
 @torch.no_grad()
 def rollout_policy_pass(args, run, ro, row_sets):
-    """π_old as the training forward computes it (docs/method.md §4.3): the log-probs the importance
+    """π_old as the training forward computes it (docs/method.md M4.3): the log-probs the importance
     weights divide by, recomputed without gradients before any update, minibatch by minibatch as the
     first epoch will run them, so that on-policy w = 1 exactly (the sampler's cached decode differs
     in rounding, in bf16 by far more). Also the token entropy (a metric) and PPO's old values. Needed
@@ -165,7 +165,7 @@ def prepare(args, run, task, problems, ro, scores, step, world):
         ref_logprobs = torch.zeros_like(ref_logprobs)
     b = Batch(problems, ro, scores, rewards, flowrl.group_normalize(rewards, G), ref_logprobs, old, entropy)
     if run.algo.startswith("flowrl") and flowrl.FORMS[run.algo]["init_log_z"] and step == 0 and run.head is not None:
-        everyone = gather_rows(rewards, world)         # log Z starts at log E_ref[exp(β·r)], docs/method.md §6
+        everyone = gather_rows(rewards, world)         # log Z starts at log E_ref[exp(β·r)], docs/method.md M6
         init = flowrl.log_partition_init(everyone, len(everyone), args.reward_beta).item()
         with torch.no_grad():
             (run.head.out.bias if args.logz == "head" else run.head.table).fill_(init)
@@ -182,7 +182,7 @@ def prepare(args, run, task, problems, ro, scores, step, world):
 
 def algo_loss(args, run, b, rows, mb, logprobs, h):
     """The loss of one minibatch (the rows of b in mb), where the algorithms differ
-    (docs/method.md §4, §6, §7). logprobs: (n, T) under π_θ with gradients; h: (n, Tp + T, C)."""
+    (docs/method.md M4, M6, M7). logprobs: (n, T) under π_θ with gradients; h: (n, Tp + T, C)."""
     Tp, G = mb.prompt.shape[1], args.group_size
     if run.algo.startswith("flowrl"):
         form = flowrl.flowrl_form(run.algo, args.length_norm)

@@ -24,9 +24,14 @@ EVAL_KEYS = ["pass@1", "pass@4", "pass@k", "distinct_correct", "effective_correc
              "entropy", "accuracy"]
 
 
+def strict(token):
+    raise ValueError(f"not strict JSON: {token}")
+
+
 def read(path):
+    """A .jsonl file's records, parsed strictly: a bare NaN or Infinity (which jq rejects) fails the test."""
     with open(path) as f:
-        return [json.loads(line) for line in f]
+        return [json.loads(line, parse_constant=strict) for line in f]
 
 
 @pytest.mark.slow
@@ -148,6 +153,24 @@ def test_preset_follows_the_device(monkeypatch):
     assert (a.device, a.preset, a.steps, a.n_layer, a.eval_every) == ("cuda", "large", 1000, 6, 50)
     a = config.parse_args(["--preset", "small", "--steps", "7"])
     assert (a.device, a.preset, a.steps, a.n_layer) == ("cuda", "small", 7, 2)
+
+
+def test_help_names_each_preset_default_and_every_loadable_architecture():
+    import hf
+    text = " ".join(config.build_parser().format_help().split())
+    assert "default: None" not in text
+    assert "RL steps per algorithm (default: 2000 (small) / 1000 (large))" in text
+    assert "policy learning rate, AdamW (default: 0.0003 (small) / 0.0001 (large))" in text
+    for arch in hf.ARCHITECTURES:
+        assert arch in text, arch
+
+
+def test_metrics_jsonl_writes_undefined_values_as_null(tmp_path):
+    from checkpoint import append_jsonl
+    path = str(tmp_path / "m.jsonl")
+    append_jsonl(path, {"a": float("nan"), "b": [1.0, float("inf")], "c": {"d": -float("inf"), "e": 2.5}})
+    assert open(path).read() == '{"a": null, "b": [1.0, null], "c": {"d": null, "e": 2.5}}\n'
+    assert read(path) == [{"a": None, "b": [1.0, None], "c": {"d": None, "e": 2.5}}]
 
 
 def test_pass_at_k_is_unbiased():
