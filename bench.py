@@ -10,7 +10,10 @@ interleaved (ours, theirs, ours, ...) after a warm-up, and medians are reported.
 """
 
 import argparse
+import contextlib
+import io
 import itertools
+import math
 import os
 import resource
 import statistics
@@ -184,7 +187,7 @@ def bench_qwen05b(args):
     per parameter per row (FLOPs / matmul rate)."""
     device = torch.device(args.device)
     dtype = torch.float32 if args.dtype == "fp32" else torch.bfloat16
-    cfg = qwen25_config("0.5B", block_size=4096)
+    cfg = tiny_qwen25() if args.tiny else qwen25_config("0.5B", block_size=4096)
     with tempfile.TemporaryDirectory() as d:
         theirs = save_random("qwen2", dict(
             vocab_size=cfg.vocab_size, hidden_size=cfg.n_embd, intermediate_size=cfg.n_inner,
@@ -208,7 +211,7 @@ def bench_qwen05b(args):
     step_bytes = P * width + kv
     limit = min(bandwidth / step_bytes, rate / (2 * P * rows)) * rows                     # tokens/s
     dev = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({os.cpu_count()} cores)"
-    print(f"\nQwen2.5-0.5B-shaped ({P / 1e6:.0f}M parameters, random weights), {dev}, {args.dtype}, torch "
+    print(f"\n{'a tiny Qwen2 (the smoke run)' if args.tiny else 'Qwen2.5-0.5B-shaped'} ({P / 1e6:.0f}M parameters, random weights), {dev}, {args.dtype}, torch "
           f"{torch.__version__}: {args.prompts} prompts (8 tokens) x {args.samples} samples x {args.new_tokens} new "
           f"tokens, every position decoded and counted; medians of {args.reps} interleaved repetitions\n")
     print(f"machine: {bandwidth / 1e9:,.0f} GB/s copy bandwidth, {rate / 1e12:,.1f} TFLOP/s matmul; a decode step "
@@ -253,6 +256,87 @@ def rollout_vs_transformers(args, ours, theirs, device):
         t_theirs.append(t)
     assert n_ours == n_theirs == args.prompts * args.samples * args.new_tokens
     return n_ours / statistics.median(t_ours), n_theirs / statistics.median(t_theirs), prompts
+
+
+STOPPING = ("gpt2", dict(vocab_size=2048, n_embd=384, n_layer=6, n_head=6, n_positions=256))   # shape b, longer
+
+
+def save_stopping(path, eos, p_stop=1 / 60, seed=0):
+    """A random GPT-2 whose responses stop at many lengths, as real ones do: the final LayerNorm's bias
+    gets a component along one axis and the (tied) EOS embedding points along it, so that EOS's logit is
+    raised by log(p_stop·V) on average (noisy from position to position): lengths spread from 1 to far
+    past the mean 1/p_stop. Saved by transformers; returns their model."""
+    import transformers
+    torch.manual_seed(seed)
+    kind, cfg = STOPPING
+    m = transformers.GPT2LMHeadModel(transformers.GPT2Config(**cfg, bos_token_id=eos, eos_token_id=eos))
+    raise_eos(m, eos, p_stop)
+    m.save_pretrained(path)
+    return transformers.AutoModelForCausalLM.from_pretrained(path)
+
+
+def raise_eos(gpt2, eos, p_stop):
+    """In place: the final LayerNorm's bias 2 along axis 0 and the tied EOS embedding along it, raising
+    EOS's logit by log(p_stop·V) on average."""
+    with torch.no_grad():
+        gpt2.transformer.ln_f.bias.zero_()[0] = 2.0
+        gpt2.transformer.wte.weight[eos] = 0.0
+        gpt2.transformer.wte.weight[eos, 0] = math.log(p_stop * gpt2.config.vocab_size) / 2.0
+
+
+def real_lengths_row(args, device, dtype):
+    """Rollout with real response lengths: a policy whose rows stop at EOS after very different numbers of
+    tokens (save_stopping), long shared prompts (64 tokens), ours (finished rows leave the batch, each
+    prompt's keys read once per group) against transformers' generate, both stopping at the same EOS.
+    Each side is credited with the tokens it generated, EOS included (never the padding after it); the
+    two totals differ only by sampling. Returns (ours tok/s, theirs tok/s, ours tokens, theirs tokens,
+    mean length, longest)."""
+    V, eos = STOPPING[1]["vocab_size"], STOPPING[1]["vocab_size"] - 1
+    T = 2 * args.new_tokens
+    prompts = torch.randint(0, V - 1, (args.prompts, 64), generator=torch.Generator().manual_seed(0))
+    with tempfile.TemporaryDirectory() as d:
+        theirs = save_stopping(d, eos).to(device=device, dtype=dtype).eval()
+        ours = from_pretrained(d, dtype=dtype).to(device).eval()
+    gen = torch.Generator(device=device).manual_seed(0)
+    lengths = []
+
+    def run_ours():
+        r = generate(ours, prompts.tolist(), num_samples=args.samples, max_new_tokens=T, eos_id=eos,
+                     generator=gen, compile=args.compile)
+        lengths.append(r.mask.sum(-1))
+        return int(r.mask.sum())
+
+    def run_theirs():
+        with torch.inference_mode():
+            out = theirs.generate(prompts.to(device), do_sample=True, use_cache=True, num_return_sequences=args.samples,
+                                  max_new_tokens=T, top_k=0, top_p=1.0, eos_token_id=eos, pad_token_id=eos,
+                                  attention_mask=torch.ones_like(prompts).to(device))[:, prompts.shape[1]:]
+        ended = (out == eos).int().cumsum(-1)                                   # tokens up to and including EOS
+        return int(((ended == 0) | ((ended == 1) & (out == eos))).sum())
+
+    run_ours(), run_theirs()                                                  # warm-up
+    t_ours, t_theirs, n_ours, n_theirs = [], [], [], []
+    for _ in range(args.reps):                                                # interleaved
+        t, n = timed(run_ours, device)
+        t_ours.append(t / n), n_ours.append(n)
+        t, n = timed(run_theirs, device)
+        t_theirs.append(t / n), n_theirs.append(n)
+    lengths = torch.cat(lengths).float()
+    return (1 / statistics.median(t_ours), 1 / statistics.median(t_theirs), sum(n_ours), sum(n_theirs),
+            lengths.mean().item(), int(lengths.max()))
+
+
+def print_real_lengths(args, device, dtype):
+    tps_ours, tps_theirs, n_ours, n_theirs, mean_len, longest = real_lengths_row(args, device, dtype)
+    print(f"\nReal lengths: {STOPPING[0]} 6x384 (random weights, EOS raised so that rows stop at many lengths), "
+          f"{args.prompts} prompts of 64 tokens x {args.samples} samples, up to {2 * args.new_tokens} new tokens, "
+          f"both sides stop at EOS; tokens generated (EOS included) per second, medians of {args.reps} "
+          f"interleaved repetitions\n")
+    print("| rollout | ours tok/s | transformers tok/s | speed-up | tokens generated, ours / transformers "
+          "| mean length (longest) |")
+    print("|---|---|---|---|---|---|")
+    print(f"| real lengths | {tps_ours:,.0f} | {tps_theirs:,.0f} | {tps_ours / tps_theirs:.2f}x | "
+          f"{n_ours:,} / {n_theirs:,} | {mean_len:.1f} ({longest}) |")
 
 
 def train_step_times(args, ours, prompts, device, dtype):
@@ -305,17 +389,24 @@ def print_rows(args, device, rows):
               f"| {ach / rate:.0%} | {tf:.3f} | {tg:.3f} | {tf / tg:.2f}x | {ntok / tf:,.0f} | {mem:,.0f} |")
 
 
-def make_checkpoint(path, shape):
-    """A local Hugging Face checkpoint of a Qwen2.5 shape with random weights and a byte-level tokenizer
-    (256 byte tokens, no merges, the Qwen specials; no chat template, so raw prompts): what
-    `train.py --init_from` needs, without a download."""
+def tiny_qwen25():
+    """A Qwen2.5 config with the real vocabulary and a tiny trunk: --tiny's stand-in for 0.5B (CPU smoke runs)."""
+    from model import GPTConfig
+    return GPTConfig(vocab_size=151936, n_layer=2, n_head=2, n_kv_head=1, n_embd=32, n_inner=64, block_size=1024,
+                     norm_eps=1e-6, rope_theta=1e6, qkv_bias=True, tie_embeddings=True)
+
+
+def make_checkpoint(path, shape, cfg=None):
+    """A local Hugging Face checkpoint of a Qwen2.5 shape (or of cfg, a GPTConfig) with random weights and a
+    byte-level tokenizer (256 byte tokens, no merges, the Qwen specials; no chat template, so raw prompts):
+    what `train.py --init_from` needs, without a download."""
     import json
 
     from hf import save_pretrained
     from model import GPT
     from tokenizer import byte_to_unicode
     torch.manual_seed(0)
-    cfg = qwen25_config(SHAPES_CLI[shape])
+    cfg = cfg or qwen25_config(SHAPES_CLI[shape])
     with torch.device("cuda" if torch.cuda.is_available() else "cpu"):
         model = GPT(cfg)
     specials = {"<|endoftext|>": 151643, "<|im_start|>": 151644, "<|im_end|>": 151645}
@@ -332,9 +423,11 @@ def make_checkpoint(path, shape):
     print(f"{path}: {shape}-shaped, {model.num_params() / 1e6:.0f}M parameters, random weights")
 
 
-def tiny_qwen2(path, problems_text):
+def tiny_qwen2(path, problems_text, real_lengths=False):
     """A ~3M-parameter Qwen2 (4 layers x 256, random weights) with a byte-level BPE of 320 ids trained on
-    task text (the tokenizers library), saved with transformers: one checkpoint both trainers load."""
+    task text (the tokenizers library), saved with transformers: one checkpoint both trainers load.
+    real_lengths: a GPT-2 of the same size instead, whose EOS is raised as in save_stopping (Qwen2's
+    RMSNorm has no bias to raise it with), so that responses stop at many lengths."""
     import transformers
     from tokenizers import Tokenizer as BPE, decoders, models, pre_tokenizers, trainers
     bpe = BPE(models.BPE())
@@ -347,6 +440,13 @@ def tiny_qwen2(path, problems_text):
                                                 pad_token="<|endoftext|>")
     fast.save_pretrained(path)
     torch.manual_seed(0)
+    if real_lengths:
+        cfg = transformers.GPT2Config(vocab_size=len(fast), n_embd=256, n_layer=4, n_head=4, n_positions=256,
+                                      bos_token_id=fast.eos_token_id, eos_token_id=fast.eos_token_id)
+        m = transformers.GPT2LMHeadModel(cfg)
+        raise_eos(m, fast.eos_token_id, p_stop=1 / 24)
+        m.save_pretrained(path)
+        return fast
     cfg = transformers.Qwen2Config(vocab_size=len(fast), hidden_size=256, intermediate_size=704, num_hidden_layers=4,
                                    num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=256,
                                    tie_word_embeddings=True, eos_token_id=fast.eos_token_id)
@@ -354,14 +454,14 @@ def tiny_qwen2(path, problems_text):
     return fast
 
 
-def our_rl_step(path, algo, args, out_dir):
+def our_rl_step(path, algo, args, out_dir, new_tokens=16):
     """One of our RL steps (collect + update: rollout, rewards, reference, loss, AdamW) as a function
     that runs the next step and returns its seconds."""
     import config
     import train
     device = torch.device(args.device)
     a = config.parse_args(["--init_from", path, "--task", "countdown", "--algo", algo, "--batch_prompts", "16",
-                           "--group_size", "8", "--max_new_tokens", "16", "--lr", "1e-5", "--kl_coef", "0.04",
+                           "--group_size", "8", "--max_new_tokens", str(new_tokens), "--lr", "1e-5", "--kl_coef", "0.04",
                            "--device", args.device, "--out_dir", out_dir,
                            "--bf16" if args.dtype == "bf16" else "--no-bf16"] + (["--compile"] if args.compile else []))
     warm, tok, task = train.load_start(a, 0, 1, device)
@@ -378,7 +478,7 @@ def our_rl_step(path, algo, args, out_dir):
     return step
 
 
-def trl_interleaved(path, tokenizer, problems, task, args, ours):
+def trl_interleaved(path, tokenizer, problems, task, args, ours, new_tokens=16):
     """Steps of TRL's GRPOTrainer on the same checkpoint, prompts, reward, batch (16 prompts x 8), lengths
     (16 new tokens), lr, temperature, with a reference model (beta 0.04); no vLLM. After each of its steps
     (timed from step begin to step end) one step of each of ours runs, in an order that alternates, so
@@ -406,7 +506,7 @@ def trl_interleaved(path, tokenizer, problems, task, args, ours):
             for name in names:
                 times[name].append(ours[name]())
     cfg = GRPOConfig(output_dir=os.path.join(path, "trl"), per_device_train_batch_size=128, num_generations=8,
-                     max_completion_length=16, beta=0.04, learning_rate=1e-5, temperature=1.0, use_vllm=False,
+                     max_completion_length=new_tokens, beta=0.04, learning_rate=1e-5, temperature=1.0, use_vllm=False,
                      max_steps=args.reps + 1, loss_type="grpo", logging_steps=1, report_to="none", save_strategy="no",
                      use_cpu=device.type == "cpu", bf16=args.dtype == "bf16", disable_dropout=True,
                      gradient_checkpointing=False, seed=0)                       # ours: no checkpointing either
@@ -424,14 +524,17 @@ def trl_table(args):
     task = get_task("countdown")
     rng = random.Random(0)
     problems = [task.sample(rng) for _ in range(16 * (args.reps + 2))]
+    T = 64 if args.real_lengths else 16
     with tempfile.TemporaryDirectory() as d:
-        tok = tiny_qwen2(d, [p.prompt + task.solutions(p)[0] for p in problems[:200]])
-        ours = {algo: our_rl_step(d, algo, args, os.path.join(d, algo)) for algo in ("flowrl", "grpo")}
-        times = trl_interleaved(d, tok, problems, task, args, ours)
+        tok = tiny_qwen2(d, [p.prompt + task.solutions(p)[0] for p in problems[:200]], args.real_lengths)
+        ours = {algo: our_rl_step(d, algo, args, os.path.join(d, algo), T) for algo in ("flowrl", "grpo")}
+        times = trl_interleaved(d, tok, problems, task, args, ours, T)
     dev = (torch.cuda.get_device_name(args.device) if args.device.startswith("cuda")
            else f"the CPU ({os.cpu_count()} cores)")
-    print(f"\nOne RL step on {dev} ({args.dtype}, torch {torch.__version__}): a ~3M-parameter "
-          f"Qwen2, countdown, 16 prompts x 8 samples x 16 new tokens, lr 1e-5, with a reference model; "
+    what = ("GPT-2 whose answers stop at many lengths (EOS raised), countdown, 16 prompts x 8 samples x up to 64 new "
+            "tokens" if args.real_lengths else "Qwen2, countdown, 16 prompts x 8 samples x 16 new tokens")
+    print(f"\nOne RL step on {dev} ({args.dtype}, torch {torch.__version__}): a ~3M-parameter {what}, "
+          f"lr 1e-5, with a reference model; "
           f"{args.reps} steps of each after one warm-up step, interleaved (TRL, then ours)\n")
     print("| trainer | median s / step | TRL's step / this: median of the paired ratios (min-max) |")
     print("|---|---|---|")
@@ -440,6 +543,101 @@ def trl_table(args):
         ratios = [a / b for a, b in zip(times["trl"], times[name])]
         print(f"| {label} | {statistics.median(times[name]):.3f} | {statistics.median(ratios):.2f}x "
               f"({min(ratios):.2f}-{max(ratios):.2f}) |")
+
+
+def rl_step_profile(args, path, steps=4):
+    """Where one real-scale RL step's time goes: train.py's own step (collect, then update) on the
+    --init_from checkpoint at path, with each part timed around train's own functions: the rollout
+    (rollout.generate), the reference forward (chunked_logprobs in prepare), the update (forward,
+    backward, AdamW) and an evaluation; per step, so that a slow first or last step shows. Prints a table."""
+    import config
+    import train
+    device = torch.device(args.device)
+    P, T = (2, 8) if args.tiny else (8, 256)
+    out_dir = tempfile.mkdtemp()
+    a = config.parse_args(["--init_from", path, "--task", "countdown", "--algo", "flowrl", "--batch_prompts", str(P),
+                           "--group_size", "8", "--max_new_tokens", str(T), "--lr", "1e-6", "--logz_lr", "1e-4",
+                           "--eval_prompts", str(P), "--eval_k", "4", "--device", args.device, "--out_dir", out_dir,
+                           "--bf16" if args.dtype == "bf16" else "--no-bf16"])
+    warm, tok, task = train.load_start(a, 0, 1, device)
+    run = train.new_run(a, "flowrl", warm, task, device, 0, 1)
+    times, originals = [], {name: getattr(train, name) for name in ("generate", "chunked_logprobs")}
+
+    def part(name, fn):
+        def timed_fn(*xs, **kw):
+            t, out = timed(lambda: fn(*xs, **kw), device)
+            times[-1][name] = times[-1].get(name, 0.0) + t
+            return out
+        return timed_fn
+    train.generate, train.chunked_logprobs = part("rollout", train.generate), part("reference", train.chunked_logprobs)
+    try:
+        problems = train.eval_problems(task, a.eval_prompts, a.seed)
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats()
+        for step in range(steps):
+            times.append({})
+            t0 = time.perf_counter()
+            with autocast(device, a.bf16):
+                b = train.collect(a, run, task, tok, step, 0, 1)
+                times[-1]["update"], _ = timed(lambda: train.update(a, run, b, step, 1), device)
+            times[-1]["step"] = time.perf_counter() - t0
+            times[-1]["tokens"] = int(b.ro.mask.sum())
+        t_eval, _ = timed(lambda: train.run_eval(a, run, tok, task, problems, steps, device, out_dir, None,
+                                                 write=False), device)
+    finally:
+        for name, fn in originals.items():
+            setattr(train, name, fn)
+    print(f"\nOne RL step of train.py --init_from (flowrl, countdown, {P} prompts x 8 samples x up to {T} new "
+          f"tokens, {args.dtype}), per step; an evaluation ({P} prompts x 4 samples) took {t_eval:.2f} s; "
+          f"peak memory {peak_mb(device):,.0f} MB\n")
+    print("| step | rollout (s) | reference (s) | update (s) | rest of the step (s) | step (s) | tokens generated |")
+    print("|---|---|---|---|---|---|---|")
+    for i, t in enumerate(times):
+        rest = t["step"] - t["rollout"] - t["reference"] - t["update"]
+        print(f"| {i + 1} | {t['rollout']:.3f} | {t['reference']:.3f} | {t['update']:.3f} | {rest:.3f} | "
+              f"{t['step']:.3f} | {t['tokens']:,} |")
+
+
+def gpu_suite(args):
+    """Every GPU figure in one command (python bench.py --gpu_suite --out DIR; --tiny: tiny shapes, for a
+    smoke run on the CPU), each part written to DIR/<part>.md as it ends and timed into DIR/suite.md:
+    the 0.5B-shaped rollout against transformers and the card's limits, the real-lengths rollout, the
+    per-part profile of a real-scale RL step, the RL step against TRL (skipped where trl is missing)."""
+    os.makedirs(args.out_dir, exist_ok=True)
+    device = torch.device(args.device)
+    dev = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({os.cpu_count()} cores)"
+    lines = [f"bench.py --gpu_suite on {dev}, {args.dtype}, torch {torch.__version__}"
+             f"{' (--tiny: smoke-run shapes, no figure to read)' if args.tiny else ''}", "",
+             "| part | file | wall (s) |", "|---|---|---|"]
+
+    def run(name, fn):
+        stdout, t0 = sys.stdout, time.perf_counter()
+        with open(os.path.join(args.out_dir, name + ".md"), "w") as f:
+            sys.stdout = Tee(f, stdout)
+            try:
+                fn()
+            finally:
+                sys.stdout = stdout
+        lines.append(f"| {name} | {name}.md | {time.perf_counter() - t0:.0f} |")
+        with open(os.path.join(args.out_dir, "suite.md"), "w") as f:
+            f.write("\n".join(lines) + "\n")
+    args.prompts, args.samples = (2, 2) if args.tiny else (32, 8)
+    args.new_tokens, args.reps = (8, 1) if args.tiny else (256, 3)
+    run("rollout_05b", lambda: bench_qwen05b(args))
+    args.compile, args.new_tokens = False, (4 if args.tiny else 128)
+    dtype = torch.float32 if args.dtype == "fp32" else torch.bfloat16
+    run("real_lengths", lambda: print_real_lengths(args, device, dtype))
+    with tempfile.TemporaryDirectory() as d:
+        with contextlib.redirect_stdout(io.StringIO()):
+            make_checkpoint(d, "qwen2.5-0.5b", tiny_qwen25() if args.tiny else None)
+        run("rl_step", lambda: rl_step_profile(args, d))
+    try:
+        import trl  # noqa: F401
+        args.real_lengths, args.reps = True, (1 if args.tiny else 10)
+        run("trl_step", lambda: trl_table(args))
+    except ImportError:
+        run("trl_step", lambda: print("skipped: trl is not installed (pip install trl; a benchmark-only dependency)"))
+    print("\n".join(lines))
 
 
 def parse_args():
@@ -462,16 +660,22 @@ def parse_args():
     p.add_argument("--trl", action="store_true", help="instead: one RL step of ours against TRL's GRPOTrainer "
                    "(needs `pip install trl`, a benchmark-only dependency)")
     p.add_argument("--compile", action="store_true", help="our decode step compiled (torch.compile)")
+    p.add_argument("--real_lengths", action="store_true", help="with --trl: a checkpoint whose answers stop at many "
+                   "lengths, up to 64 new tokens")
     p.add_argument("--out", default=None, metavar="FILE", help="also write everything printed to FILE (markdown: "
                    "the tables docs/performance.md shows)")
+    p.add_argument("--gpu_suite", action="store_true", help="instead: every GPU figure, each part to --out_dir "
+                   "(the rollout at the 0.5B shape, real lengths, the RL step's profile, TRL)")
+    p.add_argument("--out_dir", default="bench_suite", help="where --gpu_suite writes its parts")
+    p.add_argument("--tiny", action="store_true", help="with --gpu_suite or --qwen05b: tiny shapes (a CPU smoke run)")
     return p.parse_args()
 
 
 class Tee:
     """sys.stdout that also writes to a file: the tables go to the terminal and to --out as printed."""
 
-    def __init__(self, path):
-        self.file, self.stdout = open(path, "w"), sys.stdout
+    def __init__(self, file, stdout):
+        self.file, self.stdout = file, stdout
 
     def write(self, s):
         self.stdout.write(s)
@@ -485,7 +689,9 @@ class Tee:
 def main():
     args = parse_args()
     if args.out:
-        sys.stdout = Tee(args.out)
+        sys.stdout = Tee(open(args.out, "w"), sys.stdout)
+    if args.gpu_suite:
+        return gpu_suite(args)
     if args.make_checkpoint:
         return make_checkpoint(args.make_checkpoint, args.shape)
     if args.trl:
@@ -512,6 +718,8 @@ def main():
         t_f, t_g, train_tokens = train_step_times(args, ours, prompts, device, dtype)
         rows.append((name, tps_ours, tps_theirs, rate, achieved, t_f, t_g, train_tokens, peak_mb(device)))
     print_rows(args, device, rows)
+    if not args.only:
+        print_real_lengths(args, device, dtype)
 
 
 if __name__ == "__main__":

@@ -149,6 +149,66 @@ class KVCache:
         return out
 
 
+class GroupCache:
+    """The decode cache of G samples per prompt in which each prompt's keys and values are held once:
+    the prompt part is the prefill's KVCache (P rows, its Tp slots), the response part one row per
+    sample (B rows, max_new slots). A decode step's attention reads each prompt's keys once for its
+    whole group and each row's own response keys, and merges the two softmaxes by their log-sum-exp
+    (GroupCache.attend; docs/method.md M9). owner, member: (B,) long, each row's prompt and its place
+    in the group; n_real: (B,) real tokens before the next position (the prompt's plus those sampled)."""
+
+    def __init__(self, prompt, group_size, max_new):
+        P, B = prompt.k.shape[1], prompt.k.shape[1] * group_size
+        self.prompt_k = prompt.k[:, :, :, :prompt.length]                            # (n_layer, P, nkv, Tp, hs)
+        self.prompt_v = prompt.v[:, :, :, :prompt.length]
+        self.prompt_valid = prompt.valid[:, :prompt.length]                          # (P, Tp)
+        shape = prompt.k.shape[:1] + (B,) + prompt.k.shape[2:3] + (max_new,) + prompt.k.shape[4:]
+        self.k, self.v = prompt.k.new_zeros(shape), prompt.k.new_zeros(shape)        # (n_layer, B, nkv, max_new, hs)
+        rows = torch.arange(B, device=prompt.k.device)
+        self.owner, self.member, self.group_size = rows // group_size, rows % group_size, group_size
+        self.n_real = prompt.n_real.repeat_interleave(group_size)                    # (B,)
+        self.length = 0                                                              # response slots filled
+
+    def select(self, rows):
+        """The cache of the given rows (LongTensor (B',)): their response keys; the prompt part is shared."""
+        out = GroupCache.__new__(GroupCache)
+        out.__dict__.update(self.__dict__)
+        t = self.length
+        out.k = self.k.new_zeros(self.k.shape[:1] + (len(rows),) + self.k.shape[2:])
+        out.v = torch.zeros_like(out.k)
+        out.k[:, :, :, :t], out.v[:, :, :, :t] = self.k[:, rows, :, :t], self.v[:, rows, :, :t]
+        out.owner, out.member, out.n_real = self.owner[rows], self.member[rows], self.n_real[rows]
+        return out
+
+    def attend(self, layer, q, k, v):
+        """One decode step's attention for every row: q (B, nh, 1, hs); k, v (B, nkv, 1, hs) the new
+        token's, written to the next response slot. softmax over [prompt keys, own response keys], as
+        two parts: the prompt part with the G rows of a group as G queries of one attention over the
+        prompt's keys (read once per group; rows that left the batch are zero queries there), the
+        response part per row; out = (o1·e^lse1 + o2·e^lse2) / (e^lse1 + e^lse2). Returns (B, nh, 1, hs)."""
+        t = self.length
+        self.k[layer, :, :, t], self.v[layer, :, :, t] = k[:, :, 0], v[:, :, 0]
+        B, nh, _, hs = q.shape
+        nkv = k.shape[1]
+        rep, P, G, scale = nh // nkv, self.prompt_k.shape[1], self.group_size, hs ** -0.5
+        qr = q[:, :, 0].reshape(B, nkv, rep, hs)                                   # (B, nkv, rep, hs): head = kv·rep + r
+        grid = qr.new_zeros(P, G, nkv, rep, hs)
+        grid[self.owner, self.member] = qr
+        qp = grid.permute(0, 2, 1, 3, 4).reshape(P, nkv, G * rep, hs)               # (P, nkv, G·rep, hs)
+        s1 = (qp @ self.prompt_k[layer].transpose(-1, -2)).float() * scale          # (P, nkv, G·rep, Tp)
+        s1 = s1.masked_fill(~self.prompt_valid[:, None, None, :], -math.inf)
+        lse1 = torch.logsumexp(s1, -1)                                              # (P, nkv, G·rep)
+        o1 = (s1 - lse1[..., None]).exp().to(q.dtype) @ self.prompt_v[layer]        # (P, nkv, G·rep, hs)
+        o1 = o1.view(P, nkv, G, rep, hs).permute(0, 2, 1, 3, 4)[self.owner, self.member]   # (B, nkv, rep, hs)
+        lse1 = lse1.view(P, nkv, G, rep).permute(0, 2, 1, 3)[self.owner, self.member]      # (B, nkv, rep)
+        s2 = (qr @ self.k[layer, :, :, :t + 1].transpose(-1, -2)).float() * scale   # (B, nkv, rep, t+1)
+        lse2 = torch.logsumexp(s2, -1)                                              # (B, nkv, rep)
+        o2 = (s2 - lse2[..., None]).exp().to(q.dtype) @ self.v[layer, :, :, :t + 1]  # (B, nkv, rep, hs)
+        lse = torch.logaddexp(lse1, lse2)
+        y = o1 * (lse1 - lse).exp()[..., None].to(q.dtype) + o2 * (lse2 - lse).exp()[..., None].to(q.dtype)
+        return y.reshape(B, nh, 1, hs)
+
+
 class Prefix:
     """Keys and values of prompts that several rows share, for a forward with gradients (training's
     counterpart of KVCache; functional, so gradients flow back into the prompt's positions):
@@ -193,6 +253,8 @@ class Attention(nn.Module):
         v = self.v_proj(x).view(B, T, self.n_kv_head, self.head_dim).transpose(1, 2)  # (B, nkv, T, hs)
         if rope is not None:
             q, k = rotate(q, *rope), rotate(k, *rope)
+        if isinstance(cache, GroupCache):    # a decode step, each prompt's keys read once for its group
+            return self.o_proj(cache.attend(layer, q, k, v).transpose(1, 2).reshape(B, T, self.n_head * self.head_dim))
         if slot is not None:    # a static-shape decode step: write one slot, attend over all (masked)
             cache.k[layer].index_copy_(2, slot, k)
             cache.v[layer].index_copy_(2, slot, v)
@@ -297,6 +359,8 @@ class GPT(nn.Module):
         and with return_hidden also the final-layer hidden states after the last norm (B, T, n_embd),
         which the log Z and value heads read."""
         B, T = idx.shape
+        if isinstance(cache, GroupCache):
+            return self.group_decode(idx, cache)
         if valid is None:
             valid = torch.ones(B, T, dtype=torch.bool, device=idx.device)
         after_prefix = prefix is not None and not prefix.recording
@@ -359,6 +423,18 @@ class GPT(nn.Module):
         if self.config.pos == "learned":
             return x + self.wpe(pos), None
         return x, (self.rope_cos[pos][:, None].to(x.dtype), self.rope_sin[pos][:, None].to(x.dtype))
+
+    def group_decode(self, idx, cache):
+        """One decode step on a GroupCache: idx (B, 1), the token each row sampled last. Computes what
+        forward(idx, cache=<the same rows' KVCache>) does, up to float rounding. Returns logits (B, 1, V)."""
+        if cache.length >= cache.k.shape[3]:
+            raise ValueError(f"GroupCache full: {cache.length} response slots used of {cache.k.shape[3]}")
+        x, rope = self.embed(idx, cache.n_real[:, None])                            # (B, 1, C)
+        for layer, block in enumerate(self.blocks):
+            x = block(x, rope, None, cache, layer)
+        cache.length += 1
+        cache.n_real += 1
+        return self.lm_head(self.ln_f(x)).float()                                   # (B, 1, V)
 
     def decode_step(self, token, cache, slot):
         """One decoding step in static shapes, for torch.compile (and CUDA graphs): token (B,) ids, slot a

@@ -12,7 +12,9 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from model import Prefix
+from model import GroupCache, Prefix
+
+SHARE_PROMPT_MIN = 32   # prompts of at least this many tokens: decode with each prompt's keys read once per group
 
 
 @dataclass
@@ -49,10 +51,10 @@ def left_pad(prompts, pad_id, device):
     return ids.to(device), valid.to(device)
 
 
-def sample_token(logits, temperature, top_p, generator):
+def sample_token(logits, temperature, top_p, generator, u=None):
     """logits: (N, V) -> (token (N,), logprob (N,)) where logprob is under softmax(logits / temperature),
     before top-p truncation (what the losses use as log pi_old). temperature=0: greedy, with the
-    logprob under softmax(logits)."""
+    logprob under softmax(logits). u: (N, 1) uniforms, one per row (None: drawn from generator)."""
     if temperature == 0:
         logp = F.log_softmax(logits, dim=-1)                                         # (N, V)
         token = logits.argmax(-1)
@@ -61,7 +63,8 @@ def sample_token(logits, temperature, top_p, generator):
         logits = logits / temperature
     logp = F.log_softmax(logits, dim=-1)                                             # (N, V)
     probs = logp.exp()
-    u = torch.rand(probs.shape[0], 1, device=probs.device, generator=generator)     # one uniform per row
+    if u is None:
+        u = torch.rand(probs.shape[0], 1, device=probs.device, generator=generator)  # one uniform per row
     if top_p < 1.0:
         # nucleus: the smallest set of most likely tokens whose mass reaches top_p
         sorted_p, order = probs.sort(dim=-1, descending=True)                       # (N, V)
@@ -76,31 +79,48 @@ def sample_token(logits, temperature, top_p, generator):
 
 
 def generate(model, prompts, *, num_samples, max_new_tokens, temperature=1.0, top_p=1.0, eos_id,
-             stop_ids=None, generator=None, compile=False):
+             stop_ids=None, generator=None, compile=False, compact_every=8, share_prompt=None):
     """Sample num_samples responses for each prompt (a list of token-id lists). A row ends at the first
     of its tokens in stop_ids (default: eos_id alone; a checkpoint's generation_config may list several);
     eos_id pads the prompts on the left and the responses after their end. compile: decode with
     model.compiled_decode_step (static shapes; CUDA graphs on CUDA), else the eager forward.
+    Finished rows leave the batch: every compact_every steps the decode batch and its KV cache keep only
+    the rows still running (compiled: only when they fit a batch half the size, padded to a power of
+    two, so that the compiled step sees few shapes; 0: never). Each step draws one uniform per row of
+    the whole batch, running or not, so a row's tokens do not depend on when others left.
+    share_prompt: decode with a GroupCache, each prompt's keys and values held and read once for its G
+    samples (eager decode only); None: when G > 1 and the prompts are at least SHARE_PROMPT_MIN tokens
+    long (below that, one fused attention over a copied prompt is faster). Equal to the copied-prompt
+    decode up to float rounding (tests/test_rollout.py).
     Returns a Rollout of N = len(prompts) * num_samples rows, prompt-major."""
     if num_samples < 1 or max_new_tokens < 1:
         raise ValueError("num_samples and max_new_tokens must be >= 1")
     if temperature < 0 or not 0.0 < top_p <= 1.0:
         raise ValueError("temperature must be >= 0 and top_p in (0, 1]")
+    if compact_every < 0:
+        raise ValueError("compact_every must be >= 0 (0: finished rows stay in the batch)")
     device = next(model.parameters()).device
     G = num_samples
     ids, valid = left_pad(prompts, eos_id, device)                                  # (P, Tp)
     P, Tp = ids.shape
     stops = torch.tensor(tuple(stop_ids) if stop_ids else (eos_id,), device=device)
     N = P * G
+    if share_prompt is None:
+        share_prompt = G > 1 and Tp >= SHARE_PROMPT_MIN and not compile
+    if share_prompt and compile:
+        raise ValueError("share_prompt decodes eagerly: use compile=False with it")
     was_training = model.training
     model.eval()
     with torch.inference_mode():
         length = Tp + max_new_tokens
         if compile:                             # one cache length for many prompt lengths: no recompilation
             length = min(model.config.block_size, 64 * math.ceil(length / 64))
-        cache = model.make_cache(P, length)
+        cache = model.make_cache(P, Tp if share_prompt else length)
         logits = model(ids, valid=valid, cache=cache, logits_from=Tp - 1)[:, -1]    # (P, V): one prefill per prompt
-        cache = cache.select(torch.arange(P, device=device).repeat_interleave(G))   # (N, ...) shared by the group
+        if share_prompt:                                                             # the group reads one copy
+            cache = GroupCache(cache, G, max_new_tokens)
+        else:                                                                        # a copy per row
+            cache = cache.select(torch.arange(P, device=device).repeat_interleave(G))   # (N, ...)
         logits = logits.repeat_interleave(G, dim=0)                                  # (N, V)
         response = torch.full((N, max_new_tokens), eos_id, dtype=torch.long, device=device)
         mask = torch.zeros(N, max_new_tokens, dtype=torch.bool, device=device)
@@ -108,19 +128,26 @@ def generate(model, prompts, *, num_samples, max_new_tokens, temperature=1.0, to
         done = torch.zeros(N, dtype=torch.bool, device=device)
         step = model.compiled_decode_step() if compile else None
         slots = torch.arange(Tp, Tp + max_new_tokens, device=device)                 # the cache slot of each step
+        rows, n = torch.arange(N, device=device), N      # the batch's rows: rows[:n] real, rows[n:] padding
         for t in range(max_new_tokens):
-            token, lp = sample_token(logits, temperature, top_p, generator)          # (N,), (N,)
-            token = token.masked_fill(done, eos_id)
-            response[:, t] = token
-            mask[:, t] = ~done
-            logprobs[:, t] = lp.masked_fill(done, 0.0)
-            done = done | torch.isin(token, stops)
+            u = None if temperature == 0 else torch.rand(N, 1, device=device, generator=generator)   # (N, 1)
+            token, lp = sample_token(logits, temperature, top_p, generator, None if u is None else u[rows])  # (B,)
+            live, was = rows[:n], done[rows[:n]]
+            response[live, t] = token[:n].masked_fill(was, eos_id)
+            mask[live, t] = ~was
+            logprobs[live, t] = lp[:n].masked_fill(was, 0.0)
+            done[live] = was | torch.isin(token[:n], stops)
             if t == max_new_tokens - 1 or bool(done.all()):
                 break
+            if compact_every and (t + 1) % compact_every == 0:
+                keep, running = compact_rows(rows, n, done, compile)                # positions in this batch
+                if keep is not None:
+                    cache, token, rows, n = cache.select(keep), token[keep], rows[keep], running
             if step is not None:                                                     # static shapes
-                logits = step(token, cache, slots[t:t + 1])                              # (N, V)
+                logits = step(token, cache, slots[t:t + 1])                              # (B, V)
+                cache.length = Tp + t + 1                    # slots filled (decode_step reads no Python int)
             else:
-                logits = model(token[:, None], cache=cache)[:, -1]                       # (N, V)
+                logits = model(token[:, None], cache=cache)[:, -1]                       # (B, V)
     model.train(was_training)
     T = t + 1  # trim the columns no row reached
     out = Rollout(prompt=ids.repeat_interleave(G, dim=0).clone(),
@@ -128,6 +155,25 @@ def generate(model, prompts, *, num_samples, max_new_tokens, temperature=1.0, to
                   response=response[:, :T].clone(), mask=mask[:, :T].clone(),
                   logprobs=logprobs[:, :T].clone(), eos_id=eos_id, stop_ids=tuple(stops.tolist()))
     return out
+
+
+def compact_rows(rows, n, done, compile):
+    """Which positions of the decode batch to keep when finished rows leave it: the running ones, in
+    order (eager: whenever one has finished); compiled: only once they fit half the batch, then padded
+    with copies of the last running row up to a power of two (the compiled step sees log2 N shapes at
+    most). rows: (B,) the batch's original row ids, the first n real, the rest padding; done: (N,) bool.
+    Returns (the positions to keep (B',) long, how many of them are running rows), or (None, n) to keep
+    the batch as it is."""
+    running = (~done[rows[:n]]).nonzero()[:, 0]                                      # (n',)
+    k = running.numel()
+    if k == rows.numel() or k == 0:
+        return None, n
+    if not compile:
+        return running, k
+    size = 1 << (k - 1).bit_length()                                                 # next power of two >= k
+    if size > rows.numel() // 2:
+        return None, n
+    return torch.cat([running, running[-1:].expand(size - k)]), k
 
 
 def from_tokens(prompts, responses, eos_id, device="cpu"):

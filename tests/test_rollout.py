@@ -4,7 +4,7 @@ import pytest
 import torch
 import torch.nn as nn
 
-from model import GPT, GPTConfig
+from model import GPT, GPTConfig, GroupCache
 from rollout import generate, sample_token, sequence_logprobs
 
 V, EOS = 12, 11
@@ -176,6 +176,71 @@ def test_compiled_decode_gives_the_eager_tokens():
     b = generate(model, PROMPTS, num_samples=4, max_new_tokens=10, eos_id=EOS, generator=seed(), compile=True)
     assert model._compiled_decode is not model.decode_step                     # torch.compile did run
     assert torch.equal(a.response, b.response) and torch.allclose(a.logprobs, b.logprobs, atol=1e-5)
+
+
+def stopping_model(seed=0, **kw):
+    """A tiny model whose EOS is likely enough that rows end at many different lengths."""
+    model = tiny(seed, block_size=64, **kw)
+    with torch.no_grad():
+        model.wte.weight[EOS] *= 3                                                     # the tied head: EOS likelier
+    return model
+
+
+@pytest.mark.parametrize("style", [dict(), dict(pos="learned", norm="layernorm", mlp="gelu", bias=True)])
+def test_finished_rows_leaving_the_batch_change_no_token(style):
+    """Compacting the batch (every 1 or 3 steps, eager; the static-shape step with its power-of-two
+    buckets) gives today's tokens: each step draws one uniform per row of the whole batch."""
+    model = stopping_model(**style)
+    seed = lambda: torch.Generator().manual_seed(3)
+    kw = dict(num_samples=8, max_new_tokens=30, eos_id=EOS, stop_ids=(EOS, 10))
+    base = generate(model, PROMPTS, generator=seed(), compact_every=0, **kw)
+    lengths = base.mask.sum(-1)
+    assert len(set(lengths.tolist())) >= 8 and lengths.max() > 12                  # rows leave at many steps
+    model._compiled_decode = model.decode_step                                      # the static-shape step, eagerly
+    for compile in (False, True):
+        for every in (1, 3):
+            r = generate(model, PROMPTS, generator=seed(), compact_every=every, compile=compile, **kw)
+            assert torch.equal(r.response, base.response) and torch.equal(r.mask, base.mask), (compile, every)
+            assert torch.allclose(r.logprobs, base.logprobs, atol=1e-5)
+
+
+@pytest.mark.parametrize("style", [dict(), dict(n_kv_head=1), dict(pos="learned", norm="layernorm", mlp="gelu",
+                                                                   bias=True, n_kv_head=4), dict(qk_norm=True)])
+def test_group_cache_attention_equals_the_copied_prompt(style):
+    """A decode step on a GroupCache (each prompt's keys once, merged with the row's own keys by
+    log-sum-exp) gives the logits of the same step on a cache with a copy of the prompt per row, step
+    after step, with left padding and after rows leave (select)."""
+    model = tiny(1, block_size=64, **style).eval()
+    G, steps = 3, 6
+    from rollout import left_pad
+    ids, valid = left_pad(PROMPTS, EOS, "cpu")
+    P, Tp = ids.shape
+    with torch.no_grad():
+        full, group = model.make_cache(P, Tp + steps), model.make_cache(P, Tp)
+        model(ids, valid=valid, cache=full)
+        model(ids, valid=valid, cache=group)
+        full = full.select(torch.arange(P).repeat_interleave(G))
+        group = GroupCache(group, G, steps)
+        g = torch.Generator().manual_seed(0)
+        for t in range(steps):
+            token = torch.randint(0, V, (full.k.shape[1],), generator=g)
+            a = model(token[:, None], cache=full)[:, -1]
+            b = model(token[:, None], cache=group)[:, -1]
+            assert (a - b).abs().max() < 1e-5, t
+            if t == 2:                                                                 # rows 1, 4, 5 leave
+                keep = torch.tensor([0, 2, 3, 6, 7, 8])
+                full, group = full.select(keep), group.select(keep)
+
+
+def test_shared_prompt_sampling_gives_the_copied_prompts_tokens():
+    model = stopping_model()
+    long = [list(range(1, 10)) * 4, [2, 3] * 18]                                       # 36-token prompts
+    kw = dict(num_samples=4, max_new_tokens=20, eos_id=EOS)
+    a = generate(model, long, generator=torch.Generator().manual_seed(0), share_prompt=False, **kw)
+    b = generate(model, long, generator=torch.Generator().manual_seed(0), **kw)           # auto: shared
+    assert torch.equal(a.response, b.response) and torch.allclose(a.logprobs, b.logprobs, atol=1e-5)
+    with pytest.raises(ValueError, match="share_prompt"):
+        generate(model, long, share_prompt=True, compile=True, **kw)
 
 
 def one_forward(model, r):
