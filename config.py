@@ -11,7 +11,7 @@ import torch
 
 from rewards import TASKS
 
-ALGOS = ("flowrl", "flowrl_exact", "grpo", "reinforce_pp", "ppo")
+ALGOS = ("flowrl", "flowrl_exact", "grpo", "dr_grpo", "dapo", "gspo", "reinforce_pp", "ppo")
 MAX_NEW_TOKENS = {"make_n": 6, "add": 5, "countdown": 16}   # per-task default response budget
 PRESETS = {
     # the CPU default: a 2-layer, 64-wide GPT, 2,000 steps: long enough to see practical FlowRL narrow
@@ -64,9 +64,12 @@ def add_rl_flags(a):
     a("--weight_decay", type=float, default=0.0, help="AdamW weight decay of the policy")
     a("--reward_beta", type=float, default=15.0, help="FlowRL's reward inverse temperature β (not a KL coefficient)")
     a("--kl_coef", type=float, default=0.0,
-      help="KL-to-reference coefficient of grpo (k3 in the loss), reinforce_pp and ppo (in the reward)")
+      help="KL-to-reference coefficient of grpo and dr_grpo (k3 in the loss), reinforce_pp and ppo (in the reward)")
     a("--clip", default="0.8,1.2", help="FlowRL importance-weight bounds 'lo,hi', or 'none'")
-    a("--clip_eps", type=float, default=0.2, help="the PPO ratio clip ε of grpo, reinforce_pp and ppo")
+    a("--clip_eps", type=float, default=0.2, help="the PPO ratio clip ε of grpo, dr_grpo, reinforce_pp and ppo, and "
+      "dapo's lower one")
+    a("--clip_eps_high", type=float, default=0.28, help="dapo's upper ratio clip (clip-higher)")
+    a("--gspo_clip", default="3e-4,4e-4", help="gspo's sequence-ratio clip 'lo,hi': s clipped to [1 − lo, 1 + hi]")
     a("--length_norm", action=argparse.BooleanOptionalAction, default=None,
       help="FlowRL's length-normalized log-probs (default: on for flowrl, off for flowrl_exact)")
     a("--logz", default="head", choices=["head", "table", "group"],
@@ -133,7 +136,7 @@ def check_args(a):
         (a.lr > 0, "--lr must be > 0"),
         (min(a.logz_lr, a.value_lr, a.warm_lr) > 0, "--logz_lr, --value_lr and --warm_lr must be > 0"),
         (a.weight_decay >= 0 and a.kl_coef >= 0, "--weight_decay and --kl_coef must be >= 0"),
-        (0 < a.clip_eps < 1, "--clip_eps must be in (0, 1)"),
+        (0 < a.clip_eps < 1 and a.clip_eps_high > 0, "--clip_eps must be in (0, 1) and --clip_eps_high > 0"),
         (a.grad_clip >= 0, "--grad_clip must be >= 0 (0: off)"),
         (a.epochs >= 1 and a.minibatches >= 1, "--epochs and --minibatches must be >= 1"),
         (a.batch_prompts % a.minibatches == 0, "--minibatches must divide --batch_prompts"),
@@ -182,6 +185,12 @@ def parse_args(argv=None):
             raise UserError(f"--clip must be 'lo,hi' (e.g. 0.8,1.2) or 'none', got {args.clip!r}")
         if len(args.clip_bounds) != 2 or not 0 <= args.clip_bounds[0] <= args.clip_bounds[1]:
             raise UserError(f"--clip needs 'lo,hi' with 0 <= lo <= hi, got {args.clip!r}")
+    try:
+        args.gspo_bounds = tuple(float(x) for x in args.gspo_clip.split(","))
+    except ValueError:
+        raise UserError(f"--gspo_clip must be 'lo,hi' (e.g. 3e-4,4e-4), got {args.gspo_clip!r}")
+    if len(args.gspo_bounds) != 2 or not 0 < args.gspo_bounds[0] < 1 or args.gspo_bounds[1] <= 0:
+        raise UserError(f"--gspo_clip needs 'lo,hi' with 0 < lo < 1 and hi > 0, got {args.gspo_clip!r}")
     if args.wandb:
         try:
             importlib.import_module("wandb")

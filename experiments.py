@@ -23,6 +23,9 @@ VARIANTS = {
     "grpo_kl0.04": ("grpo", ["--kl_coef", "0.04"]),
     "grpo_kl0.1": ("grpo", ["--kl_coef", "0.1"]),
     "reinforce_pp": ("reinforce_pp", ["--kl_coef", "0.01"]),
+    "dr_grpo": ("dr_grpo", []),
+    "dapo": ("dapo", []),
+    "gspo": ("gspo", []),
     "ppo": ("ppo", []),
     "flowrl_nolen": ("flowrl", ["--no-length_norm"]),
     # ablations the paper's reviewers asked about

@@ -232,12 +232,13 @@ class LogZTable(nn.Module):
 # ---------------------------------------------------------------------------------------------
 # M7 The reward maximizers. All share the token-level PPO clipped surrogate.
 
-def clipped_surrogate(logprobs, old_logprobs, advantages, clip_eps):
-    """Per-token PPO objective to minimize: −min(ρ·A, clip(ρ, 1−ε, 1+ε)·A), ρ = π_θ/π_old per token.
-    advantages: (N, T) or (N, 1). Returns (loss (N, T), clipped (N, T) bool: where the clip binds)."""
+def clipped_surrogate(logprobs, old_logprobs, advantages, clip_eps, clip_eps_high=None):
+    """Per-token PPO objective to minimize: −min(ρ·A, clip(ρ, 1−ε, 1+ε_high)·A), ρ = π_θ/π_old per token
+    (ε_high = ε unless given: DAPO's clip-higher). advantages: (N, T) or (N, 1).
+    Returns (loss (N, T), clipped (N, T) bool: where the clip binds)."""
     ratio = (logprobs - old_logprobs.detach()).exp()                                  # (N, T)
     unclipped = ratio * advantages
-    clipped = ratio.clamp(1 - clip_eps, 1 + clip_eps) * advantages
+    clipped = ratio.clamp(1 - clip_eps, 1 + (clip_eps if clip_eps_high is None else clip_eps_high)) * advantages
     return -torch.min(unclipped, clipped), clipped < unclipped
 
 
@@ -258,6 +259,49 @@ def grpo_loss(logprobs, old_logprobs, ref_logprobs, mask, advantages, *, clip_ep
     loss = masked_mean(pg + kl_coef * kl, mask).mean()
     return loss, {"kl_ref": (masked_mean(kl.detach(), mask)).mean().item(),
                   "clip_frac": (masked_sum(clipped.to(mask.dtype), mask).sum() / mask.sum()).item()}
+
+
+def group_center(rewards, group_size):
+    """r − mean_group(r) over consecutive groups of group_size rows, no division by the std (Dr. GRPO's
+    advantage). rewards: (N,) -> (N,)."""
+    r = rewards.view(-1, group_size)                                                  # (P, G)
+    return (r - r.mean(1, keepdim=True)).view(-1)
+
+
+def dr_grpo_loss(logprobs, old_logprobs, ref_logprobs, mask, advantages, *, budget, clip_eps=0.2, kl_coef=0.0):
+    """Dr. GRPO (Liu et al. 2025, "Understanding R1-Zero-like Training"); from GRPO it changes: the
+    advantage r − mean_group(r) (group_center, no std), and each sequence's token sum divided by a
+    constant, the generation budget, instead of by its own length. advantages: (N,); budget: int."""
+    mask = mask.to(logprobs.dtype)
+    pg, clipped = clipped_surrogate(logprobs, old_logprobs, advantages.detach()[:, None], clip_eps)
+    kl = k3_kl(logprobs, ref_logprobs)                                               # (N, T)
+    loss = (masked_sum(pg + kl_coef * kl, mask) / budget).mean()
+    return loss, {"kl_ref": (masked_mean(kl.detach(), mask)).mean().item(),
+                  "clip_frac": (masked_sum(clipped.to(mask.dtype), mask).sum() / mask.sum()).item()}
+
+
+def dapo_loss(logprobs, old_logprobs, mask, advantages, *, clip_eps=0.2, clip_eps_high=0.28, token_count=None):
+    """DAPO (Yu et al. 2025); from GRPO it changes: clip-higher (ρ clipped to [1 − 0.2, 1 + 0.28]), the
+    token mean over the whole batch instead of per sequence, and no KL term (its dynamic sampling is
+    train.py's --drop_flat_groups). advantages: (N,), group-normalized; token_count: as in
+    reinforce_pp_loss."""
+    mask = mask.to(logprobs.dtype)
+    pg, clipped = clipped_surrogate(logprobs, old_logprobs, advantages.detach()[:, None], clip_eps, clip_eps_high)
+    loss = (pg * mask).sum() / (mask.sum() if token_count is None else token_count)
+    return loss, {"clip_frac": ((clipped.to(mask.dtype) * mask).sum() / mask.sum()).item()}
+
+
+def gspo_loss(logprobs, old_logprobs, mask, advantages, *, clip_low=3e-4, clip_high=4e-4):
+    """GSPO (Zheng et al. 2025, "Group Sequence Policy Optimization"); from GRPO it changes: one
+    importance ratio per sequence, s = (π_θ(y)/π_old(y))^(1/|y|) = exp(mean_t (log π_θ − log π_old)),
+    clipped to [1 − 3e-4, 1 + 4e-4] (the paper's ranges), in −min(s·A, clip(s)·A), mean over sequences.
+    On-policy (s = 1) its gradient is GRPO's. advantages: (N,), group-normalized."""
+    mask = mask.to(logprobs.dtype)
+    s = masked_mean(logprobs - old_logprobs.detach(), mask).exp()                     # (N,)
+    a = advantages.detach()
+    unclipped, clipped = s * a, s.clamp(1 - clip_low, 1 + clip_high) * a
+    loss = -torch.min(unclipped, clipped).mean()
+    return loss, {"clip_frac": (clipped < unclipped).float().mean().item()}
 
 
 def reinforce_pp_advantages(rewards, old_logprobs, ref_logprobs, mask, kl_coef=0.0, all_sum=None):

@@ -200,9 +200,19 @@ def algo_loss(args, run, b, rows, mb, logprobs, h):
     if run.algo == "grpo":
         return flowrl.grpo_loss(logprobs, b.old_logprobs[rows], b.ref_logprobs[rows], mb.mask, b.r_hat[rows],
                                 clip_eps=args.clip_eps, kl_coef=args.kl_coef)
+    if run.algo == "dr_grpo":                   # the budget: the longest response the sampler may write
+        return flowrl.dr_grpo_loss(logprobs, b.old_logprobs[rows], b.ref_logprobs[rows], mb.mask,
+                                   flowrl.group_center(b.rewards[rows], G), budget=args.max_new_tokens,
+                                   clip_eps=args.clip_eps, kl_coef=args.kl_coef)
+    if run.algo == "gspo":
+        return flowrl.gspo_loss(logprobs, b.old_logprobs[rows], mb.mask, b.r_hat[rows], clip_low=args.gspo_bounds[0],
+                                clip_high=args.gspo_bounds[1])
     count, total = None, None                   # token means and whitening over the global batch
     if run.world > 1:
         count, total = all_sum(mb.mask.sum()) / run.world, all_sum
+    if run.algo == "dapo":
+        return flowrl.dapo_loss(logprobs, b.old_logprobs[rows], mb.mask, b.r_hat[rows], clip_eps=args.clip_eps,
+                                clip_eps_high=args.clip_eps_high, token_count=count)
     if run.algo == "reinforce_pp":
         return flowrl.reinforce_pp_loss(logprobs, b.old_logprobs[rows], mb.mask, b.adv[rows], clip_eps=args.clip_eps,
                                         token_count=count)

@@ -5,8 +5,8 @@ import math
 import pytest
 import torch
 
-from flowrl import (LogZHead, flowrl_loss, gae, group_normalize, grpo_loss, log_partition_init, ppo_loss,
-                    reinforce_pp_advantages, reinforce_pp_loss)
+from flowrl import (LogZHead, dapo_loss, dr_grpo_loss, flowrl_loss, gae, group_center, group_normalize, grpo_loss,
+                    gspo_loss, log_partition_init, ppo_loss, reinforce_pp_advantages, reinforce_pp_loss)
 
 
 
@@ -294,6 +294,75 @@ def test_grpo_hand_computed():
     # clipped tokens carry no policy gradient: token (0,0) only its k3 term (here 0), (1,0) none
     assert lp.grad[0, 0].item() == pytest.approx(0.0) and lp.grad[1, 0].item() == pytest.approx(0.0)
     assert lp.grad[0, 1].item() == pytest.approx(0.5 * (-1.0 + 0.1 * (1 - 0.5)) / 2)
+
+
+def test_group_center_and_dr_grpo_hand_computed():
+    assert group_center(torch.tensor([1.0, 0.0, 0.0, 1.0, 1.0, 1.0]), 3).tolist() == pytest.approx(
+        [2 / 3, -1 / 3, -1 / 3, 0.0, 0.0, 0.0])
+    lp = torch.tensor([[math.log(0.5), math.log(0.5)], [math.log(0.6), 0.0]], requires_grad=True)
+    old = torch.tensor([[math.log(0.25), math.log(0.5)], [math.log(0.8), 0.0]])   # ratios 2, 1 | 0.75
+    mask = torch.tensor([[1, 1], [1, 0]], dtype=torch.bool)
+    adv = torch.tensor([0.5, -0.5])
+    loss, st = dr_grpo_loss(lp, old, lp.detach(), mask, adv, budget=4, clip_eps=0.2)
+    # row 0: −min(2·.5, 1.2·.5) − min(1·.5, 1·.5) = −0.6 − 0.5; row 1: −min(−.375, −.4) = 0.4; each sum / 4
+    assert loss.item() == pytest.approx(((-0.6 - 0.5) / 4 + 0.4 / 4) / 2)
+    loss.backward()
+    # the unclipped token (0, 1): −A·ρ / budget / N, whatever the row's length
+    assert lp.grad[0, 1].item() == pytest.approx(-0.5 * 1.0 / 4 / 2)
+    assert lp.grad[0, 0].item() == 0.0 and lp.grad[1, 0].item() == 0.0          # clipped
+
+
+def test_dapo_is_token_mean_grpo_with_clip_higher():
+    """On one on-policy minibatch DAPO is the token-mean-over-the-batch surrogate (= reinforce_pp_loss
+    with the sequence advantage on every token); off-policy a ratio in (1.2, 1.28] with A > 0 still
+    carries a gradient, where the symmetric clip cuts it."""
+    g = torch.Generator().manual_seed(0)
+    lp = -torch.rand(4, 5, generator=g)
+    mask = torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1], [1, 0, 0, 0, 0], [1, 1, 0, 0, 0]], dtype=torch.bool)
+    adv = torch.randn(4, generator=g)
+    x, y = lp.clone().requires_grad_(True), lp.clone().requires_grad_(True)
+    dapo_loss(x, lp, mask, adv)[0].backward()
+    reinforce_pp_loss(y, lp, mask, adv[:, None].expand(4, 5), clip_eps=0.2)[0].backward()
+    assert torch.allclose(x.grad, y.grad, atol=1e-12) and x.grad.abs().max() > 0
+    assert torch.allclose(x.grad[mask], (-adv[:, None].expand(4, 5) / mask.sum())[mask], atol=1e-12)
+    old = lp.detach().clone()
+    old[0, 0] = lp[0, 0] - math.log(1.25)                                            # ρ = 1.25 on token (0, 0)
+    a = torch.tensor([1.0, 1.0, 1.0, 1.0])
+    x, y = lp.clone().requires_grad_(True), lp.clone().requires_grad_(True)
+    loss, st = dapo_loss(x, old, mask, a)
+    loss.backward()
+    reinforce_pp_loss(y, old, mask, a[:, None].expand(4, 5), clip_eps=0.2)[0].backward()
+    assert x.grad[0, 0].item() == pytest.approx(-1.25 / mask.sum().item()) and y.grad[0, 0].item() == 0.0
+    assert st["clip_frac"] == 0.0
+
+
+def test_gspo_equals_grpo_on_policy_and_clips_the_sequence_ratio():
+    g = torch.Generator().manual_seed(1)
+    lp = -torch.rand(4, 6, generator=g)
+    mask = torch.tensor([[1, 1, 1, 0, 0, 0], [1, 1, 1, 1, 1, 1], [1, 0, 0, 0, 0, 0], [1, 1, 1, 1, 0, 0]],
+                        dtype=torch.bool)                                              # four different lengths
+    adv = torch.randn(4, generator=g)
+    x, y = lp.clone().requires_grad_(True), lp.clone().requires_grad_(True)
+    gspo_loss(x, lp, mask, adv)[0].backward()
+    grpo_loss(y, lp, lp, mask, adv)[0].backward()
+    assert torch.allclose(x.grad, y.grad, atol=1e-12) and x.grad.abs().max() > 0
+    # off-policy, by hand: s_i = exp(mean_t (log π_θ − log π_old)); clipped to [1 − 3e-4, 1 + 4e-4]
+    old = lp - 0.001 * torch.arange(6.0) * torch.tensor([[1.0], [-1.0], [0.0], [0.1]])
+    s = [math.exp(sum((lp[i, t] - old[i, t]).item() for t in range(6) if mask[i, t]) / int(mask[i].sum()))
+         for i in range(4)]
+    want = [-min(si * a, min(max(si, 1 - 3e-4), 1 + 4e-4) * a) for si, a in zip(s, adv.tolist())]
+    loss, st = gspo_loss(lp, old, mask, adv)
+    assert loss.item() == pytest.approx(sum(want) / 4, abs=1e-12)
+    assert st["clip_frac"] == pytest.approx(sum(
+        min(max(si, 1 - 3e-4), 1 + 4e-4) * a < si * a for si, a in zip(s, adv.tolist())) / 4)
+    x = lp.clone().requires_grad_(True)                                               # finite differences
+    gspo_loss(x, old, mask, adv)[0].backward()
+    h = 1e-7
+    for i, t in [(0, 1), (1, 5), (3, 2)]:
+        e = torch.zeros(4, 6)
+        e[i, t] = h
+        fd = (gspo_loss(lp + e, old, mask, adv)[0] - gspo_loss(lp - e, old, mask, adv)[0]) / (2 * h)
+        assert abs(fd.item() - x.grad[i, t].item()) < 1e-6
 
 
 def test_reinforce_pp_hand_computed():

@@ -106,6 +106,22 @@ def test_baselines_get_their_advantages(out, monkeypatch):
     assert torch.allclose(adv, adv2, atol=1e-5) and torch.allclose(returns, ret2, atol=1e-5)
 
 
+def test_modern_reward_maximizers_get_their_advantages_and_clips(out, monkeypatch):
+    dr, dapo, gspo = (record_calls(monkeypatch, n) for n in ("dr_grpo_loss", "dapo_loss", "gspo_loss"))
+    batches = record_batches(monkeypatch)
+    train.main(TINY + ["--algo", "dr_grpo", "dapo", "gspo", "--kl_coef", "0.05", "--out_dir", out])
+    (b_d, _), _, (b_a, _), _, (b_s, _), _ = batches
+    a, kw = dr[0]
+    assert torch.equal(a[4], flowrl.group_center(b_d.rewards, 4)) and kw["kl_coef"] == 0.05
+    assert kw["budget"] == 6                                              # make_n's response budget
+    a, kw = dapo[0]
+    assert torch.equal(a[3], flowrl.group_normalize(b_a.rewards, 4))
+    assert (kw["clip_eps"], kw["clip_eps_high"]) == (0.2, 0.28)         # DAPO's clip-higher, no KL argument
+    a, kw = gspo[0]
+    assert torch.equal(a[3], flowrl.group_normalize(b_s.rewards, 4))
+    assert (kw["clip_low"], kw["clip_high"]) == (3e-4, 4e-4)
+
+
 def test_minibatches_and_epochs_make_importance_weights_differ_from_one(out, monkeypatch):
     calls = record_calls(monkeypatch, "flowrl_loss")
     train.main(TINY + ["--algo", "flowrl", "--steps", "1", "--minibatches", "2", "--epochs", "2",
