@@ -284,13 +284,20 @@ def raise_eos(gpt2, eos, p_stop):
         gpt2.transformer.wte.weight[eos, 0] = math.log(p_stop * gpt2.config.vocab_size) / 2.0
 
 
+REAL_LENGTH_SAMPLERS = {   # our sampler with and without its two savings, on the same rows
+    "ours": {},
+    "ours, each prompt copied per row": {"share_prompt": False},
+    "ours, every row decoded to the end, prompt copied": {"share_prompt": False, "compact_every": 0},
+}
+
+
 def real_lengths_row(args, device, dtype):
     """Rollout with real response lengths: a policy whose rows stop at EOS after very different numbers of
-    tokens (save_stopping), long shared prompts (64 tokens), ours (finished rows leave the batch, each
-    prompt's keys read once per group) against transformers' generate, both stopping at the same EOS.
-    Each side is credited with the tokens it generated, EOS included (never the padding after it); the
-    two totals differ only by sampling. Returns (ours tok/s, theirs tok/s, ours tokens, theirs tokens,
-    mean length, longest)."""
+    tokens (save_stopping), long shared prompts (64 tokens), our sampler (finished rows leave the batch,
+    each prompt's keys read once per group; and without either, REAL_LENGTH_SAMPLERS) against
+    transformers' generate, all stopping at the same EOS, interleaved. Each is credited with the tokens
+    it generated, EOS included (never the padding after it); the totals differ only by sampling.
+    Returns ({sampler: tokens/s}, {sampler: tokens generated in all repetitions}, mean length, longest)."""
     V, eos = STOPPING[1]["vocab_size"], STOPPING[1]["vocab_size"] - 1
     T = 2 * args.new_tokens
     prompts = torch.randint(0, V - 1, (args.prompts, 64), generator=torch.Generator().manual_seed(0))
@@ -300,9 +307,9 @@ def real_lengths_row(args, device, dtype):
     gen = torch.Generator(device=device).manual_seed(0)
     lengths = []
 
-    def run_ours():
+    def run_ours(kw):
         r = generate(ours, prompts.tolist(), num_samples=args.samples, max_new_tokens=T, eos_id=eos,
-                     generator=gen, compile=args.compile)
+                     generator=gen, compile=args.compile and not kw, **kw)
         lengths.append(r.mask.sum(-1))
         return int(r.mask.sum())
 
@@ -314,29 +321,31 @@ def real_lengths_row(args, device, dtype):
         ended = (out == eos).int().cumsum(-1)                                   # tokens up to and including EOS
         return int(((ended == 0) | ((ended == 1) & (out == eos))).sum())
 
-    run_ours(), run_theirs()                                                  # warm-up
-    t_ours, t_theirs, n_ours, n_theirs = [], [], [], []
+    runs = {name: (lambda kw=kw: run_ours(kw)) for name, kw in REAL_LENGTH_SAMPLERS.items()}
+    runs["transformers"] = run_theirs
+    for fn in runs.values():                                                  # warm-up
+        fn()
+    per_token, counts = {name: [] for name in runs}, {name: 0 for name in runs}
     for _ in range(args.reps):                                                # interleaved
-        t, n = timed(run_ours, device)
-        t_ours.append(t / n), n_ours.append(n)
-        t, n = timed(run_theirs, device)
-        t_theirs.append(t / n), n_theirs.append(n)
+        for name, fn in runs.items():
+            t, n = timed(fn, device)
+            per_token[name].append(t / n)
+            counts[name] += n
     lengths = torch.cat(lengths).float()
-    return (1 / statistics.median(t_ours), 1 / statistics.median(t_theirs), sum(n_ours), sum(n_theirs),
-            lengths.mean().item(), int(lengths.max()))
+    return ({name: 1 / statistics.median(v) for name, v in per_token.items()}, counts, lengths.mean().item(),
+            int(lengths.max()))
 
 
 def print_real_lengths(args, device, dtype):
-    tps_ours, tps_theirs, n_ours, n_theirs, mean_len, longest = real_lengths_row(args, device, dtype)
+    tps, counts, mean_len, longest = real_lengths_row(args, device, dtype)
     print(f"\nReal lengths: {STOPPING[0]} 6x384 (random weights, EOS raised so that rows stop at many lengths), "
           f"{args.prompts} prompts of 64 tokens x {args.samples} samples, up to {2 * args.new_tokens} new tokens, "
-          f"both sides stop at EOS; tokens generated (EOS included) per second, medians of {args.reps} "
-          f"interleaved repetitions\n")
-    print("| rollout | ours tok/s | transformers tok/s | speed-up | tokens generated, ours / transformers "
-          "| mean length (longest) |")
-    print("|---|---|---|---|---|---|")
-    print(f"| real lengths | {tps_ours:,.0f} | {tps_theirs:,.0f} | {tps_ours / tps_theirs:.2f}x | "
-          f"{n_ours:,} / {n_theirs:,} | {mean_len:.1f} ({longest}) |")
+          f"every sampler stops at EOS; tokens generated (EOS included) per second, medians of {args.reps} "
+          f"interleaved repetitions; our rows' mean length {mean_len:.1f}, longest {longest}\n")
+    print("| sampler | tok/s | / transformers | tokens generated |")
+    print("|---|---|---|---|")
+    for name, v in tps.items():
+        print(f"| {name} | {v:,.0f} | {v / tps['transformers']:.2f}x | {counts[name]:,} |")
 
 
 def train_step_times(args, ours, prompts, device, dtype):
@@ -454,14 +463,14 @@ def tiny_qwen2(path, problems_text, real_lengths=False):
     return fast
 
 
-def our_rl_step(path, algo, args, out_dir, new_tokens=16):
+def our_rl_step(path, algo, args, out_dir, new_tokens=16, lr=1e-5):
     """One of our RL steps (collect + update: rollout, rewards, reference, loss, AdamW) as a function
     that runs the next step and returns its seconds."""
     import config
     import train
     device = torch.device(args.device)
     a = config.parse_args(["--init_from", path, "--task", "countdown", "--algo", algo, "--batch_prompts", "16",
-                           "--group_size", "8", "--max_new_tokens", str(new_tokens), "--lr", "1e-5", "--kl_coef", "0.04",
+                           "--group_size", "8", "--max_new_tokens", str(new_tokens), "--lr", str(lr), "--kl_coef", "0.04",
                            "--device", args.device, "--out_dir", out_dir,
                            "--bf16" if args.dtype == "bf16" else "--no-bf16"] + (["--compile"] if args.compile else []))
     warm, tok, task = train.load_start(a, 0, 1, device)
@@ -478,7 +487,7 @@ def our_rl_step(path, algo, args, out_dir, new_tokens=16):
     return step
 
 
-def trl_interleaved(path, tokenizer, problems, task, args, ours, new_tokens=16):
+def trl_interleaved(path, tokenizer, problems, task, args, ours, new_tokens=16, lr=1e-5):
     """Steps of TRL's GRPOTrainer on the same checkpoint, prompts, reward, batch (16 prompts x 8), lengths
     (16 new tokens), lr, temperature, with a reference model (beta 0.04); no vLLM. After each of its steps
     (timed from step begin to step end) one step of each of ours runs, in an order that alternates, so
@@ -506,7 +515,7 @@ def trl_interleaved(path, tokenizer, problems, task, args, ours, new_tokens=16):
             for name in names:
                 times[name].append(ours[name]())
     cfg = GRPOConfig(output_dir=os.path.join(path, "trl"), per_device_train_batch_size=128, num_generations=8,
-                     max_completion_length=new_tokens, beta=0.04, learning_rate=1e-5, temperature=1.0, use_vllm=False,
+                     max_completion_length=new_tokens, beta=0.04, learning_rate=lr, temperature=1.0, use_vllm=False,
                      max_steps=args.reps + 1, loss_type="grpo", logging_steps=1, report_to="none", save_strategy="no",
                      use_cpu=device.type == "cpu", bf16=args.dtype == "bf16", disable_dropout=True,
                      gradient_checkpointing=False, seed=0)                       # ours: no checkpointing either
@@ -524,17 +533,20 @@ def trl_table(args):
     task = get_task("countdown")
     rng = random.Random(0)
     problems = [task.sample(rng) for _ in range(16 * (args.reps + 2))]
-    T = 64 if args.real_lengths else 16
-    with tempfile.TemporaryDirectory() as d:
+    # real lengths: a learning rate of 1e-12, so that no trainer's policy, and with it no trainer's answer
+    # lengths, drifts during the measurement (at 1e-5 a random model's lengths move within a few steps,
+    # each trainer's its own way); every step still runs its whole rollout, forward, backward and AdamW
+    T, lr = (64, 1e-12) if args.real_lengths else (16, 1e-5)
+    with tempfile.TemporaryDirectory() as d, contextlib.redirect_stdout(sys.stderr):   # the trainers' logs
         tok = tiny_qwen2(d, [p.prompt + task.solutions(p)[0] for p in problems[:200]], args.real_lengths)
-        ours = {algo: our_rl_step(d, algo, args, os.path.join(d, algo), T) for algo in ("flowrl", "grpo")}
-        times = trl_interleaved(d, tok, problems, task, args, ours, T)
+        ours = {algo: our_rl_step(d, algo, args, os.path.join(d, algo), T, lr) for algo in ("flowrl", "grpo")}
+        times = trl_interleaved(d, tok, problems, task, args, ours, T, lr)
     dev = (torch.cuda.get_device_name(args.device) if args.device.startswith("cuda")
            else f"the CPU ({os.cpu_count()} cores)")
     what = ("GPT-2 whose answers stop at many lengths (EOS raised), countdown, 16 prompts x 8 samples x up to 64 new "
             "tokens" if args.real_lengths else "Qwen2, countdown, 16 prompts x 8 samples x 16 new tokens")
     print(f"\nOne RL step on {dev} ({args.dtype}, torch {torch.__version__}): a ~3M-parameter {what}, "
-          f"lr 1e-5, with a reference model; "
+          f"lr {lr:g}, with a reference model; "
           f"{args.reps} steps of each after one warm-up step, interleaved (TRL, then ours)\n")
     print("| trainer | median s / step | TRL's step / this: median of the paired ratios (min-max) |")
     print("|---|---|---|")
@@ -718,7 +730,7 @@ def main():
         t_f, t_g, train_tokens = train_step_times(args, ours, prompts, device, dtype)
         rows.append((name, tps_ours, tps_theirs, rate, achieved, t_f, t_g, train_tokens, peak_mb(device)))
     print_rows(args, device, rows)
-    if not args.only:
+    if not args.only and not args.compile:       # compiled, each batch size the compaction makes compiles anew
         print_real_lengths(args, device, dtype)
 
 

@@ -4,7 +4,7 @@ FlowRL (both forms), the reward maximizers and the ablations from one warm start
 exactly how far each policy ends from the target p* ∝ π_ref·exp(β·r) (raw 0/1 reward, β of the
 run: 15 unless the variant says otherwise), and how close FlowRL's learned log Z comes to the true one.
 
-    python figure1.py                       # every variant below, 2 at a time (CPU: about 12 minutes)
+    python figure1.py                       # every variant below, 2 at a time (2-core CPU: about 9 minutes)
     python figure1.py --only flowrl_exact grpo --steps 400
 
 Writes out_fig1/<variant>/metrics.jsonl (with kl_to_target, kl_from_target, log_z_abs_err over

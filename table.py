@@ -3,7 +3,7 @@ The README's results table: the main job's settings (make_n, the small preset: 2
 1.0), FlowRL's two forms against GRPO with and without a KL term, REINFORCE++ and PPO, several seeds;
 mean ± std of the final eval and of the eval at matched accuracy (the first eval with accuracy >= 0.9).
 
-    python table.py                          # 9 runs x 3 seeds, 2 at a time (CPU: about 30 minutes)
+    python table.py                          # 9 runs x 3 seeds, 2 at a time (2-core CPU: about 30 minutes)
     python table.py --seeds 0 --steps 200
     python table.py --warm_skew 2 --names flowrl flowrl_exact grpo grpo_kl0.04 --out_dir out_skew
 
