@@ -21,6 +21,7 @@ log-probs) is ours, the form for which Proposition 1 holds (docs/method.md M6).
 Outputs: out/<algo>/{metrics.jsonl, samples.jsonl, ckpt.pt, hf/}, out/summary.json, out/compare.png.
 """
 
+import gc
 import math
 import os
 import random
@@ -432,8 +433,10 @@ def main(argv=None):
         if world > 1:
             torch.distributed.barrier()
         summary[algo + args.tag] = summarize(run_dir)
-    if world > 1:
-        torch.distributed.destroy_process_group()
+    if world > 1:           # teardown: the DDP/FSDP wrappers (and their hold on the gloo/NCCL group) are freed
+        gc.collect()        # first, then every rank waits for the others, then the group goes: a group
+        torch.distributed.barrier()   # destroyed under a live wrapper, or while a peer still talks, can abort
+        torch.distributed.destroy_process_group()       # the process at exit (SIGABRT from a joinable thread)
         if rank != 0:
             return None
     if not args.no_summary:
