@@ -1,8 +1,10 @@
 """
 Throughput, side by side: rollout.generate against transformers' generate on identical weights, the
-machine's matmul rate at the decode step's shapes, and the FlowRL training step against GRPO's.
+machine's matmul rate at the decode step's shapes, and the FlowRL training step against GRPO's; then
+the rollout with real response lengths. Other modes: --trl, --gpu_suite, --qwen05b, --cache_vs_nocache,
+--memory_table, --make_checkpoint (docs/performance.md, docs/scaling.md).
 
-    python bench.py                 # CPU, fp32 (a few minutes)
+    python bench.py                 # CPU, fp32 (about 9 minutes on 2 cores)
     python bench.py --device cuda --dtype bf16
 
 Both samplers load the same random weights, saved in the Hugging Face layout. Repetitions are
