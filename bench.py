@@ -270,7 +270,7 @@ def save_stopping(path, eos, p_stop=1 / 60, seed=0):
     past the mean 1/p_stop. Saved by transformers; returns their model."""
     import transformers
     torch.manual_seed(seed)
-    kind, cfg = STOPPING
+    cfg = STOPPING[1]
     m = transformers.GPT2LMHeadModel(transformers.GPT2Config(**cfg, bos_token_id=eos, eos_token_id=eos))
     raise_eos(m, eos, p_stop)
     m.save_pretrained(path)
@@ -311,7 +311,7 @@ def real_lengths_row(args, device, dtype):
 
     def run_ours(kw):
         r = generate(ours, prompts.tolist(), num_samples=args.samples, max_new_tokens=T, eos_id=eos,
-                     generator=gen, compile=args.compile and not kw, **kw)
+                     generator=gen, **kw)                                      # eager decode
         lengths.append(r.mask.sum(-1))
         return int(r.mask.sum())
 
@@ -568,7 +568,7 @@ def rl_step_profile(args, path, steps=4):
     import train
     device = torch.device(args.device)
     P, T = (2, 8) if args.tiny else (8, 256)
-    out_dir = tempfile.mkdtemp()
+    out_dir = os.path.join(path, "profile_run")               # inside the suite's temporary checkpoint folder
     a = config.parse_args(["--init_from", path, "--task", "countdown", "--algo", "flowrl", "--batch_prompts", str(P),
                            "--group_size", "8", "--max_new_tokens", str(T), "--lr", "1e-6", "--logz_lr", "1e-4",
                            "--eval_prompts", str(P), "--eval_k", "4", "--device", args.device, "--out_dir", out_dir,
@@ -612,12 +612,12 @@ def rl_step_profile(args, path, steps=4):
               f"{t['step']:.3f} | {t['tokens']:,} |")
 
 
-def gpu_suite(args):
+def gpu_suite(args, out_dir):
     """Every GPU figure in one command (python bench.py --gpu_suite --out DIR; --tiny: tiny shapes, for a
     smoke run on the CPU), each part written to DIR/<part>.md as it ends and timed into DIR/suite.md:
     the 0.5B-shaped rollout against transformers and the card's limits, the real-lengths rollout, the
     per-part profile of a real-scale RL step, the RL step against TRL (skipped where trl is missing)."""
-    os.makedirs(args.out_dir, exist_ok=True)
+    os.makedirs(out_dir, exist_ok=True)
     device = torch.device(args.device)
     dev = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({os.cpu_count()} cores)"
     lines = [f"bench.py --gpu_suite on {dev}, {args.dtype}, torch {torch.__version__}"
@@ -626,19 +626,19 @@ def gpu_suite(args):
 
     def run(name, fn):
         stdout, t0 = sys.stdout, time.perf_counter()
-        with open(os.path.join(args.out_dir, name + ".md"), "w") as f:
+        with open(os.path.join(out_dir, name + ".md"), "w") as f:
             sys.stdout = Tee(f, stdout)
             try:
                 fn()
             finally:
                 sys.stdout = stdout
         lines.append(f"| {name} | {name}.md | {time.perf_counter() - t0:.0f} |")
-        with open(os.path.join(args.out_dir, "suite.md"), "w") as f:
+        with open(os.path.join(out_dir, "suite.md"), "w") as f:
             f.write("\n".join(lines) + "\n")
     args.prompts, args.samples = (2, 2) if args.tiny else (32, 8)
     args.new_tokens, args.reps = (8, 1) if args.tiny else (256, 3)
     run("rollout_05b", lambda: bench_qwen05b(args))
-    args.compile, args.new_tokens = False, (4 if args.tiny else 128)
+    args.new_tokens = 4 if args.tiny else 128
     dtype = torch.float32 if args.dtype == "fp32" else torch.bfloat16
     run("real_lengths", lambda: print_real_lengths(args, device, dtype))
     with tempfile.TemporaryDirectory() as d:
@@ -676,11 +676,11 @@ def parse_args():
     p.add_argument("--compile", action="store_true", help="our decode step compiled (torch.compile)")
     p.add_argument("--real_lengths", action="store_true", help="with --trl: a checkpoint whose answers stop at many "
                    "lengths, up to 64 new tokens")
-    p.add_argument("--out", default=None, metavar="FILE", help="also write everything printed to FILE (markdown: "
-                   "the tables docs/performance.md shows)")
-    p.add_argument("--gpu_suite", action="store_true", help="instead: every GPU figure, each part to --out_dir "
+    p.add_argument("--out", default=None, metavar="PATH", help="also write everything printed to the file PATH "
+                   "(markdown: the tables docs/performance.md shows); with --gpu_suite, the folder for its parts "
+                   "(default there: bench_suite)")
+    p.add_argument("--gpu_suite", action="store_true", help="instead: every GPU figure, each part to a file in --out "
                    "(the rollout at the 0.5B shape, real lengths, the RL step's profile, TRL)")
-    p.add_argument("--out_dir", default="bench_suite", help="where --gpu_suite writes its parts")
     p.add_argument("--tiny", action="store_true", help="with --gpu_suite or --qwen05b: tiny shapes (a CPU smoke run)")
     return p.parse_args()
 
@@ -702,10 +702,10 @@ class Tee:
 
 def main():
     args = parse_args()
+    if args.gpu_suite:
+        return gpu_suite(args, args.out or "bench_suite")
     if args.out:
         sys.stdout = Tee(open(args.out, "w"), sys.stdout)
-    if args.gpu_suite:
-        return gpu_suite(args)
     if args.make_checkpoint:
         return make_checkpoint(args.make_checkpoint, args.shape)
     if args.trl:

@@ -59,7 +59,7 @@ def exact_correct_probs(model, tok, task, problems):
             answers.append(tok.encode(s) + [tok.eos_id])
             owner.append(i)
     batch = from_tokens(prompts, answers, tok.eos_id, next(model.parameters()).device)
-    logp = sequence_logprobs(model, batch)[0].double().sum(-1).exp().cpu()           # (M,) float64
+    logp = sequence_logprobs(model, batch, with_entropy=False)[0].double().sum(-1).exp().cpu()           # (M,) float64
     owner = torch.tensor(owner)
     return [logp[owner == i] for i in range(len(problems))]
 
@@ -94,7 +94,7 @@ def rewarded_support(model, ref, tok, task, problem, max_new_tokens, min_prob=1e
     log_pi, n_pi = log_pi.cpu(), len(resp)
     device = next(model.parameters()).device
     forced = lambda m, ys: sequence_logprobs(m, from_tokens([prompt] * len(ys), [list(y) for y in ys], tok.eos_id,
-                                                            device))[0].double().sum(-1).cpu()
+                                                            device), with_entropy=False)[0].double().sum(-1).cpu()
     log_ref = None
     if ref is not None:
         seen = set(resp)

@@ -32,7 +32,7 @@ def test_stopping_checkpoint_gives_a_spread_of_lengths():
 @pytest.mark.slow
 def test_gpu_suite_smoke_run_on_the_cpu(tmp_path):
     out = str(tmp_path / "suite")
-    p = subprocess.run([sys.executable, os.path.join(ROOT, "bench.py"), "--gpu_suite", "--tiny", "--out_dir", out],
+    p = subprocess.run([sys.executable, os.path.join(ROOT, "bench.py"), "--gpu_suite", "--tiny", "--out", out],
                        capture_output=True, text=True, timeout=900, cwd=ROOT,
                        env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert p.returncode == 0, p.stderr[-3000:]
