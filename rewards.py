@@ -122,7 +122,8 @@ def literals(expr):
 
 
 def canonical(answer):
-    """The form in which two answers count as the same: whitespace removed."""
+    """The form in which two accepted answers count as the same: whitespace removed (an accepted answer
+    holds whitespace only between tokens, in the instruct style, so removing it merges no two numbers)."""
     return "".join(answer.split())
 
 
@@ -166,12 +167,19 @@ class Task:
 
     def score(self, problem, completion):
         """The reward and its breakdown: format (an answer of the task's form was found) and
-        correct. reward = 1.0 if correct else 0.0."""
+        correct. reward = 1.0 if correct else 0.0.
+        Whitespace: the raw style's completion is the answer verbatim, so any whitespace in it breaks the
+        format (" 4+9" is not "4+9"); the instruct style's tagged answer is stripped at its ends and may
+        hold spaces between tokens ("3 + 4"), never inside a number ("1 2*1+2" is two literals side by
+        side: malformed). An accepted answer is returned in canonical form."""
         answer = self.extract(completion) if isinstance(completion, str) else None
-        answer = canonical(answer) if answer is not None else None
-        fmt = answer is not None and self.well_formed(problem.data, answer)
+        if answer is not None and self.style == "instruct":
+            answer = answer.strip()
+        fmt = (answer is not None and (self.style == "instruct" or not any(c.isspace() for c in answer))
+               and self.well_formed(problem.data, answer))
         correct = bool(fmt and self.is_correct(problem.data, answer))
-        return {"reward": 1.0 if correct else 0.0, "format": fmt, "correct": correct, "answer": answer}
+        return {"reward": 1.0 if correct else 0.0, "format": fmt, "correct": correct,
+                "answer": canonical(answer) if fmt else answer}
 
     def reward(self, problem, completion):
         return self.score(problem, completion)["reward"]
@@ -250,7 +258,8 @@ class MakeNTask(Task):
                 f"in the form {'+'.join('d' * self.n_terms)}.")
 
     def well_formed(self, d, answer):
-        return self._pattern.fullmatch(answer) is not None
+        # spaces only around '+' (instruct style): "3 + 4" is well formed, "3 4+1" is not
+        return self._pattern.fullmatch(re.sub(r"[ \t]*\+[ \t]*", "+", answer)) is not None
 
     def is_correct(self, d, answer):
         return safe_eval(answer) == d["n"]

@@ -97,7 +97,30 @@ def test_make_n_answer_space_is_enumerable():
         sols = task.solutions(Problem("", {"n": n}))
         assert sols == [f"{a}+{n - a}" for a in range(10) if 0 <= n - a <= 9]
     assert task.reward(Problem("", {"n": 7}), "3+4+0") == 0.0     # the form is d+d
-    assert task.reward(Problem("", {"n": 7}), " 3 + 4 ") == 1.0   # whitespace is not part of the answer
+
+
+def test_whitespace_the_answer_format_does_not_allow_is_rejected():
+    # raw style: the completion is the answer verbatim, so no whitespace anywhere
+    make_n, countdown, add = get_task("make_n"), get_task("countdown"), get_task("add")
+    p7, p13 = Problem("", {"n": 7}), Problem("", {"n": 13})
+    assert make_n.reward(p13, "4+9") == 1.0
+    for bad in (" 4+9", "4+9 ", "4 +9", "4+\t9"):
+        assert make_n.score(p13, bad) == {"reward": 0.0, "format": False, "correct": False, "answer": bad}
+    pc = Problem("", {"numbers": [1, 2, 1, 2], "target": 14})
+    assert countdown.reward(pc, "12*1+2") == 0.0            # uses 12, not 1 and 2
+    assert countdown.reward(pc, "1 2*1+2") == 0.0
+    assert countdown.reward(Problem("", {"numbers": [3, 5, 7], "target": 22}), "3*5 + 7") == 0.0
+    assert add.reward(Problem("", {"a": 12, "b": 30}), "24 ") == 0.0 and add.reward(Problem("", {"a": 12, "b": 30}), "24") == 1.0
+    # instruct style: the tagged answer is stripped at its ends; spaces between tokens are allowed,
+    # never inside a number; an accepted answer comes back in canonical form
+    wrap = lambda a: f"<answer>{a}</answer>"
+    make_n_i, countdown_i = get_task("make_n", style="instruct"), get_task("countdown", style="instruct")
+    assert make_n_i.score(p7, wrap(" 3 + 4 ")) == {"reward": 1.0, "format": True, "correct": True, "answer": "3+4"}
+    assert make_n_i.reward(p7, wrap("3\n+4")) == 0.0
+    assert countdown_i.reward(Problem("", {"numbers": [3, 5, 7], "target": 22}), wrap(" 3 * 5 + 7 ")) == 1.0
+    assert countdown_i.reward(Problem("", {"numbers": [1, 2, 7], "target": 19}), wrap("1 2+7")) == 0.0
+    assert countdown_i.reward(Problem("", {"numbers": [12, 7], "target": 19}), wrap("1 2+7")) == 0.0
+    assert countdown_i.reward(Problem("", {"numbers": [12, 7], "target": 19}), wrap("12 + 7")) == 1.0
 
 
 def test_countdown_uses_each_number_exactly_once():
