@@ -9,13 +9,15 @@ import json
 import math
 import os
 import random
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field, fields
 
 import torch
 
 import flowrl
 from config import UserError
 from parallel import data_parallel, load_full_optimizer_state, load_full_state, shard
+from rewards import Problem
+from rollout import Rollout
 
 
 def save_atomic(obj, path):
@@ -52,6 +54,32 @@ def append_jsonl(path, record):
 
 
 @dataclass
+class Sampled:
+    """One step's rollouts as sampled (train.sample_groups), before prepare: what --stale holds back for K
+    steps, saved with the checkpoint."""
+    problems: list             # the kept prompts (all of them without --drop_flat_groups)
+    ro: Rollout                # N = prompts x G rows, prompt-major (None: no group kept)
+    scores: list               # task.score per row
+    drawn: int                 # prompts sampled for it, over every refill round
+    flat: int                  # of those, the groups whose G rewards were all equal
+    first_rewards: torch.Tensor = None   # (P x G,) the first round's rewards, every group (log Z's start)
+    old: tuple = None          # (old log-probs, entropy, PPO values) of the policy that sampled (--stale)
+
+
+def sampled_state(s):
+    """A Sampled as plain tensors, lists and numbers (what torch.load(weights_only=True) reads back)."""
+    return {f.name: getattr(s, f.name) for f in fields(s)} | {
+        "problems": [(p.prompt, p.data) for p in s.problems],
+        "ro": None if s.ro is None else {f.name: getattr(s.ro, f.name) for f in fields(s.ro)}}
+
+
+def sampled_from_state(d):
+    return Sampled(**(d | {"problems": [Problem(p, data) for p, data in d["problems"]],
+                           "ro": None if d["ro"] is None else Rollout(**d["ro"]),
+                           "old": None if d["old"] is None else tuple(d["old"])}))
+
+
+@dataclass
 class Run:
     """One algorithm's training state: what new_run builds, save_checkpoint writes and resume restores."""
     algo: str
@@ -66,6 +94,8 @@ class Run:
     world: int = 1             # processes (torchrun); the training forwards go through DDP when > 1
     train_policy: torch.nn.Module = None   # policy, or its DistributedDataParallel wrapper
     train_head: torch.nn.Module = None     # head, or its DistributedDataParallel wrapper
+    pending: list = field(default_factory=list)   # --stale K: the K batches sampled, not yet trained on
+    last_sample: object = None             # the batch the last step trained on, as sampled (its metrics)
 
 
 def new_run(args, algo, warm, task, device, rank, world=1):
@@ -78,7 +108,7 @@ def new_run(args, algo, warm, task, device, rank, world=1):
         ref = ref.to(torch.bfloat16)    # run under bf16 autocast only (the toy tasks keep fp32 for the exact metrics)
     torch.manual_seed(args.seed)
     head, head_lr = None, None
-    if algo.startswith("flowrl") and args.logz != "group":
+    if algo.startswith("flowrl") and args.logz in ("head", "table"):
         head = (flowrl.LogZHead(warm.config.n_embd) if args.logz == "head"
                 else flowrl.LogZTable(len(task.targets))).to(device)
         head_lr = args.logz_lr
@@ -102,7 +132,7 @@ def new_run(args, algo, warm, task, device, rank, world=1):
 # the flags that define an experiment: a resumed run must keep them (--steps may grow, logging may change)
 EXPERIMENT_FLAGS = ("task", "seed", "preset", "batch_prompts", "group_size", "max_new_tokens", "temperature", "lr",
                     "logz_lr", "value_lr", "weight_decay", "reward_beta", "kl_coef", "clip", "clip_eps", "clip_eps_high",
-                    "gspo_clip", "length_norm", "logz", "no_ref", "grad_clip", "epochs", "minibatches", "n_layer",
+                    "gspo_clip", "length_norm", "logz", "drop_flat_groups", "refill_rounds", "stale", "no_ref", "grad_clip", "epochs", "minibatches", "n_layer",
                     "n_embd", "n_head", "n_kv_head", "warm_steps", "warm_noise", "warm_skew", "warm_lr", "init_from",
                     "eval_k", "eval_prompts", "bf16")
 
@@ -117,6 +147,7 @@ def save_checkpoint(path, run, step, args, samplers, states=None):
                  "optimizer": opt,
                  "rng": {"python": python_rng, "samplers": samplers, "torch": torch.get_rng_state(),
                          "cuda": cuda_rng},
+                 "pending": [sampled_state(s) for s in run.pending],       # --stale: batches not yet trained on
                  "config": {k: v for k, v in vars(args).items() if k not in ("clip_bounds", "gspo_bounds")},
                  "model_config": asdict(run.policy.config)}, path)
 
@@ -145,6 +176,7 @@ def resume(run, path, args, rank):
     if ck["rng"].get("cuda") is not None and run.gen.device.type == "cuda":
         torch.cuda.set_rng_state(ck["rng"]["cuda"], run.gen.device)
     run.skipped = ck["skipped"]
+    run.pending = [sampled_from_state(d) for d in ck.get("pending", [])]
     return ck["step"]
 
 

@@ -24,6 +24,11 @@ PRESETS = {
 }
 
 
+def drops_flat_groups(args, algo):
+    """Whether algo's batches go through dynamic sampling: --drop_flat_groups, or by default DAPO's."""
+    return args.drop_flat_groups if args.drop_flat_groups is not None else algo == "dapo"
+
+
 class UserError(Exception):
     """A user's mistake: reported as one line on stderr with exit code 2, never a traceback."""
 
@@ -72,11 +77,17 @@ def add_rl_flags(a):
     a("--gspo_clip", default="3e-4,4e-4", help="gspo's sequence-ratio clip 'lo,hi': s clipped to [1 − lo, 1 + hi]")
     a("--length_norm", action=argparse.BooleanOptionalAction, default=None,
       help="FlowRL's length-normalized log-probs (default: on for flowrl, off for flowrl_exact)")
-    a("--logz", default="head", choices=["head", "table", "group"],
+    a("--logz", default="head", choices=["head", "table", "group", "none"],
       help="FlowRL's log Z: the paper's MLP head, one free value per prompt (make_n only), or no learned Z: "
-           "each group's own estimate mean_g(β·r + ℓ_ref − ℓ_θ), detached")
+           "each group's own estimate mean_g(β·r + ℓ_ref − ℓ_θ), detached, or none (log Z := 0 in δ)")
     a("--no_ref", action="store_true", help="ablation: drop the π_ref term (log π_ref := 0 in every loss and kl_ref)")
     a("--grad_clip", type=float, default=1.0, help="gradient-norm clip; 0 turns it off")
+    a("--drop_flat_groups", action=argparse.BooleanOptionalAction, default=None,
+      help="dynamic sampling (DAPO): drop the groups whose rewards are all equal and sample new prompts, up to "
+           "--refill_rounds more batches, until the batch is full (default: on for dapo, off for the others)")
+    a("--refill_rounds", type=int, default=10, help="--drop_flat_groups: extra sampling rounds per step at most")
+    a("--stale", type=int, default=0, metavar="K", help="train each step on rollouts sampled K optimizer steps "
+      "earlier (asynchronous RL's lag; π_old = the policy that sampled them); 0: on-policy sampling")
     a("--epochs", type=int, default=1, help="passes over each rollout batch")
     a("--minibatches", type=int, default=1, help="minibatches (of whole groups) per pass")
 
@@ -139,6 +150,7 @@ def check_args(a):
         (0 < a.clip_eps < 1 and a.clip_eps_high > 0, "--clip_eps must be in (0, 1) and --clip_eps_high > 0"),
         (a.grad_clip >= 0, "--grad_clip must be >= 0 (0: off)"),
         (a.epochs >= 1 and a.minibatches >= 1, "--epochs and --minibatches must be >= 1"),
+        (a.refill_rounds >= 0 and a.stale >= 0, "--refill_rounds and --stale must be >= 0"),
         (a.batch_prompts % a.minibatches == 0, "--minibatches must divide --batch_prompts"),
         (a.warm_steps >= 0, "--warm_steps must be >= 0"),
         (0 <= a.warm_noise <= 1, "--warm_noise must be in [0, 1]"),

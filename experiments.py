@@ -39,6 +39,21 @@ VARIANTS = {
     "flowrl_noclip": ("flowrl", ["--grad_clip", "0"]),
     "flowrl_exact_table": ("flowrl_exact", ["--logz", "table"]),
     "flowrl_exact_group": ("flowrl_exact", ["--logz", "group"]),
+    # the causal test of the recovery mechanism: the all-equal-reward groups removed (DAPO's dynamic sampling)
+    "flowrl_dyn": ("flowrl", ["--drop_flat_groups"]),
+    "flowrl_exact_dyn": ("flowrl_exact", ["--drop_flat_groups"]),
+    "grpo_kl0.04_dyn": ("grpo", ["--kl_coef", "0.04", "--drop_flat_groups"]),
+    # off-policy (offpolicy.py): log Z learned by the head (the names above), the group's estimate, or none;
+    # the importance weight clipped (the names above) or not ("_wfree")
+    "flowrl_group": ("flowrl", ["--logz", "group"]),
+    "flowrl_logz0": ("flowrl", ["--logz", "none"]),
+    "flowrl_exact_logz0": ("flowrl_exact", ["--logz", "none"]),
+    "flowrl_wfree": ("flowrl", ["--clip", "none"]),
+    "flowrl_group_wfree": ("flowrl", ["--logz", "group", "--clip", "none"]),
+    "flowrl_logz0_wfree": ("flowrl", ["--logz", "none", "--clip", "none"]),
+    "flowrl_exact_wfree": ("flowrl_exact", ["--clip", "none"]),
+    "flowrl_exact_group_wfree": ("flowrl_exact", ["--logz", "group", "--clip", "none"]),
+    "flowrl_exact_logz0_wfree": ("flowrl_exact", ["--logz", "none", "--clip", "none"]),
 }
 
 

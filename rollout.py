@@ -41,6 +41,22 @@ class Rollout:
         return (last >= 0) & torch.isin(ended, stops)
 
 
+def concat_rollouts(parts):
+    """One Rollout of the rows of several (e.g. the groups kept from several sampling rounds), in order:
+    prompts left-padded to the longest (pad = eos_id, prompt_mask false), responses right-padded with
+    eos_id (mask false, logprob 0), as generate pads them."""
+    if not parts:
+        raise ValueError("concat_rollouts needs at least one rollout")
+    Tp = max(r.prompt.shape[1] for r in parts)
+    T = max(r.response.shape[1] for r in parts)
+    eos = parts[0].eos_id
+    left = lambda x, v: F.pad(x, (Tp - x.shape[1], 0), value=v)                        # (n, Tp)
+    right = lambda x, v: F.pad(x, (0, T - x.shape[1]), value=v)                        # (n, T)
+    return Rollout(torch.cat([left(r.prompt, eos) for r in parts]), torch.cat([left(r.prompt_mask, False) for r in parts]),
+                   torch.cat([right(r.response, eos) for r in parts]), torch.cat([right(r.mask, False) for r in parts]),
+                   torch.cat([right(r.logprobs, 0.0) for r in parts]), eos, parts[0].stop_ids)
+
+
 def left_pad(prompts, pad_id, device):
     """prompts: list of token-id lists -> ids (P, Tp) long and valid (P, Tp) bool, left-padded."""
     if not prompts or any(len(p) == 0 for p in prompts):

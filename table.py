@@ -1,9 +1,10 @@
 """
 The README's results table: the main job's settings (make_n, the small preset: 2,000 steps, grad clip
-1.0), FlowRL's two forms against GRPO with and without a KL term, REINFORCE++ and PPO, several seeds;
+1.0), FlowRL's two forms against GRPO with and without a KL term, Dr. GRPO, DAPO, GSPO, REINFORCE++ and PPO,
+and the causal test of FlowRL's recovery (the "_dyn" rows: the all-equal-reward groups dropped), several seeds;
 mean ± std of the final eval and of the eval at matched accuracy (the first eval with accuracy >= 0.9).
 
-    python table.py                          # 9 runs x 3 seeds, 2 at a time (2-core CPU: about 30 minutes)
+    python table.py                          # 15 runs x 3 seeds, 2 at a time (2-core CPU: about 70 minutes)
     python table.py --seeds 0 --steps 200
     python table.py --warm_skew 2 --names flowrl flowrl_exact grpo grpo_kl0.04 --out_dir out_skew
 
@@ -17,8 +18,8 @@ import time
 from evaluate import summarize
 from experiments import experiment_parser, mean_std, run_all
 
-NAMES = ["flowrl", "flowrl_exact", "grpo", "grpo_kl0.01", "grpo_kl0.04", "grpo_kl0.1", "reinforce_pp", "ppo",
-         "flowrl_no_ref"]
+NAMES = ["flowrl", "flowrl_exact", "grpo", "grpo_kl0.01", "grpo_kl0.04", "grpo_kl0.1", "dr_grpo", "dapo", "gspo",
+         "reinforce_pp", "ppo", "flowrl_no_ref", "flowrl_dyn", "flowrl_exact_dyn", "grpo_kl0.04_dyn"]
 # pass@16 is 1.00 for every method on make_n: the columns are the ones that differ
 METRICS = ["accuracy", "distinct_correct", "effective_correct", "entropy", "kl_shape_to_target"]
 HEAD = ["accuracy (= pass@1)", "distinct correct @{k}", "effective # correct", "token entropy", "shape KL"]

@@ -32,16 +32,17 @@ from dataclasses import asdict, dataclass
 import torch
 
 import flowrl
-from checkpoint import (append_jsonl, load_checkpoint, log_record, new_run, open_wandb, resume, save_atomic,
+from checkpoint import (Sampled, append_jsonl, load_checkpoint, log_record, new_run, open_wandb, resume, save_atomic,
                         save_checkpoint, truncate_log, write_summary)
-from config import UserError, parse_args
+from config import UserError, drops_flat_groups, parse_args
 from evaluate import decode_responses, eval_problems, evaluate, final_table, summarize
 from hf import architecture, from_pretrained, save_pretrained
 from model import GPT, GPTConfig, autocast
 from parallel import (all_sum, full_states, gather_objects, gather_rows, gathered, mean_over_ranks,
                       setup_distributed)
 from rewards import ALPHABET, get_task
-from rollout import Rollout, chunked_logprobs, from_tokens, generate, left_pad, sequence_logprobs
+from rollout import (Rollout, chunked_logprobs, concat_rollouts, from_tokens, generate, left_pad,
+                     sequence_logprobs)
 from tokenizer import CheckpointError, Tokenizer
 
 # ---------------------------------------------------------------------------------------------
@@ -140,25 +141,78 @@ def rollout_policy_pass(args, run, ro, row_sets):
     return old, entropy, values
 
 
-def collect(args, run, task, tok, step, rank, world):
-    """Sample this rank's share of the step's prompts, G answers each, score them, then prepare."""
+def sample_groups(args, run, task, tok, rank, world):
+    """This rank's share of the step's prompts, G answers each, scored. With --drop_flat_groups (DAPO's
+    dynamic sampling, docs/method.md M7): the groups whose G rewards are all equal (r̂ = 0) are dropped
+    and a new batch of prompts is sampled, up to --refill_rounds more times, until --batch_prompts groups
+    are kept; kept groups beyond a full batch are dropped, and the batch stays short (even empty) when
+    the rounds run out."""
     P, G = args.batch_prompts // world, args.group_size
-    problems = [task.sample(run.prompt_rng) for _ in range(args.batch_prompts)][rank * P:(rank + 1) * P]
-    with gathered(run.policy):                  # FSDP: parameters gathered once for the whole rollout
-        ro = generate(run.policy, [tok.encode_prompt(p.prompt) for p in problems], num_samples=G,
-                      max_new_tokens=args.max_new_tokens, temperature=args.temperature, eos_id=tok.eos_id,
-                      stop_ids=tok.stop_ids, generator=run.gen, compile=args.compile)
-    scores = [task.score(problems[i // G], t) for i, t in enumerate(decode_responses(tok, ro))]
-    return prepare(args, run, task, problems, ro, scores, step, world)
+    parts, problems, scores, drawn, flat, first = [], [], [], 0, 0, None
+    drop = drops_flat_groups(args, run.algo)
+    for _ in range(1 + (args.refill_rounds if drop else 0)):
+        batch = [task.sample(run.prompt_rng) for _ in range(args.batch_prompts)][rank * P:(rank + 1) * P]
+        with gathered(run.policy):              # FSDP: parameters gathered once for the whole rollout
+            ro = generate(run.policy, [tok.encode_prompt(p.prompt) for p in batch], num_samples=G,
+                          max_new_tokens=args.max_new_tokens, temperature=args.temperature, eos_id=tok.eos_id,
+                          stop_ids=tok.stop_ids, generator=run.gen, compile=args.compile)
+        sc = [task.score(batch[i // G], t) for i, t in enumerate(decode_responses(tok, ro))]
+        drawn += P
+        r = torch.tensor([x["reward"] for x in sc])                                         # (P x G,)
+        if not drop:
+            return Sampled(batch, ro, sc, drawn, 0, r)
+        first = r if first is None else first
+        is_flat = flowrl.equal_reward_rows(r, G)[::G]                                       # (P,)
+        flat += int(is_flat.sum())
+        keep = [i for i in range(P) if not is_flat[i]][:P - len(problems)]
+        if keep:
+            rows = (torch.tensor(keep)[:, None] * G + torch.arange(G)).reshape(-1)            # (kept x G,)
+            parts.append(ro.select(rows.to(ro.mask.device)))
+            problems += [batch[i] for i in keep]
+            scores += [sc[j] for j in rows.tolist()]
+        if len(problems) == P:
+            break
+    return Sampled(problems, concat_rollouts(parts) if parts else None, scores, drawn, flat, first)
 
 
-def prepare(args, run, task, problems, ro, scores, step, world):
+def collect(args, run, task, tok, step, rank, world):
+    """Sample this rank's share of the step's prompts, G answers each, score them, then prepare. With
+    --stale K the batch trained on is the one sampled K steps earlier (π_old: the policy that sampled it,
+    its log-probs taken then); the first K steps train on batches the start policy sampled before step 1.
+    Returns None when --drop_flat_groups kept no group (the step makes no update)."""
+    fresh = lambda: sample_groups(args, run, task, tok, rank, world)
+    if args.stale:
+        while len(run.pending) < args.stale:                # before the first step: the start policy's batches
+            run.pending.append(behaviour_pass(args, run, fresh(), step + len(run.pending)))
+        run.pending.append(behaviour_pass(args, run, fresh(), step + args.stale))
+        s = run.pending.pop(0)
+    else:
+        s = fresh()
+    run.last_sample = s
+    if not s.problems:
+        return None
+    return prepare(args, run, task, s.problems, s.ro, s.scores, step, world, s.old, s.first_rewards)
+
+
+def behaviour_pass(args, run, s, train_step):
+    """--stale: π_old's log-probs (and entropy, PPO values) taken now, from the policy that sampled s,
+    which trains at train_step."""
+    if s.problems:
+        s.old = rollout_policy_pass(args, run, s.ro, minibatches(args, len(s.problems), train_step, 0, s.ro.mask.device))
+    return s
+
+
+def prepare(args, run, task, problems, ro, scores, step, world, behaviour=None, init_rewards=None):
     """What the losses need once per batch (collect's second half): π_old's and π_ref's log-probs,
-    r̂, and each algorithm's own targets; statistics that span the batch span every process's share."""
+    r̂, and each algorithm's own targets; statistics that span the batch span every process's share.
+    behaviour: π_old's (log-probs, entropy, values) when taken at sampling time (--stale); init_rewards:
+    the rewards log Z starts from (every group sampled, before --drop_flat_groups; None: rewards)."""
     P, G = len(problems), args.group_size
     rewards = torch.tensor([s["reward"] for s in scores], device=ro.mask.device)          # (N,)
     old = entropy = old_values = None           # one on-policy update: update() takes π_old from its own forward
-    if args.epochs > 1 or args.minibatches > 1 or run.algo in ("reinforce_pp", "ppo"):
+    if behaviour is not None:
+        old, entropy, old_values = behaviour
+    elif args.epochs > 1 or args.minibatches > 1 or run.algo in ("reinforce_pp", "ppo"):
         old, entropy, old_values = rollout_policy_pass(args, run, ro, minibatches(args, P, step, 0, ro.mask.device))
     ref_logprobs, _ = chunked_logprobs(run.ref, ro, args.temperature, rows_per_chunk(args, world),
                                        with_entropy=False)                                        # (N, T)
@@ -166,7 +220,8 @@ def prepare(args, run, task, problems, ro, scores, step, world):
         ref_logprobs = torch.zeros_like(ref_logprobs)
     b = Batch(problems, ro, scores, rewards, flowrl.group_normalize(rewards, G), ref_logprobs, old, entropy)
     if run.algo.startswith("flowrl") and flowrl.FORMS[run.algo]["init_log_z"] and step == 0 and run.head is not None:
-        everyone = gather_rows(rewards, world)         # log Z starts at log E_ref[exp(β·r)], docs/method.md M6
+        everyone = gather_rows(rewards if init_rewards is None else init_rewards.to(rewards.device), world)
+        # log Z starts at log E_ref[exp(β·r)], docs/method.md M6
         init = flowrl.log_partition_init(everyone, len(everyone), args.reward_beta).item()
         with torch.no_grad():
             (run.head.out.bias if args.logz == "head" else run.head.table).fill_(init)
@@ -193,6 +248,8 @@ def algo_loss(args, run, b, rows, mb, logprobs, h):
                                        form["length_norm"])
         elif args.logz == "table":
             log_z = run.train_head(b.keys[rows])
+        elif args.logz == "none":               # δ without a log Z term (docs/method.md M5)
+            log_z = torch.zeros(len(rows), device=logprobs.device)
         else:
             log_z = run.train_head(h[:, :Tp], mb.prompt_mask)
         return flowrl.flowrl_loss(logprobs, b.old_logprobs[rows], b.ref_logprobs[rows], mb.mask, r, log_z,
@@ -222,6 +279,17 @@ def algo_loss(args, run, b, rows, mb, logprobs, h):
                            clip_eps=args.clip_eps, token_count=count, all_sum=total)
 
 
+def ratio_spread(logprobs, old_logprobs, mask):
+    """How far π_θ is from π_old on a minibatch (0 on-policy): the std over tokens of the token ratio
+    π_θ/π_old, and the std over rows of the sequence ratio π_θ(y)/π_old(y). (n, T) -> scalars."""
+    m = mask.to(logprobs.dtype)
+    log_r = (logprobs - old_logprobs) * m                                              # (n, T)
+    token = log_r.exp()[mask]
+    seq = log_r.sum(-1).exp()                                                          # (n,)
+    return {"ratio_token_std": token.std().item() if token.numel() > 1 else 0.0,
+            "ratio_seq_std": seq.std().item() if seq.numel() > 1 else 0.0}
+
+
 def update(args, run, b, step, world):
     """--epochs passes over the batch in --minibatches minibatches of whole groups; per minibatch one
     AdamW step after the gradient clip, skipped (and counted) if the loss or gradient is not finite.
@@ -236,6 +304,7 @@ def update(args, run, b, step, world):
             if on_policy:
                 b.old_logprobs, b.entropy = logprobs.detach(), entropy
             loss, st = algo_loss(args, run, b, rows, mb, logprobs, h)
+            st = {**st, **ratio_spread(logprobs.detach(), b.old_logprobs[rows], mb.mask)}
             run.opt.zero_grad(set_to_none=True)
             loss.backward()
             gn = torch.nn.utils.clip_grad_norm_(run.params, args.grad_clip if args.grad_clip > 0 else float("inf"))
@@ -283,6 +352,9 @@ def train_record(args, run, b, upd, dt, world, device):
                     "flat_groups/grad_share": mean("flat_grad_share"),
                     "flat_groups/delta_abs": mean("flat_delta_abs")})
     rec["clip_frac"] = mean("clip_frac")
+    rec["is_ratio/token_std"], rec["is_ratio/seq_std"] = mean("ratio_token_std"), mean("ratio_seq_std")
+    if drops_flat_groups(args, run.algo):
+        rec.update(dynamic_record(run.last_sample))
     if run.algo == "ppo":
         rec["value_loss"] = mean("value_loss")
     if world > 1:   # means over ranks (equal shares), the whole batch's reward statistics, summed speed
@@ -291,6 +363,13 @@ def train_record(args, run, b, upd, dt, world, device):
         rec.update({"tokens_per_s": rec["tokens_per_s"] * world, "reward/mean": everyone.mean().item(),
                     "reward/std": everyone.std().item()})
     return rec
+
+
+def dynamic_record(s):
+    """--drop_flat_groups: prompts sampled this step (every refill round), the share of their groups that
+    were flat, and the groups kept."""
+    return {"dynamic/prompts_drawn": s.drawn, "dynamic/flat_share": s.flat / s.drawn,
+            "dynamic/kept_groups": len(s.problems)}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -356,17 +435,23 @@ def train_algo(args, algo, warm, tok, task, device, rank=0, world=1):
         t0 = time.time()
         with autocast(device, args.bf16):
             b = collect(args, run, task, tok, step, rank, world)
-            upd = update(args, run, b, step, world)
-        rec = {"step": step + 1, **train_record(args, run, b, upd, time.time() - t0, world, device)}
+            upd = update(args, run, b, step, world) if b is not None else None
+        if b is None:                           # --drop_flat_groups kept no group: no update this step
+            rec = {"step": step + 1, "kind": "train", "algo": run.algo, "time/step_s": time.time() - t0,
+                   **dynamic_record(run.last_sample)}
+        else:
+            rec = {"step": step + 1, **train_record(args, run, b, upd, time.time() - t0, world, device)}
         if is_main:
             log_record(metrics, rec, wb)
         s = step + 1
         if s % args.log_every == 0 or s == args.steps:
             eta = (time.time() - t_run) / (s - start) * (args.steps - s)
             lz = f" logZ {rec['log_z/mean']:7.3f}" if "log_z/mean" in rec else ""
-            print(f"{algo:12s} step {s:5d}/{args.steps} reward {rec['reward/mean']:.3f} acc {rec['accuracy']:.3f} "
-                  f"entropy {rec['entropy']:.3f} distinct {rec['distinct_correct']:.2f}{lz} "
-                  f"{rec['time/step_s']:.3f}s/step eta {eta:.0f}s", flush=True)
+            dyn = f" drawn {rec['dynamic/prompts_drawn']}" if "dynamic/prompts_drawn" in rec else ""
+            body = (f"reward {rec['reward/mean']:.3f} acc {rec['accuracy']:.3f} entropy {rec['entropy']:.3f} "
+                    f"distinct {rec['distinct_correct']:.2f}{lz}" if "accuracy" in rec else "no group kept")
+            print(f"{algo:12s} step {s:5d}/{args.steps} {body}{dyn} {rec['time/step_s']:.3f}s/step eta {eta:.0f}s",
+                  flush=True)
         if (is_main or args.fsdp) and (s % args.eval_every == 0 or s == args.steps):
             run_eval(args, run, tok, task, problems_eval, s, device, run_dir, wb, write=is_main)
         if s % args.ckpt_every == 0 or s == args.steps:
@@ -416,6 +501,9 @@ def main(argv=None):
     ckpts = [os.path.join(args.out_dir, a + args.tag, "ckpt.pt") for a in args.algo]
     if args.resume and not any(os.path.exists(c) for c in ckpts):
         raise UserError(f"--resume: no checkpoint at {' or '.join(ckpts)}")
+    if world > 1 and (args.stale or any(drops_flat_groups(args, a) for a in args.algo)):
+        raise UserError("--stale and --drop_flat_groups (dapo's default) run in one process only: the processes "
+                        "would hold batches of different sizes; run without torchrun, or with --no-drop_flat_groups")
     if (args.batch_prompts // world) % args.minibatches:
         raise UserError(f"--minibatches={args.minibatches} must divide each process's "
                         f"{args.batch_prompts // world} prompts")

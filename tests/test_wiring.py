@@ -134,8 +134,8 @@ def test_minibatches_and_epochs_make_importance_weights_differ_from_one(out, mon
     assert (w(calls[3][0]) - 1).abs().max() > 1e-3                       # after 3 updates: off-policy
 
 
-@pytest.mark.parametrize("logz", ["table", "group"])
-def test_logz_table_and_group(out, monkeypatch, logz):
+@pytest.mark.parametrize("logz", ["table", "group", "none"])
+def test_logz_table_group_and_none(out, monkeypatch, logz):
     calls = record_calls(monkeypatch, "flowrl_loss")
     train.main(TINY + ["--algo", "flowrl_exact", "--logz", logz, "--out_dir", out])
     ck = torch.load(os.path.join(out, "flowrl_exact", "ckpt.pt"), weights_only=True)
@@ -144,6 +144,8 @@ def test_logz_table_and_group(out, monkeypatch, logz):
     if logz == "table":
         assert ck["head"]["table"].shape == (9,)                   # one log Z per make_n target
         assert log_z.requires_grad
+    elif logz == "none":                                          # δ without log Z, no head
+        assert ck["head"] is None and torch.equal(log_z, torch.zeros(len(rewards)))
     else:                                                         # each group's minimizer of Σ δ², no head
         assert ck["head"] is None and not log_z.requires_grad
         m = mask.float()
