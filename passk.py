@@ -6,7 +6,7 @@ incentivize reasoning capacity beyond the base model?" (Yue et al., 2025): does 
 raise pass@1 but fall below the warm start at large k, and does FlowRL keep the large-k coverage?
 Beside it, answer length over training (flowrl with and without --length_norm, beside grpo).
 
-    python passk.py                          # 4 variants x 3 seeds, 2 at a time (2-core CPU: about 13 minutes)
+    python passk.py                          # 7 variants x 3 seeds, 2 at a time (2-core CPU: about 25 minutes)
     python passk.py --seeds 0 --steps 100    # a quick look
 
 Writes out_passk/seed<S>/<variant>/..., out_passk/passk.json, out_passk/passk.md, out_passk/passk.png.
@@ -20,7 +20,7 @@ from evaluate import pass_at_k
 from experiments import experiment_parser, mean_std, read_evals, run_all
 from plot import smooth
 
-NAMES = ["flowrl", "flowrl_nolen", "flowrl_exact", "grpo"]
+NAMES = ["flowrl", "flowrl_nolen", "flowrl_exact", "grpo", "dr_grpo", "dapo", "gspo"]
 START = "warm start"
 
 

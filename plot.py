@@ -42,6 +42,8 @@ STYLE = {
     "flowrl_exact_beta5": ("gold", "-."), "flowrl_exact_beta2": ("peru", ":"),
     "flowrl_noclip": ("teal", "--"), "flowrl_exact_noclip": ("orangered", "--"),
     "flowrl_exact_table": ("black", "-."), "flowrl_exact_group": ("gray", "-."),
+    "dr_grpo": ("yellowgreen", "-"), "dapo": ("crimson", "-"), "gspo": ("darkcyan", "-"),
+    "flowrl_dyn": ("tab:blue", ":"), "flowrl_exact_dyn": ("tab:orange", ":"), "grpo_kl0.04_dyn": ("tab:red", ":"),
     "warm start": ("black", "--"),
 }
 
@@ -80,6 +82,7 @@ def plot_runs(run_dirs, out_path, title=None):
     floor = None
     for d in run_dirs:
         train, evals = load(d)
+        train = [r for r in train if "accuracy" in r]      # a --drop_flat_groups step that kept no group: no update
         name = os.path.basename(os.path.normpath(d))
         steps = [r["step"] for r in train]
         es = [r["step"] for r in evals]
@@ -137,9 +140,13 @@ def window_table(run_dir, ends):
     train, evals = load(run_dir)
     keys = ["frac_reward_zero_std", "flat_groups/grad_share", "delta/beta_reward_abs", "delta/logp_minus_ref",
             "kl_ref"]
-    lines = [f"{os.path.basename(os.path.normpath(run_dir))}:",
-             r"| steps | groups with all-equal rewards | FlowRL's Σw·\|δ\| from them | mean \|β·r̂\| "
-             "| mean ℓ_θ − ℓ_ref | token KL to π_ref | effective # at the window's end |", "|---" * 7 + "|"]
+    head = (r"| steps | groups with all-equal rewards | FlowRL's Σw·\|δ\| from them | mean \|β·r̂\| "
+            "| mean ℓ_θ − ℓ_ref | token KL to π_ref")
+    if any("dynamic/prompts_drawn" in r for r in train):     # --drop_flat_groups: what the filter saw
+        keys += ["dynamic/flat_share", "dynamic/prompts_drawn", "dynamic/kept_groups"]
+        head += " | all-equal share of the groups drawn | prompts drawn per step | groups kept per step"
+    lines = [f"{os.path.basename(os.path.normpath(run_dir))}:", head + " | effective # at the window's end |",
+             "|---" * (len(keys) + 2) + "|"]
     lo = 0
     for hi in ends:
         rows = [r for r in train if lo < r["step"] <= hi]

@@ -57,6 +57,9 @@ def markdown(table, names, steps, seeds, warm_skew):
                      " | ".join(fmt(table[n]["matched"][m]) for m in METRICS) + " |")
     lines += ["", "Correct = every response the reward accepts; shape KL = KL(π(·|correct) ‖ p*(·|correct)), "
               "p*(·|correct) being π_ref(·|correct) (docs/method.md M8)."]
+    if any(n.endswith("_dyn") or n == "dapo" for n in names):
+        lines[-1] += (" The _dyn rows and dapo drop every group whose rewards are all equal and refill the batch "
+                      "from new prompts (--drop_flat_groups, at most 10 extra sampling rounds a step).")
     if any("no_ref" in n for n in names):
         lines[-1] += (" The no_ref rows drop π_ref from their loss, so they fit another target; their shape KL is "
                       "still measured against p*, which has π_ref.")

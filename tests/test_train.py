@@ -215,6 +215,25 @@ def test_window_table_means_by_hand(tmp_path):
     assert rows[4] == "| 3-4 | 1.00 |  |  |  | 0.50 | 3.00 |"      # the NaN KL skipped; no eval after step 2
 
 
+def test_window_table_shows_what_dynamic_sampling_drew(tmp_path):
+    """With --drop_flat_groups records the table gains the filter's columns; a step that kept no group
+    (no update, no train metrics) counts in them only."""
+    import json
+
+    import plot
+    run = tmp_path / "flowrl_dyn"
+    run.mkdir()
+    recs = [{"kind": "eval", "step": 0, "effective_correct": 7.0},
+            {"kind": "train", "step": 1, "frac_reward_zero_std": 0.0, "dynamic/flat_share": 0.5,
+             "dynamic/prompts_drawn": 32, "dynamic/kept_groups": 16},
+            {"kind": "train", "step": 2, "dynamic/flat_share": 1.0, "dynamic/prompts_drawn": 176,
+             "dynamic/kept_groups": 0}]
+    (run / "metrics.jsonl").write_text("\n".join(json.dumps(r) for r in recs))
+    rows = plot.window_table(str(run), [2]).splitlines()
+    assert rows[1].endswith("| groups kept per step | effective # at the window's end |")
+    assert rows[3] == "| 1-2 | 0.00 |  |  |  |  | 0.75 | 104.00 | 8.00 | 7.00 |"
+
+
 def test_wandb_mirrors_every_record_offline(tmp_path, monkeypatch):
     wandb = pytest.importorskip("wandb")
     monkeypatch.setenv("WANDB_MODE", "offline")

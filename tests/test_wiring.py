@@ -12,7 +12,7 @@ import evaluate
 import flowrl
 import train
 from model import GPT, GPTConfig, KVCache
-from rewards import ALPHABET, get_task
+from rewards import ALPHABET, MakeNTask, get_task
 from rollout import generate, sequence_logprobs
 from tokenizer import Tokenizer
 
@@ -248,25 +248,32 @@ def test_exact_metrics_vanish_at_the_target(tmp_path):
     assert far["kl_to_target"] > 0.1 and abs(far["kl_shape_to_target"]) < 1e-5
 
 
+class PaddedMakeN(MakeNTask):
+    """make_n whose reward also accepts a trailing "+0", an answer outside its listed solutions."""
+
+    def well_formed(self, d, answer):
+        return super().well_formed(d, answer.removesuffix("+0"))
+
+
 def test_exact_metrics_count_every_response_the_reward_accepts():
-    """" 3+4" is not a listed solution of N=07, but the reward accepts it: the exact correct mass, the
-    effective number of correct answers and the shape KL count it (one mass per rewarded string)."""
-    tok, task = Tokenizer.for_chars(ALPHABET), get_task("make_n")
+    """"3+4+0" is not a listed solution of N=07, but this task's reward accepts it: the exact correct mass,
+    the effective number of correct answers and the shape KL count it (one mass per rewarded string)."""
+    tok, task = Tokenizer.for_chars(ALPHABET), PaddedMakeN()
     problem = task.problem({"n": 7})
-    assert " 3+4" not in task.solutions(problem) and task.reward(problem, " 3+4") == 1.0
+    assert "3+4+0" not in task.solutions(problem) and task.reward(problem, "3+4+0") == 1.0
     enc = lambda s: tuple(tok.encode(s)) + (tok.eos_id,)
     colon = tok.encode(":")[0]
-    pi = PrefixPolicy({enc("3+4"): 0.5, enc(" 3+4"): 0.25, enc("1+1"): 0.25}, tok.vocab_size, colon)
-    ref = PrefixPolicy({enc("3+4"): 0.2, enc(" 3+4"): 0.2, enc("0+7"): 0.2, enc("9+9"): 0.4}, tok.vocab_size, colon)
+    pi = PrefixPolicy({enc("3+4"): 0.5, enc("3+4+0"): 0.25, enc("1+1"): 0.25}, tok.vocab_size, colon)
+    ref = PrefixPolicy({enc("3+4"): 0.2, enc("3+4+0"): 0.2, enc("0+7"): 0.2, enc("9+9"): 0.4}, tok.vocab_size, colon)
     out = evaluate.evaluate(pi, tok, task, [problem], k=8, max_new_tokens=6, seed=0, step=0, chunk_rows=64,
                             beta=2.0, ref=ref)
-    q = torch.tensor([2 / 3, 1 / 3], dtype=torch.float64)            # π(·|correct) over "3+4", " 3+4"
+    q = torch.tensor([2 / 3, 1 / 3], dtype=torch.float64)            # π(·|correct) over "3+4", "3+4+0"
     q_ref = torch.tensor([1 / 3, 1 / 3, 1 / 3], dtype=torch.float64)  # π_ref(·|correct) over those and "0+7"
     assert abs(out["correct_mass"] - 0.75) < 1e-6
     assert abs(out["effective_correct"] - math.exp(-(q * q.log()).sum().item())) < 1e-5
     assert abs(out["target_effective_correct"] - 3.0) < 1e-5
     assert abs(out["kl_shape_to_target"] - (q * (q / q_ref[:2]).log()).sum().item()) < 1e-5
-    assert abs(out["log_z_true"] - math.log(math.exp(2.0) * 0.6 + 0.4)) < 1e-6   # m = 0.6: " 3+4" included
+    assert abs(out["log_z_true"] - math.log(math.exp(2.0) * 0.6 + 0.4)) < 1e-6   # m = 0.6: "3+4+0" included
 
 
 # ---- the sampler on a real model ----
