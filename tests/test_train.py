@@ -43,6 +43,10 @@ def test_tiny_end_to_end_run(tmp_path, algo):
     tr = [r for r in rows if r["kind"] == "train"]
     ev = [r for r in rows if r["kind"] == "eval"]
     assert [r["step"] for r in tr] == [1, 2, 3, 4] and [r["step"] for r in ev] == [0, 2, 4]
+    if algo == "dapo":                          # dynamic sampling: a step that kept no group made no update
+        assert all(r["dynamic/prompts_drawn"] >= 4 for r in tr)
+        assert all("reward/mean" not in r for r in tr if r["dynamic/kept_groups"] == 0)
+        tr = [r for r in tr if r["dynamic/kept_groups"] > 0]
     for r in tr:
         flowrl_keys = ["log_z/mean", "tb_residual/mean", "is_weight/mean"] if algo.startswith("flowrl") else []
         for k in TRAIN_KEYS + flowrl_keys:
