@@ -110,6 +110,15 @@ def experiment_parser(doc, names, steps, out_dir):
     return p
 
 
+def write_results(out_dir, stem, data, md):
+    """<out_dir>/<stem>.json (data) and <stem>.md (md, the table the docs show), and md printed."""
+    with open(os.path.join(out_dir, stem + ".json"), "w") as f:
+        json.dump(data, f, indent=2)
+    with open(os.path.join(out_dir, stem + ".md"), "w") as f:
+        f.write(md + "\n")
+    print(md)
+
+
 def mean_std(xs):
     """(mean, sample std, count) of the values that are not None; None if there are none."""
     xs = [x for x in xs if x is not None]

@@ -20,12 +20,11 @@ fraction (of weights, tokens or sequences, each algorithm's own).
 Writes <out_dir>/<setting>/seed<S>/<variant>/..., <out_dir>/offpolicy.json and <out_dir>/offpolicy.md.
 """
 
-import json
 import os
 import time
 
 from evaluate import summarize
-from experiments import experiment_parser, mean_std, read_evals, run_all
+from experiments import experiment_parser, mean_std, read_evals, run_all, write_results
 
 SETTINGS = {"updates": ["--minibatches", "4", "--epochs", "2"], "stale": ["--stale", "4"]}
 NAMES = [f + z + w for f in ("flowrl", "flowrl_exact") for w in ("", "_wfree") for z in ("", "_group", "_logz0")] + [
@@ -82,13 +81,9 @@ def main():
     if not args.aggregate_only:
         run_all([(n, common(st, s)) for st in args.setting for s in args.seeds for n in names[st]], args.workers)
     table = aggregate(args.out_dir, args.setting, args.seeds, names)
-    with open(os.path.join(args.out_dir, "offpolicy.json"), "w") as f:
-        json.dump({"settings": args.setting, "seeds": args.seeds, "steps": args.steps, "names": names,
-                   "table": table}, f, indent=2)
-    md = markdown(table, args.setting, names, args.steps, args.seeds)
-    with open(os.path.join(args.out_dir, "offpolicy.md"), "w") as f:
-        f.write(md + "\n")
-    print(md)
+    write_results(args.out_dir, "offpolicy", {"settings": args.setting, "seeds": args.seeds, "steps": args.steps,
+                                              "names": names, "table": table},
+                  markdown(table, args.setting, names, args.steps, args.seeds))
     print(f"\ntotal wall time {time.time() - t0:.0f}s")
 
 

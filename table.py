@@ -11,12 +11,11 @@ mean ± std of the final eval and of the eval at matched accuracy (the first eva
 Writes <out_dir>/seed<S>/<variant>/..., <out_dir>/table.json and <out_dir>/table.md.
 """
 
-import json
 import os
 import time
 
 from evaluate import summarize
-from experiments import experiment_parser, mean_std, run_all
+from experiments import experiment_parser, mean_std, run_all, write_results
 
 NAMES = ["flowrl", "flowrl_exact", "grpo", "grpo_kl0.01", "grpo_kl0.04", "grpo_kl0.1", "dr_grpo", "dapo", "gspo",
          "reinforce_pp", "ppo", "flowrl_no_ref", "flowrl_dyn", "flowrl_exact_dyn", "grpo_kl0.04_dyn"]
@@ -76,13 +75,9 @@ def main():
     if not args.aggregate_only:
         run_all([(n, common(s)) for s in args.seeds for n in args.names], args.workers)
     table = aggregate(args.out_dir, args.seeds, args.names)
-    with open(os.path.join(args.out_dir, "table.json"), "w") as f:
-        json.dump({"seeds": args.seeds, "steps": args.steps, "grad_clip": 1.0, "warm_skew": args.warm_skew,
-                   "table": table}, f, indent=2)
-    md = markdown(table, args.names, args.steps, args.seeds, args.warm_skew)
-    with open(os.path.join(args.out_dir, "table.md"), "w") as f:
-        f.write(md + "\n")
-    print(md)
+    write_results(args.out_dir, "table", {"seeds": args.seeds, "steps": args.steps, "grad_clip": 1.0,
+                                          "warm_skew": args.warm_skew, "table": table},
+                  markdown(table, args.names, args.steps, args.seeds, args.warm_skew))
     print(f"\ntotal wall time {time.time() - t0:.0f}s")
 
 
