@@ -1,20 +1,22 @@
 """
 The off-policy regime, where FlowRL's learned log Z, its importance-weight clip and GSPO's sequence ratio
 can matter (on-policy, one update per batch, w = 1 and a constant log Z only shifts a baseline:
-docs/method.md M5). Two settings of the main job (make_n, small preset, grad clip 1.0):
+docs/method.md M5). Two settings of the main job (make_n, small preset, grad clip 1.0), and the same
+runs on-policy as the reference they are read against:
 
-    updates: each batch trained on in 4 minibatches x 2 epochs (8 optimizer steps per batch)
-    stale:   each step trains on the rollouts sampled 4 optimizer steps earlier (--stale 4)
+    updates:  each batch trained on in 4 minibatches x 2 epochs (8 optimizer steps per batch)
+    stale:    each step trains on the rollouts sampled 4 optimizer steps earlier (--stale 4)
+    onpolicy: one update per batch, as the main job (w = 1, the clip never acts)
 
 In updates: flowrl and flowrl_exact with log Z from the head (the paper's), from each group's own
 estimate (--logz group) and without log Z (--logz none), each with the importance weight clipped to
 [0.8, 1.2] and unclipped ("_wfree"); grpo, dapo and gspo beside them. In stale: the clipped ones,
-grpo and gspo. Reported at the final eval: accuracy,
+grpo and gspo; onpolicy runs the stale setting's variants. Reported at the final eval: accuracy,
 effective # correct, KL(π‖p*) (exact, over the answer tree, p* ∝ π_ref·exp(15·r)), and over the last
 100 training steps the spread of the importance ratio (std over rows of π_θ(y)/π_old(y)) and the clip
 fraction (of weights, tokens or sequences, each algorithm's own).
 
-    python offpolicy.py                          # 15 + 8 variants x 3 seeds, 500 steps, 2 at a time
+    python offpolicy.py                          # 15 + 8 + 8 variants x 3 seeds, 500 steps, 2 at a time
     python offpolicy.py --setting updates --seeds 0 --steps 200 --names flowrl flowrl_logz0 grpo
 
 Writes <out_dir>/<setting>/seed<S>/<variant>/..., <out_dir>/offpolicy.json and <out_dir>/offpolicy.md.
@@ -26,7 +28,9 @@ import time
 from evaluate import summarize
 from experiments import experiment_parser, mean_std, read_evals, run_all, write_results
 
-SETTINGS = {"updates": ["--minibatches", "4", "--epochs", "2"], "stale": ["--stale", "4"]}
+SETTINGS = {"updates": ["--minibatches", "4", "--epochs", "2"], "stale": ["--stale", "4"], "onpolicy": []}
+WHAT = {"updates": "4 minibatches x 2 epochs per batch", "stale": "rollouts 4 optimizer steps stale",
+        "onpolicy": "on-policy reference, one update per batch"}
 NAMES = [f + z + w for f in ("flowrl", "flowrl_exact") for w in ("", "_wfree") for z in ("", "_group", "_logz0")] + [
     "grpo", "dapo", "gspo"]
 # the stale setting runs the log Z question with the clip on, beside grpo and gspo (time: 2-core CPU)
@@ -55,8 +59,7 @@ def markdown(table, settings, names, steps, seeds):
     fmt = lambda v: "n/a" if v is None else f"{v[0]:.2f} ± {v[1]:.2f}" + ("" if v[2] == len(seeds) else f" ({v[2]})")
     lines = []
     for setting in settings:
-        what = {"updates": "4 minibatches x 2 epochs per batch", "stale": "rollouts 4 optimizer steps stale"}[setting]
-        lines += [f"{setting}: {what}; final eval after {steps} steps (9 prompts x 16 samples, T=1; grad clip 1.0; "
+        lines += [f"{setting}: {WHAT[setting]}; final eval after {steps} steps (9 prompts x 16 samples, T=1; grad clip 1.0; "
                   f"mean ± std over seeds {seeds}):", "",
                   "| variant | " + " | ".join(HEAD) + " |", "|---" * (len(HEAD) + 1) + "|"]
         for n in names[setting]:
@@ -74,7 +77,7 @@ def main():
     p = experiment_parser(__doc__, None, 500, "out_offpolicy")
     p.add_argument("--setting", nargs="+", default=list(SETTINGS), choices=list(SETTINGS), help="which settings")
     args = p.parse_args()
-    names = {st: args.names or (NAMES if st == "updates" else STALE_NAMES) for st in args.setting}
+    names = {st: args.names or (NAMES if st == "updates" else STALE_NAMES) for st in args.setting}   # onpolicy: the stale ones
     t0 = time.time()
     common = lambda setting, seed: ["--steps", str(args.steps), "--seed", str(seed), "--eval_every", "100",
                                     "--out_dir", os.path.join(args.out_dir, setting, f"seed{seed}")] + SETTINGS[setting]
