@@ -12,6 +12,7 @@ import pytest
 
 import evaluate
 import figure1
+import offpolicy
 import passk
 import table
 from rewards import get_task
@@ -100,6 +101,9 @@ def test_results_files_equal_what_their_scripts_compute_from_the_json():
                                                    d["prompts"]) + "\n"
     d = json.loads(read("docs/figure1.json"))
     assert read("docs/figure1.md") == figure1.markdown(d["summary"], d["steps"]) + "\n"
+    d = json.loads(read("docs/offpolicy.json"))
+    assert read("docs/offpolicy.md") == offpolicy.markdown(d["table"], d["settings"], d["names"], d["steps"],
+                                                           d["seeds"]) + "\n"
 
 
 def test_paper_to_code_table_names_functions_and_tests_that_exist():
