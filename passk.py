@@ -17,7 +17,7 @@ import os
 import time
 
 from evaluate import pass_at_k
-from experiments import experiment_parser, mean_std, read_evals, run_all
+from experiments import VARIANTS, experiment_parser, mean_std, read_evals, run_all
 from plot import smooth
 
 NAMES = ["flowrl", "flowrl_nolen", "flowrl_exact", "grpo", "dr_grpo", "dapo", "gspo"]
@@ -71,11 +71,12 @@ def markdown(curves, tail, steps, seeds, n, n_prompts):
     return "\n".join(lines)
 
 
-def band(ax, xs, ys_per_seed, name, label=True):
-    """The mean over seeds as a line, the seeds' range as a band, in the method's colour."""
+def band(ax, xs, ys_per_seed, name, label=None):
+    """The mean over seeds as a line, the seeds' range as a band, in the method's colour; label: the
+    legend's text (default: name)."""
     from plot import style
     m = [sum(v) / len(v) for v in zip(*ys_per_seed)]
-    line, = ax.plot(xs, m, label=name if label else None, **style(name))
+    line, = ax.plot(xs, m, label=name if label is None else label, **style(name))
     ax.fill_between(xs, [min(v) for v in zip(*ys_per_seed)], [max(v) for v in zip(*ys_per_seed)],
                     color=line.get_color(), alpha=0.15)
 
@@ -90,8 +91,11 @@ def draw(curves, series, seeds, path):
     axes[0].set(xscale="log", xlabel="k", ylabel="pass@k", title="pass@k on held-out prompts, final eval")
     axes[0].set_xticks([1, 2, 4, 8, 16, 32, 64], ["1", "2", "4", "8", "16", "32", "64"])
     for name, ss in series.items():
+        # dynamic sampling (dapo's default) trains on the mixed groups it kept: its train records describe those
+        algo, flags = VARIANTS[name]
+        label = name + " (kept groups only)" if algo == "dapo" or "--drop_flat_groups" in flags else name
         for ax, key in zip(axes[1:], ("accuracy", "completions/mean_length")):
-            band(ax, ss[0]["step"], [smooth(s[key], 25) for s in ss], name)
+            band(ax, ss[0]["step"], [smooth(s[key], 25) for s in ss], name, label)
     axes[1].set(title="train accuracy (trailing mean of 25 steps)", xlabel="RL step", ylabel="fraction of samples correct")
     axes[2].set(title="mean answer length (trailing mean of 25 steps)", xlabel="RL step",
                 ylabel="tokens per answer, incl. EOS")
