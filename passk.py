@@ -16,6 +16,7 @@ import json
 import os
 import time
 
+from config import drops_flat_groups, parse_args
 from evaluate import pass_at_k
 from experiments import VARIANTS, experiment_parser, mean_std, read_evals, run_all
 from plot import smooth
@@ -93,7 +94,8 @@ def draw(curves, series, seeds, path):
     for name, ss in series.items():
         # dynamic sampling (dapo's default) trains on the mixed groups it kept: its train records describe those
         algo, flags = VARIANTS[name]
-        label = name + " (kept groups only)" if algo == "dapo" or "--drop_flat_groups" in flags else name
+        dynamic = drops_flat_groups(parse_args(["--algo", algo] + flags), algo)
+        label = name + " (kept groups only)" if dynamic else name
         for ax, key in zip(axes[1:], ("accuracy", "completions/mean_length")):
             band(ax, ss[0]["step"], [smooth(s[key], 25) for s in ss], name, label)
     axes[1].set(title="train accuracy (trailing mean of 25 steps)", xlabel="RL step", ylabel="fraction of samples correct")
