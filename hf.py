@@ -233,10 +233,11 @@ def export_state(model, arch):
     return {k: v.float().contiguous().cpu() for k, v in state.items()}
 
 
-def save_pretrained(model, path, arch="LlamaForCausalLM", stop_ids=(), tokenizer_from=None):
+def save_pretrained(model, path, arch="LlamaForCausalLM", stop_ids=(), tokenizer_from=None, then=None):
     """Write model as a Hugging Face directory: config.json, model.safetensors, generation_config.json,
-    and the tokenizer files of tokenizer_from (a Hugging Face checkpoint directory) if given. Written
-    to path + '.tmp' and renamed: a crash never leaves half a directory."""
+    and the tokenizer files of tokenizer_from (a Hugging Face checkpoint directory) if given; then(dir)
+    writes more files into it (a GGUF start's tokenizer). Written to path + '.tmp' and renamed: a crash
+    never leaves half a directory."""
     import json
     import shutil
 
@@ -255,6 +256,8 @@ def save_pretrained(model, path, arch="LlamaForCausalLM", stop_ids=(), tokenizer
     for name in TOKENIZER_FILES if tokenizer_from else ():
         if os.path.exists(os.path.join(tokenizer_from, name)):
             shutil.copy(os.path.join(tokenizer_from, name), os.path.join(tmp, name))
+    if then is not None:
+        then(tmp)
     shutil.rmtree(path, ignore_errors=True)
     os.replace(tmp, path)
     return path

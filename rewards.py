@@ -138,7 +138,8 @@ class Problem:
 
 class Task:
     """The shared interface. A subclass defines make(rng) -> data, raw_prompt(data),
-    instruction(data), is_correct(data, answer), solutions(problem) and random_answer(problem, rng)."""
+    instruction(data), is_correct(data, answer), solutions(problem), random_answer(problem, rng) and
+    worked(data, answer) -> (the answer's expression, the value it is meant to reach)."""
 
     name = ""
 
@@ -189,13 +190,47 @@ class Task:
         with probability ∝ (i + 1)^-skew over the task's list of solutions (skew 0: uniform; larger:
         a few answers take most of the mass), or with probability `noise` a random well-formed answer
         (mostly wrong), so that the starting policy spreads its mass and starts below perfect accuracy."""
+        problem, answer = self.demo_answer(rng, noise, skew)
+        return problem.prompt, answer
+
+    def demo_answer(self, rng, noise=0.0, skew=0.0):
+        """(problem, answer) as demo() draws them."""
         problem = self.sample(rng)
         if rng.random() < noise:
-            return problem.prompt, self.random_answer(problem, rng)
+            return problem, self.random_answer(problem, rng)
         sols = self.solutions(problem)
         if skew == 0:
-            return problem.prompt, rng.choice(sols)
-        return problem.prompt, rng.choices(sols, weights=[(i + 1) ** -skew for i in range(len(sols))])[0]
+            return problem, rng.choice(sols)
+        return problem, rng.choices(sols, weights=[(i + 1) ** -skew for i in range(len(sols))])[0]
+
+
+    def worked_demo(self, rng, noise=0.0):
+        """A (prompt, response) pair for the cold start of a pretrained chat model: the response is a short
+        worked line in one of several phrasings and lengths, then the tagged answer (drawn as demo() draws
+        it: with probability `noise` a random answer, whose worked line is then as wrong as the answer).
+        Raw style: the response is the answer alone, as in demo()."""
+        problem, answer = self.demo_answer(rng, noise=noise)
+        if self.style == "raw":
+            return problem.prompt, answer
+        expr, value = self.worked(problem.data, answer)
+        line = rng.choice(WORKED_LINES).format(e=expr, t=value)
+        return problem.prompt, f"{line} <answer>{answer}</answer>"
+
+
+# the cold start's worked lines: {e} the answer's expression (spaced), {t} the value it is meant to reach
+WORKED_LINES = (
+    "{e} = {t}.",
+    "Check: {e} = {t}.",
+    "We need {t}. Trying {e}, which gives {t}.",
+    "The result must be {t}, and {e} = {t}, so this works.",
+    "Let me think step by step. I am looking for {t}. If I take {e}, I get {t}. That is the answer.",
+    "{e} makes {t}.",
+)
+
+
+def spaced(expr):
+    """An expression with a space around each operator: "3*5+7" -> "3 * 5 + 7"."""
+    return re.sub(r"\s*([+\-*/])\s*", r" \1 ", expr).strip()
 
 
 class AddTask(Task):
@@ -229,6 +264,9 @@ class AddTask(Task):
 
     def solutions(self, problem):
         return [self.answer_of(problem.data)]
+
+    def worked(self, d, answer):
+        return f"{d['a']} + {d['b']}", answer
 
     def random_answer(self, problem, rng):
         s = str(rng.randint(0, 2 * (10 ** self.digits - 1)))
@@ -273,6 +311,9 @@ class MakeNTask(Task):
 
     def solutions(self, problem):
         return [a for a in self.all_answers() if self.is_correct(problem.data, a)]
+
+    def worked(self, d, answer):
+        return spaced(answer), d["n"]
 
     def random_answer(self, problem, rng):
         return "+".join(rng.choice(_DIGITS) for _ in range(self.n_terms))
@@ -351,6 +392,9 @@ class CountdownTask(Task):
         items = [(Fraction(x), str(x), 3) for x in d["numbers"]]
         found = {t for v, t, _ in _expressions(items) if v == d["target"]}
         return sorted(found, key=lambda s: (len(s), s))
+
+    def worked(self, d, answer):
+        return spaced(answer), d["target"]
 
     def random_answer(self, problem, rng):
         items = [(Fraction(x), str(x), 3) for x in problem.data["numbers"]]

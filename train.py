@@ -34,8 +34,10 @@ import torch
 import flowrl
 from checkpoint import (Sampled, append_jsonl, load_checkpoint, log_record, new_run, open_wandb, resume, save_atomic,
                         save_checkpoint, truncate_log, write_summary)
-from config import UserError, drops_flat_groups, parse_args
+from config import UserError, drops_flat_groups, parse_args, runs
 from evaluate import decode_responses, eval_problems, evaluate, final_table, summarize
+from gguf_io import ARCHITECTURES as GGUF_ARCHITECTURES
+from gguf_io import is_gguf, load_gguf, save_tokenizer
 from hf import architecture, from_pretrained, save_pretrained
 from model import GPT, GPTConfig, autocast
 from parallel import (all_sum, full_states, gather_objects, gather_rows, gathered, mean_over_ranks,
@@ -47,6 +49,29 @@ from tokenizer import CheckpointError, Tokenizer
 
 # ---------------------------------------------------------------------------------------------
 # warm start: supervised training on the task's demonstrations
+
+def supervised(model, tok, draw, steps, lr, batch, warmup, device, name):
+    """Next-token prediction on the responses of `batch` (prompt text, response text) pairs a step, drawn
+    by draw(); the prompt in the model's format (tok.encode_prompt), the response ended by eos; AdamW
+    with linear warm-up and cosine decay, gradient norm clipped at 1."""
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
+    t0 = time.time()
+    for step in range(steps):
+        pairs = [draw() for _ in range(batch)]
+        batch_t = from_tokens([tok.encode_prompt(p) for p, _ in pairs],
+                              [tok.encode(a) + [tok.eos_id] for _, a in pairs], tok.eos_id, device)
+        logprobs, _ = sequence_logprobs(model, batch_t)                               # (B, T)
+        loss = -(logprobs.sum() / batch_t.mask.sum())
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        for g in opt.param_groups:
+            g["lr"] = lr * min(1.0, (step + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * step / steps))
+        opt.step()
+        if step % max(1, steps // 4) == 0 or step == steps - 1:
+            print(f"{name} {step:5d}/{steps} loss {loss.item():.4f} ({time.time() - t0:.0f}s)", flush=True)
+    return model
+
 
 def warm_start(args, task, tok, device):
     """Train the start policy by next-token prediction on (prompt, answer) demonstrations, the answer
@@ -68,26 +93,45 @@ def warm_start(args, task, tok, device):
         print(f"warm start: {path} was made with other settings; training a new one")
     torch.manual_seed(args.seed)
     model = GPT(cfg).to(device)
-    opt = torch.optim.AdamW(model.parameters(), lr=args.warm_lr, weight_decay=0.0)
     rng = random.Random(args.seed + 12345)
-    t0 = time.time()
-    for step in range(args.warm_steps):
-        pairs = [task.demo(rng, noise=args.warm_noise, skew=args.warm_skew) for _ in range(64)]
-        batch = from_tokens([tok.encode(p) for p, _ in pairs], [tok.encode(a) + [tok.eos_id] for _, a in pairs],
-                            tok.eos_id, device)
-        logprobs, _ = sequence_logprobs(model, batch)                                 # (B, T)
-        loss = -(logprobs.sum() / batch.mask.sum())
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        lr = args.warm_lr * min(1.0, (step + 1) / 100) * 0.5 * (1 + math.cos(math.pi * step / args.warm_steps))
-        for g in opt.param_groups:
-            g["lr"] = lr
-        opt.step()
-        if step % 500 == 0 or step == args.warm_steps - 1:
-            print(f"warm start {step:5d}/{args.warm_steps} loss {loss.item():.4f} ({time.time() - t0:.0f}s)")
+    draw = lambda: task.demo(rng, noise=args.warm_noise, skew=args.warm_skew)
+    supervised(model, tok, draw, args.warm_steps, args.warm_lr, 64, 100, device, "warm start")
     os.makedirs(args.out_dir, exist_ok=True)
     save_atomic({"model": model.state_dict(), "model_config": asdict(cfg), "key": key}, path)
+    return model
+
+
+COLD_BATCH = 16     # demonstrations per cold-start step
+
+
+def cold_start(args, task, tok, model, device):
+    """The cold start of a pretrained checkpoint (R1-style): --warm_steps of supervised training on worked
+    demonstrations in its own chat format (a short worked line in one of several phrasings, then the
+    tagged answer; with probability --warm_noise a random answer), so that it answers in the task's
+    format, with responses of varied length, neither always right nor always wrong.
+    Saved to out_dir/coldstart.pt and reused while its settings and the checkpoint file match."""
+    path = os.path.join(args.out_dir, "coldstart.pt")
+    src = os.path.abspath(args.init_from)
+    key = {"init_from": src, "size": sum(os.path.getsize(os.path.join(r, f)) for r, _, fs in os.walk(src) for f in fs)
+           if os.path.isdir(src) else os.path.getsize(src),
+           **{k: getattr(args, k) for k in ("task", "seed", "warm_steps", "warm_noise", "warm_lr")}}
+    if os.path.exists(path):
+        ck = load_checkpoint(path)
+        if ck.get("key") == key:
+            model.load_state_dict(ck["model"])
+            print(f"cold start: reusing {path}")
+            return model
+        print(f"cold start: {path} was made with other settings; training a new one")
+    torch.manual_seed(args.seed)
+    rng = random.Random(args.seed + 12345)
+    draw = lambda: task.worked_demo(rng, noise=args.warm_noise)
+    model.train()
+    with autocast(device, args.bf16):
+        supervised(model, tok, draw, args.warm_steps, args.warm_lr, COLD_BATCH, max(1, args.warm_steps // 8), device,
+                   "cold start")
+    model.eval()
+    os.makedirs(args.out_dir, exist_ok=True)
+    save_atomic({"model": model.state_dict(), "key": key}, path)
     return model
 
 
@@ -460,19 +504,30 @@ def train_algo(args, algo, warm, tok, task, device, rank=0, world=1):
             if is_main:
                 save_checkpoint(ckpt, run, s, args, samplers, states)
     if is_main:                                 # the trained policy in the format every other tool reads
-        arch = architecture(args.init_from) if args.init_from else "LlamaForCausalLM"
         policy = run.policy
         if args.fsdp:                           # one process's full copy, from the last checkpoint's state
             policy = GPT(run.policy.config)
             policy.load_state_dict(states[0])
-        save_pretrained(policy, os.path.join(run_dir, "hf"), arch, tok.stop_ids, args.init_from)
+        export(args, policy, tok, os.path.join(run_dir, "hf"))
     if wb is not None:
         wb.finish()
     return run_dir
 
 
+def export(args, policy, tok, path):
+    """The trained policy as a Hugging Face directory: the start checkpoint's architecture and tokenizer
+    files (a GGUF start: its tokenizer written out by gguf_io.save_tokenizer); a from-scratch GPT as a Llama."""
+    if args.init_from and is_gguf(args.init_from):
+        arch = GGUF_ARCHITECTURES[tok.gguf["arch"]]
+        save_pretrained(policy, path, arch, tok.stop_ids, then=lambda tmp: save_tokenizer(tok, tmp, arch))
+        return
+    arch = architecture(args.init_from) if args.init_from else "LlamaForCausalLM"
+    save_pretrained(policy, path, arch, tok.stop_ids, args.init_from)
+
+
 def load_start(args, rank, world, device):
-    """The start policy, its tokenizer and the task: the warm start, or a Hugging Face checkpoint."""
+    """The start policy, its tokenizer and the task: the warm start, or a Hugging Face checkpoint or GGUF
+    file (then its cold start where --warm_steps asks for one)."""
     if args.init_from is None:
         tok, task = Tokenizer.for_chars(ALPHABET), get_task(args.task)
         if rank != 0:
@@ -482,13 +537,22 @@ def load_start(args, rank, world, device):
             torch.distributed.barrier()
         return warm, tok, task
     try:
-        warm = from_pretrained(args.init_from).to(device)
-        tok = Tokenizer.from_pretrained(args.init_from)
+        if is_gguf(args.init_from):
+            warm, tok = load_gguf(args.init_from)
+        else:
+            warm, tok = from_pretrained(args.init_from), Tokenizer.from_pretrained(args.init_from)
     except CheckpointError as e:
         raise UserError(f"--init_from: {e}")
+    warm = warm.to(device)
     task = get_task(args.task, style="instruct" if tok.chat else "raw")
     print(f"loaded {args.init_from}: {warm.config.n_layer} layers, {warm.config.n_embd} wide, "
-          f"prompts in the {task.style} style{' (ChatML)' if tok.chat else ''}")
+          f"prompts in the {task.style} style{' (its chat template)' if tok.chat else ''}")
+    if args.warm_steps > 0:
+        if rank != 0:
+            torch.distributed.barrier()
+        warm = cold_start(args, task, tok, warm, device)
+        if world > 1 and rank == 0:
+            torch.distributed.barrier()
     return warm, tok, task
 
 
@@ -498,7 +562,8 @@ def main(argv=None):
         rank, world, args.device = setup_distributed(args.device, args.batch_prompts, args.fsdp)
     except ValueError as e:
         raise UserError(str(e))
-    ckpts = [os.path.join(args.out_dir, a + args.tag, "ckpt.pt") for a in args.algo]
+    specs = runs(args)                          # (algo, tag, flags) per --algo name (grpo_kl: grpo + KL)
+    ckpts = [os.path.join(args.out_dir, a + tag, "ckpt.pt") for a, tag, _ in specs]
     if args.resume and not any(os.path.exists(c) for c in ckpts):
         raise UserError(f"--resume: no checkpoint at {' or '.join(ckpts)}")
     if world > 1 and (args.stale or any(drops_flat_groups(args, a) for a in args.algo)):
@@ -516,11 +581,11 @@ def main(argv=None):
     warm.grad_checkpointing = args.grad_checkpoint
     print(f"model: {warm.num_params() / 1e6:.2f}M parameters on {device}")
     summary = {}
-    for algo in args.algo:
-        run_dir = train_algo(args, algo, warm, tok, task, device, rank, world)
+    for algo, tag, run_args in specs:
+        run_dir = train_algo(run_args, algo, warm, tok, task, device, rank, world)
         if world > 1:
             torch.distributed.barrier()
-        summary[algo + args.tag] = summarize(run_dir)
+        summary[algo + tag] = summarize(run_dir)
     if world > 1:           # teardown: the DDP/FSDP wrappers (and their hold on the gloo/NCCL group) are freed
         gc.collect()        # first, then every rank waits for the others, then the group goes: a group
         torch.distributed.barrier()   # destroyed under a live wrapper, or while a peer still talks, can abort
@@ -533,7 +598,7 @@ def main(argv=None):
     if not args.no_plot:
         import plot
         fig = os.path.join(args.out_dir, "compare.png")
-        plot.plot_runs([os.path.join(args.out_dir, a + args.tag) for a in args.algo], fig)
+        plot.plot_runs([os.path.join(args.out_dir, a + tag) for a, tag, _ in specs], fig)
         print(f"figure: {fig}")
         if args.wandb:
             import wandb

@@ -173,15 +173,13 @@ def test_chat_prompts_only_with_a_chat_template(tmp_path):
     base = Tokenizer.from_pretrained(path)             # ChatML specials but no chat template: a base model
     assert base.chat is None and base.prompt("Compute 2+3.") == "Compute 2+3."
     json.dump({"chat_template": CHATML_TEMPLATE}, open(os.path.join(path, "tokenizer_config.json"), "w"))
-    assert Tokenizer.from_pretrained(path).chat == "chatml"
+    assert Tokenizer.from_pretrained(path).chat == CHATML_TEMPLATE
     os.remove(os.path.join(path, "tokenizer_config.json"))
     with open(os.path.join(path, "chat_template.jinja"), "w") as f:   # where transformers 5 writes it
         f.write(CHATML_TEMPLATE)
-    assert Tokenizer.from_pretrained(path).chat == "chatml"
-    with open(os.path.join(path, "chat_template.jinja"), "w") as f:
-        f.write("{% for m in messages %}[INST] {{ m['content'] }} [/INST]{% endfor %}")
-    with pytest.raises(CheckpointError, match="not ChatML"):
-        Tokenizer.from_pretrained(path)
+    tok = Tokenizer.from_pretrained(path)
+    assert tok.chat == CHATML_TEMPLATE
+    assert tok.prompt("Compute 2+3.") == "<|im_start|>user\nCompute 2+3.<|im_end|>\n<|im_start|>assistant\n"
 
 
 def test_every_eos_id_of_generation_config_is_a_stop_id(tmp_path):
@@ -196,11 +194,11 @@ def test_tokenizer_chatml_specials(tmp_path):
     path, hf = train_bpe(tmp_path, qwen=True)
     json.dump({"chat_template": CHATML_TEMPLATE}, open(os.path.join(path, "tokenizer_config.json"), "w"))
     ours = Tokenizer.from_pretrained(path)
-    assert ours.chat == "chatml" and ours.eos_id == hf.token_to_id("<|im_end|>")
+    assert ours.eos_id == hf.token_to_id("<|im_end|>")
     text = ours.prompt("Compute 2+3.")
-    assert text.startswith("<|im_start|>system\n") and text.endswith("<|im_start|>assistant\n")
+    assert text.startswith("<|im_start|>user\n") and text.endswith("<|im_start|>assistant\n")
     assert ours.encode(text) == hf.encode(text).ids
-    assert ours.encode(text).count(hf.token_to_id("<|im_start|>")) == 3
+    assert ours.encode(text).count(hf.token_to_id("<|im_start|>")) == 2
     with pytest.raises(CheckpointError, match="does not exist"):
         Tokenizer.from_pretrained(str(tmp_path / "missing"))
 
@@ -235,7 +233,8 @@ def test_train_init_from_bad_directory_exits_2(tmp_path):
     import subprocess
     import sys
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    for target, needle in ((str(tmp_path / "missing"), "not a directory"), (str(tmp_path), "config.json")):
+    for target, needle in ((str(tmp_path / "missing"), "not a directory"), (str(tmp_path), "config.json"),
+                           (str(tmp_path / "m.gguf"), "GGUF file"), (__file__, "not a directory")):
         p = subprocess.run([sys.executable, os.path.join(root, "train.py"), "--init_from", target, "--out_dir",
                             str(tmp_path / "o")], capture_output=True, text=True, timeout=120)
         lines = p.stderr.strip().splitlines()

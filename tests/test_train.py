@@ -160,12 +160,14 @@ def test_preset_follows_the_device(monkeypatch):
 
 
 def test_help_names_each_preset_default_and_every_loadable_architecture():
+    import gguf_io
     import hf
     text = " ".join(config.build_parser().format_help().split())
     assert "default: None" not in text
-    assert "RL steps per algorithm (default: 2000 (small) / 1000 (large))" in text
-    assert "policy learning rate, AdamW (default: 0.0003 (small) / 0.0001 (large))" in text
-    for arch in hf.ARCHITECTURES:
+    assert "RL steps per algorithm (default: 2000 (small) / 1000 (large) / 50 (smollm2))" in text
+    assert "policy learning rate, AdamW (default: 0.0003 (small) / 0.0001 (large) / 1e-05 (smollm2))" in text
+    assert "(default: flowrl grpo grpo_kl (smollm2) / flowrl flowrl_exact grpo (otherwise))" in text
+    for arch in (*hf.ARCHITECTURES, *gguf_io.ARCHITECTURES):
         assert arch in text, arch
 
 
