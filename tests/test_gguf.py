@@ -46,7 +46,7 @@ def bpe():
 def hf_model(arch, width, tie, seed=0):
     torch.manual_seed(seed)
     base = dict(vocab_size=300, hidden_size=width, intermediate_size=width * 3 // 2 if width < 256 else width,
-                num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
+                num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
                 tie_word_embeddings=tie, rms_norm_eps=1e-6, rope_theta=10000.0)
     if arch == "llama":
         m = transformers.LlamaForCausalLM(transformers.LlamaConfig(**base))
@@ -271,3 +271,42 @@ def test_real_smollm2_file_equals_transformers(tmp_path):
         diff = (ours.eval()(torch.tensor([ids])) - ref(torch.tensor([ids])).logits).abs().max().item()
     assert diff < 5e-4, diff
     assert tok.decode(tok.encode("12 + 7 = 19  <answer>12+7</answer>")) == "12 + 7 = 19  <answer>12+7</answer>"
+
+
+@pytest.mark.slow
+def test_train_from_a_gguf_file_cold_starts_and_exports(tmp_path):
+    """--init_from FILE.gguf with a cold start: flowrl and grpo_kl train from it, the paper-setting evals are
+    written, and each policy exports as a directory transformers loads with the GGUF file's tokenizer."""
+    import train
+    tokenizer = bpe()
+    path = write_gguf(str(tmp_path / "m.gguf"), hf_model("llama", 64, True), "llama", tokenizer=tokenizer)
+    out = str(tmp_path / "out")
+    argv = ["--init_from", path, "--algo", "flowrl", "grpo_kl", "--steps", "2", "--batch_prompts", "2", "--group_size",
+            "2", "--max_new_tokens", "8", "--eval_k", "2", "--eval_every", "1", "--warm_steps", "2", "--warm_lr", "1e-3",
+            "--paper_eval", "--out_dir", out, "--no_plot"]
+    summary = train.main(argv)
+    assert set(summary) == {"flowrl", "grpo_kl"}
+    assert os.path.exists(os.path.join(out, "coldstart.pt"))
+    rows = [json.loads(line) for line in open(os.path.join(out, "grpo_kl", "metrics.jsonl"))]
+    paper = [r for r in rows if r["kind"] == "eval_paper"]
+    assert [r["step"] for r in paper] == [0, 2] and paper[0]["temperature"] == 0.6 and paper[0]["top_p"] == 0.95
+    assert all(0 <= r["format"] <= 1 and r["length"] > 0 for r in rows if r["kind"].startswith("eval"))
+    assert any(r["kind"] == "train" and r["kl_ref"] >= 0 for r in rows)
+    ck = torch.load(os.path.join(out, "grpo_kl", "ckpt.pt"), weights_only=False)
+    assert ck["config"]["kl_coef"] == 0.04 and ck["config"]["tag"] == "_kl"
+    timing = json.load(open(os.path.join(out, "timing.json")))
+    assert timing["runs"] == ["flowrl", "grpo_kl"] and timing["total_wall_time_s"] > timing["start_s"] > 0
+    hf_dir = os.path.join(out, "flowrl", "hf")
+    ref = transformers.AutoModelForCausalLM.from_pretrained(hf_dir).eval()
+    ours = train.from_pretrained(hf_dir).eval()
+    diff, scale = logits_diff(ours, ref)
+    assert diff < 1e-4 * max(1.0, scale)
+    hf_tok = transformers.AutoTokenizer.from_pretrained(hf_dir)
+    assert hf_tok("Write 7 as a sum", add_special_tokens=False).input_ids == tokenizer[0].encode("Write 7 as a sum").ids
+    # a second run reuses the cold start
+    import contextlib
+    import io
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf):
+        train.main(argv[:3] + ["flowrl"] + argv[5:] + ["--tag", "_again"])
+    assert "cold start: reusing" in buf.getvalue()

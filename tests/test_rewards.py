@@ -226,3 +226,28 @@ def test_fuzz_volume_was_run_in_bounded_time():
         assert 0.0 <= task.reward(p, s) <= 1.0
     assert time.perf_counter() - t0 < 20
     assert FUZZ["n"] >= 6000 or FUZZ["n"] == 0   # 0 when run alone (-k)
+
+
+
+def test_worked_demonstrations_score_as_their_answers_and_vary_in_length():
+    """The cold start's demonstrations: a worked line, then the tagged answer; the response is scored as
+    its answer (correct demonstrations earn the reward, noisy ones only where the random answer is right);
+    the phrasings give several lengths; the raw style keeps the answer alone, as demo() draws it."""
+    import random
+    for name in ("make_n", "add", "countdown"):
+        task = get_task(name, style="instruct")
+        rng = random.Random(0)
+        lengths, wrong = set(), 0
+        for noise in (0.0, 1.0):
+            for _ in range(60):
+                problem, answer = task.demo_answer(rng, noise=noise)
+                response = task.worked_response(problem, answer, rng)
+                assert response.endswith(f"<answer>{answer}</answer>")
+                s = task.score(problem, response)
+                assert s["correct"] == task.is_correct(problem.data, answer) == (s["reward"] == 1.0)
+                assert s["correct"] or noise == 1.0
+                wrong += not s["correct"]
+                lengths.add(len(response.split()))
+        assert len(lengths) >= 4 and wrong > 0, (name, lengths, wrong)
+        raw = get_task(name)
+        assert raw.worked_demo(random.Random(0), noise=0.3) == raw.demo(random.Random(0), noise=0.3)

