@@ -23,7 +23,6 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from plot import smooth, style  # noqa: E402
 
-RUNS = ("flowrl", "grpo", "grpo_kl")
 EVAL_KEYS = ("accuracy", "pass@4", "pass@16", "distinct_correct", "effective_correct", "entropy", "format", "length")
 TRAIN_KEYS = ("accuracy", "entropy", "completions/mean_length", "is_ratio/seq_std", "is_ratio/token_std",
               "clip_frac", "time/step_s")
@@ -36,15 +35,15 @@ def read_run(run_dir):
     evals = [r for r in rows if r["kind"] == "eval"]
     paper = [r for r in rows if r["kind"] == "eval_paper"]
     train = [pick(r, ("step",) + TRAIN_KEYS) for r in rows if r["kind"] == "train" and "accuracy" in r]
-    return {"evals": [pick(r, ("step", "k") + EVAL_KEYS) for r in evals],
-            "paper": [pick(r, ("step", "k") + EVAL_KEYS) for r in paper], "train": train}
+    pick_eval = lambda r: {**pick(r, ("step", "k") + EVAL_KEYS), "prompts": len(r["correct_counts"])}
+    return {"evals": [pick_eval(r) for r in evals], "paper": [pick_eval(r) for r in paper], "train": train}
 
 
 def collect(run_dir):
-    data = {"runs": {name: read_run(os.path.join(run_dir, name)) for name in RUNS}}
+    """The runs train.py made in run_dir (timing.json names them, in order), and its timing."""
     with open(os.path.join(run_dir, "timing.json")) as f:
-        data["timing"] = json.load(f)
-    return data
+        timing = json.load(f)
+    return {"runs": {name: read_run(os.path.join(run_dir, name)) for name in timing["runs"]}, "timing": timing}
 
 
 def mean(xs):
@@ -54,16 +53,20 @@ def mean(xs):
 
 def report_md(data):
     """The before/after table and the training table, as markdown."""
-    runs = data["runs"]
-    start, start_paper = runs[RUNS[0]]["evals"][0], runs[RUNS[0]]["paper"][0]
+    runs, names = data["runs"], data["timing"]["runs"]
+    start, start_paper = runs[names[0]]["evals"][0], runs[names[0]]["paper"][0]
     k = start["k"]
-    n = len(runs[RUNS[0]]["train"])
-    lines = [f"| model | accuracy (T=1) | pass@4 | pass@{k} | distinct correct | effective correct | token entropy "
+    n = len(runs[names[0]]["train"])
+    t = data["timing"]
+    head = [f"python train.py --preset smollm2: {t['total_wall_time_s']:.0f} s in all on {t['device']} "
+            f"({t['threads']} threads), of which {t['start_s']:.0f} s loading the GGUF file and the cold start; "
+            f"seed {t['seed']}, one run each; evals: {start['prompts']} prompts x {k} samples", ""]
+    lines = head + [f"| model | accuracy (T=1) | pass@4 | pass@{k} | distinct correct | effective correct | token entropy "
              f"| format | length | accuracy (T=0.6, top-p 0.95) | pass@{k} (T=0.6) |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]
     rows = [("cold start (step 0)", start, start_paper)] + [
         (f"{name} (step {runs[name]['evals'][-1]['step']})", runs[name]["evals"][-1], runs[name]["paper"][-1])
-        for name in RUNS]
+        for name in names]
     for label, e, p in rows:
         lines.append(f"| {label} | {e['accuracy']:.3f} | {e['pass@4']:.3f} | {e[f'pass@{k}']:.3f} | "
                      f"{e['distinct_correct']:.2f} | {e['effective_correct']:.2f} | {e['entropy']:.3f} | "
@@ -72,7 +75,7 @@ def report_md(data):
     lines += ["", f"| run | train accuracy, first / last {w} steps | response length (tokens), first / last {w} | "
               f"token entropy, first / last {w} | importance ratio spread (seq std) | clipped share | s per step |",
               "|---|---|---|---|---|---|---|"]
-    for name in RUNS:
+    for name in names:
         t = runs[name]["train"]
         first, last = t[:w], t[-w:]
         f = lambda rows, key: mean([r.get(key) for r in rows])
@@ -85,7 +88,8 @@ def report_md(data):
 
 def curves(data, path):
     fig, axes = plt.subplots(2, 3, figsize=(16, 8))
-    for name in RUNS:
+    names = data["timing"]["runs"]
+    for name in names:
         r = data["runs"][name]
         s = [x["step"] for x in r["train"]]
         kw = style(name)
@@ -98,8 +102,9 @@ def curves(data, path):
         axes[1, 0].plot(s, smooth([x["entropy"] for x in r["train"]], 5), label=name, **kw)
         axes[1, 1].plot(s, smooth([x["completions/mean_length"] for x in r["train"]], 5), label=name, **kw)
         axes[1, 2].plot(s, smooth([x.get("is_ratio/seq_std") for x in r["train"]], 5), label=name, **kw)
-    k = data["runs"][RUNS[0]]["evals"][0]["k"]
-    axes[0, 0].set(title=f"eval accuracy (9 prompts x {k} samples, T=1)", xlabel="RL step", ylabel="accuracy")
+    k = data["runs"][names[0]]["evals"][0]["k"]
+    n = data["runs"][names[0]]["evals"][0]["prompts"]
+    axes[0, 0].set(title=f"eval accuracy ({n} prompts x {k} samples, T=1)", xlabel="RL step", ylabel="accuracy")
     axes[0, 1].set(title=f"effective correct answers per prompt\n(exp entropy of the {k} samples' correct answers)",
                    xlabel="RL step", ylabel="answers")
     axes[0, 2].set(title=f"distinct correct answers per prompt (of {k} samples)", xlabel="RL step", ylabel="answers")

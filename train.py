@@ -620,7 +620,7 @@ def main(argv=None):
     if not args.no_summary:                     # beside summary.json (realmodel.py reads it)
         with open(os.path.join(args.out_dir, "timing.json"), "w") as f:
             json.dump({"total_wall_time_s": wall, "start_s": t_start, "runs": list(summary), "device": str(device),
-                       "threads": torch.get_num_threads()}, f, indent=2)
+                       "threads": torch.get_num_threads(), "seed": args.seed}, f, indent=2)
     print(f"total wall time {wall:.0f}s")
     return summary
 

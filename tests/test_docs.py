@@ -14,6 +14,7 @@ import evaluate
 import figure1
 import offpolicy
 import passk
+import realmodel
 import table
 from rewards import get_task
 
@@ -104,6 +105,8 @@ def test_results_files_equal_what_their_scripts_compute_from_the_json():
     d = json.loads(read("docs/offpolicy.json"))
     assert read("docs/offpolicy.md") == offpolicy.markdown(d["table"], d["settings"], d["names"], d["steps"],
                                                            d["seeds"]) + "\n"
+    d = json.loads(read("docs/smollm2/report.json"))
+    assert read("docs/smollm2/report.md") == realmodel.report_md(d) + "\n"
 
 
 def test_paper_to_code_table_names_functions_and_tests_that_exist():
