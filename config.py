@@ -84,8 +84,8 @@ class Parser(argparse.ArgumentParser):
 
 def add_rl_flags(a):
     a("--algo", nargs="+", default=None, choices=ALGOS,
-      help="algorithms to train, one after another; grpo_kl: grpo with the KL-to-reference term of the paper's "
-           f"GRPO (its Eq. 1), coefficient --kl_coef or {GRPO_KL} ({preset_default('algo')})")
+      help="algorithms to train, one after another; grpo_kl: grpo with the KL-to-reference term of GRPO's "
+           f"objective, coefficient --kl_coef or {GRPO_KL} ({preset_default('algo')})")
     a("--task", default="make_n", choices=sorted(TASKS), help="the task (rewards.py)")
     a("--steps", type=int, default=None, help=f"RL steps per algorithm ({preset_default('steps')})")
     a("--batch_prompts", type=int, default=None, help=f"prompts per RL step ({preset_default('batch_prompts')})")

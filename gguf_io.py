@@ -15,7 +15,8 @@ import os
 import numpy as np
 import torch
 
-from model import GPT, GPTConfig, rope_tables
+from hf import materialize
+from model import GPT, GPTConfig
 from tokenizer import (DIGITS_GPT2_PATTERN, GPT2_PATTERN, LLAMA3_PATTERN, QWEN2_PATTERN, CheckpointError,
                        Tokenizer)
 
@@ -139,11 +140,7 @@ def load_gguf(path, dtype=torch.float32):
     if unused:
         raise CheckpointError(f"{path}: tensor {unused[0]!r} is not used by a {arch} of this config "
                               f"({len(unused)} unused tensors in all)")
-    model = model.to_empty(device="cpu").to(dtype)
-    model.load_state_dict(state, strict=False)                                       # every parameter checked above
-    if config.tie_embeddings:
-        model.lm_head.weight = model.wte.weight
-    model.rope_cos, model.rope_sin = rope_tables(config)                              # buffers, kept in float32
+    model = materialize(model, state, dtype)                                         # every parameter checked above
     tok = gguf_tokenizer(path, meta)
     tok.gguf["arch"] = arch
     return model, tok

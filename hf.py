@@ -164,12 +164,18 @@ def from_pretrained(path, dtype=torch.float32):
         fpath, raw = where[unused[0]]
         raise CheckpointError(f"{fpath}: tensor {raw!r} is not used by a {arch} of this config "
                               f"({len(unused)} unused tensors in all)")
+    return materialize(model, state, dtype)
+
+
+def materialize(model, state, dtype):
+    """A GPT made on the meta device, filled with state (every parameter's tensor, checked by the caller):
+    tied embeddings tied again, the rotary tables computed (buffers, kept in float32)."""
     model = model.to_empty(device="cpu").to(dtype)
-    model.load_state_dict(state, strict=False)                                       # every parameter checked above
-    if config.tie_embeddings:
+    model.load_state_dict(state, strict=False)
+    if model.config.tie_embeddings:
         model.lm_head.weight = model.wte.weight
-    if config.pos == "rope":                                                          # buffers, kept in float32
-        model.rope_cos, model.rope_sin = rope_tables(config)
+    if model.config.pos == "rope":
+        model.rope_cos, model.rope_sin = rope_tables(model.config)
     return model
 
 

@@ -36,6 +36,7 @@ def load(run_dir):
 STYLE = {
     "flowrl": ("tab:blue", "-"), "flowrl_exact": ("tab:orange", "-"), "grpo": ("tab:green", "-"),
     "grpo_kl0.01": ("tab:olive", "-"), "grpo_kl0.04": ("tab:red", "-"), "grpo_kl0.1": ("tab:pink", "-"),
+    "grpo_kl": ("tab:red", "-"),
     "reinforce_pp": ("tab:purple", "-"), "ppo": ("tab:brown", "-"), "flowrl_nolen": ("tab:cyan", "-"),
     "flowrl_no_ref": ("navy", "--"), "flowrl_exact_no_ref": ("darkgoldenrod", "--"),
     "flowrl_beta5": ("deepskyblue", "-."), "flowrl_beta2": ("slateblue", ":"),

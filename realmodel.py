@@ -25,7 +25,8 @@ from plot import smooth, style  # noqa: E402
 
 EVAL_KEYS = ("accuracy", "pass@4", "pass@16", "distinct_correct", "effective_correct", "entropy", "format", "length")
 TRAIN_KEYS = ("accuracy", "entropy", "completions/mean_length", "is_ratio/seq_std", "is_ratio/token_std",
-              "clip_frac", "time/step_s")
+              "clip_frac", "kl_ref", "frac_reward_zero_std", "delta/beta_reward_abs", "delta/logp_minus_ref",
+              "log_z/mean", "time/step_s")
 
 
 def read_run(run_dir):
@@ -73,15 +74,17 @@ def report_md(data):
                      f"{e['format']:.3f} | {e['length']:.1f} | {p['accuracy']:.3f} | {p[f'pass@{k}']:.3f} |")
     w = max(1, n // 5)
     lines += ["", f"| run | train accuracy, first / last {w} steps | response length (tokens), first / last {w} | "
-              f"token entropy, first / last {w} | importance ratio spread (seq std) | clipped share | s per step |",
-              "|---|---|---|---|---|---|---|"]
+              f"token entropy, first / last {w} | KL to π_ref (per token), last {w} | importance ratio spread (seq std) | "
+              f"clipped share | s per step |",
+              "|---|---|---|---|---|---|---|---|"]
     for name in names:
         t = runs[name]["train"]
         first, last = t[:w], t[-w:]
         f = lambda rows, key: mean([r.get(key) for r in rows])
         lines.append(f"| {name} | {f(first, 'accuracy'):.3f} / {f(last, 'accuracy'):.3f} | "
                      f"{f(first, 'completions/mean_length'):.1f} / {f(last, 'completions/mean_length'):.1f} | "
-                     f"{f(first, 'entropy'):.3f} / {f(last, 'entropy'):.3f} | {f(t, 'is_ratio/seq_std'):.3f} | "
+                     f"{f(first, 'entropy'):.3f} / {f(last, 'entropy'):.3f} | {f(last, 'kl_ref'):.3f} | "
+                     f"{f(t, 'is_ratio/seq_std'):.3f} | "
                      f"{f(t, 'clip_frac'):.3f} | {f(t, 'time/step_s'):.1f} |")
     return "\n".join(lines)
 
