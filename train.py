@@ -4,6 +4,7 @@ reward-maximizing baselines from the same start, evaluate each, and draw the com
 
     python train.py                         # flowrl, flowrl_exact and grpo on make_n (CPU: ~5 min; CUDA: preset large)
     python train.py --algo flowrl grpo --steps 800 --kl_coef 0.04
+    python train.py --preset smollm2        # SmolLM2-135M-Instruct (GGUF): cold start, then flowrl, grpo, grpo_kl
     python train.py --help
 
 One RL step (docs/method.md M4, M7) reads as named steps:
@@ -18,7 +19,8 @@ Where we differ from the paper: a toy task and a tiny model; the log Z head in i
 group with its own lr (GFlowNet practice, docs/method.md M4.4); flowrl_exact (raw reward, summed
 log-probs) is ours, the form for which Proposition 1 holds (docs/method.md M6).
 
-Outputs: out/<algo>/{metrics.jsonl, samples.jsonl, ckpt.pt, hf/}, out/summary.json, out/compare.png.
+Outputs: out/<algo>/{metrics.jsonl, samples.jsonl, ckpt.pt, hf/}, out/summary.json, out/timing.json,
+out/compare.png; a warm start out/warmstart.pt, or a checkpoint's cold start out/coldstart.pt.
 """
 
 import gc
