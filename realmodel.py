@@ -23,7 +23,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from plot import smooth, style  # noqa: E402
 
-EVAL_KEYS = ("accuracy", "pass@4", "pass@16", "distinct_correct", "effective_correct", "entropy", "format", "length")
+EVAL_KEYS = ("accuracy", "distinct_correct", "effective_correct", "entropy", "format", "length")   # and every pass@j
 TRAIN_KEYS = ("accuracy", "entropy", "completions/mean_length", "is_ratio/seq_std", "is_ratio/token_std",
               "clip_frac", "kl_ref", "frac_reward_zero_std", "delta/beta_reward_abs", "delta/logp_minus_ref",
               "log_z/mean", "time/step_s")
@@ -36,7 +36,8 @@ def read_run(run_dir):
     evals = [r for r in rows if r["kind"] == "eval"]
     paper = [r for r in rows if r["kind"] == "eval_paper"]
     train = [pick(r, ("step",) + TRAIN_KEYS) for r in rows if r["kind"] == "train" and "accuracy" in r]
-    pick_eval = lambda r: {**pick(r, ("step", "k") + EVAL_KEYS), "prompts": len(r["correct_counts"])}
+    pick_eval = lambda r: {**pick(r, ("step", "k") + EVAL_KEYS + tuple(k for k in r if k.startswith("pass@"))),
+                           "prompts": len(r["correct_counts"])}
     return {"evals": [pick_eval(r) for r in evals], "paper": [pick_eval(r) for r in paper], "train": train}
 
 
@@ -62,14 +63,15 @@ def report_md(data):
     head = [f"python train.py --preset smollm2: {t['total_wall_time_s']:.0f} s in all on {t['device']} "
             f"({t['threads']} threads), of which {t['start_s']:.0f} s loading the GGUF file and the cold start; "
             f"seed {t['seed']}, one run each; evals: {start['prompts']} prompts x {k} samples", ""]
-    lines = head + [f"| model | accuracy (T=1) | pass@4 | pass@{k} | distinct correct | effective correct | token entropy "
+    j = min(4, k)
+    lines = head + [f"| model | accuracy (T=1) | pass@{j} | pass@{k} | distinct correct | effective correct | token entropy "
              f"| format | length | accuracy (T=0.6, top-p 0.95) | pass@{k} (T=0.6) |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]
     rows = [("cold start (step 0)", start, start_paper)] + [
         (f"{name} (step {runs[name]['evals'][-1]['step']})", runs[name]["evals"][-1], runs[name]["paper"][-1])
         for name in names]
     for label, e, p in rows:
-        lines.append(f"| {label} | {e['accuracy']:.3f} | {e['pass@4']:.3f} | {e[f'pass@{k}']:.3f} | "
+        lines.append(f"| {label} | {e['accuracy']:.3f} | {e[f'pass@{j}']:.3f} | {e[f'pass@{k}']:.3f} | "
                      f"{e['distinct_correct']:.2f} | {e['effective_correct']:.2f} | {e['entropy']:.3f} | "
                      f"{e['format']:.3f} | {e['length']:.1f} | {p['accuracy']:.3f} | {p[f'pass@{k}']:.3f} |")
     w = max(1, n // 5)
