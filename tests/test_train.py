@@ -296,6 +296,10 @@ def test_smollm2_preset_finds_its_file_or_says_how_to_install_it(monkeypatch, tm
     a = config.parse_args(["--preset", "smollm2", "--device", "cpu", "--kl_coef", "0.1", "--algo", "grpo_kl",
                            "--tag", "_x", "--warm_steps", "0"])
     assert [(algo, tag, r.kl_coef) for algo, tag, r in config.runs(a)] == [("grpo", "_kl_x", 0.1)] and a.warm_steps == 0
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)               # the same command, larger on CUDA
+    a = config.parse_args(["--preset", "smollm2", "--steps", "7"])
+    assert (a.device, a.steps, a.batch_prompts, a.minibatches) == ("cuda", 7, 32, 4)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     d = tmp_path / "ckpt"
     d.mkdir()
     a = config.parse_args(["--init_from", str(d), "--device", "cpu"])           # a checkpoint: no cold start unasked
