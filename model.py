@@ -191,7 +191,7 @@ class GroupCache:
         B, nh, _, hs = q.shape
         nkv = k.shape[1]
         rep, P, G, scale = nh // nkv, self.prompt_k.shape[1], self.group_size, hs ** -0.5
-        qr = q[:, :, 0].reshape(B, nkv, rep, hs)                                   # (B, nkv, rep, hs): head = kv·rep + r
+        qr = q[:, :, 0].reshape(B, nkv, rep, hs)            # (B, nkv, rep, hs): head = kv·rep + r
         grid = qr.new_zeros(P, G, nkv, rep, hs)
         grid[self.owner, self.member] = qr
         qp = grid.permute(0, 2, 1, 3, 4).reshape(P, nkv, G * rep, hs)               # (P, nkv, G·rep, hs)

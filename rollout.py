@@ -52,7 +52,8 @@ def concat_rollouts(parts):
     eos = parts[0].eos_id
     left = lambda x, v: F.pad(x, (Tp - x.shape[1], 0), value=v)                        # (n, Tp)
     right = lambda x, v: F.pad(x, (0, T - x.shape[1]), value=v)                        # (n, T)
-    return Rollout(torch.cat([left(r.prompt, eos) for r in parts]), torch.cat([left(r.prompt_mask, False) for r in parts]),
+    return Rollout(torch.cat([left(r.prompt, eos) for r in parts]),
+                   torch.cat([left(r.prompt_mask, False) for r in parts]),
                    torch.cat([right(r.response, eos) for r in parts]), torch.cat([right(r.mask, False) for r in parts]),
                    torch.cat([right(r.logprobs, 0.0) for r in parts]), eos, parts[0].stop_ids)
 

@@ -245,7 +245,8 @@ def behaviour_pass(args, run, s, train_step):
     """--stale: π_old's log-probs (and entropy, PPO values) taken now, from the policy that sampled s,
     which trains at train_step."""
     if s.problems:
-        s.old = rollout_policy_pass(args, run, s.ro, minibatches(args, len(s.problems), train_step, 0, s.ro.mask.device))
+        rows = minibatches(args, len(s.problems), train_step, 0, s.ro.mask.device)
+        s.old = rollout_policy_pass(args, run, s.ro, rows)
     return s
 
 
