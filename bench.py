@@ -213,7 +213,8 @@ def bench_qwen05b(args):
     step_bytes = P * width + kv
     limit = min(bandwidth / step_bytes, rate / (2 * P * rows)) * rows                     # tokens/s
     dev = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({os.cpu_count()} cores)"
-    print(f"\n{'a tiny Qwen2 (the smoke run)' if args.tiny else 'Qwen2.5-0.5B-shaped'} ({P / 1e6:.0f}M parameters, random weights), {dev}, {args.dtype}, torch "
+    kind = "a tiny Qwen2 (the smoke run)" if args.tiny else "Qwen2.5-0.5B-shaped"
+    print(f"\n{kind} ({P / 1e6:.0f}M parameters, random weights), {dev}, {args.dtype}, torch "
           f"{torch.__version__}: {args.prompts} prompts (8 tokens) x {args.samples} samples x {args.new_tokens} new "
           f"tokens, every position decoded and counted; medians of {args.reps} interleaved repetitions\n")
     print(f"machine: {bandwidth / 1e9:,.0f} GB/s copy bandwidth, {rate / 1e12:,.1f} TFLOP/s matmul; a decode step "
@@ -469,13 +470,15 @@ def our_rl_step(path, algo, args, out_dir, new_tokens=16, lr=1e-5):
     """One of our RL steps (collect + update: rollout, rewards, reference, loss, AdamW) as a function
     that runs the next step and returns its seconds."""
     import config
+    import starts
     import train
     device = torch.device(args.device)
     a = config.parse_args(["--init_from", path, "--task", "countdown", "--algo", algo, "--batch_prompts", "16",
-                           "--group_size", "8", "--max_new_tokens", str(new_tokens), "--lr", str(lr), "--kl_coef", "0.04",
+                           "--group_size", "8", "--max_new_tokens", str(new_tokens), "--lr", str(lr),
+                           "--kl_coef", "0.04",
                            "--device", args.device, "--out_dir", out_dir,
                            "--bf16" if args.dtype == "bf16" else "--no-bf16"] + (["--compile"] if args.compile else []))
-    warm, tok, task = train.load_start(a, 0, 1, device)
+    warm, tok, task = starts.load_start(a, 0, 1, device)
     run = train.new_run(a, algo, warm, task, device, 0, 1)
     steps = itertools.count()
 
@@ -565,6 +568,7 @@ def rl_step_profile(args, path, steps=4, argv=None, what=None):
     (rollout.generate), the reference forward (chunked_logprobs in prepare), the update (forward,
     backward, AdamW) and an evaluation; per step, so that a slow first or last step shows. Prints a table."""
     import config
+    import starts
     import train
     device = torch.device(args.device)
     P, T = (2, 8) if args.tiny else (8, 256)
@@ -574,7 +578,7 @@ def rl_step_profile(args, path, steps=4, argv=None, what=None):
         "--max_new_tokens", str(T), "--lr", "1e-6", "--logz_lr", "1e-4", "--eval_prompts", str(P), "--eval_k", "4",
         "--device", args.device, "--out_dir", out_dir, "--bf16" if args.dtype == "bf16" else "--no-bf16"])
     P, T = a.batch_prompts, a.max_new_tokens
-    warm, tok, task = train.load_start(a, 0, 1, device)
+    warm, tok, task = starts.load_start(a, 0, 1, device)
     run = train.new_run(a, "flowrl", warm, task, device, 0, 1)
     times, originals = [], {name: getattr(train, name) for name in ("generate", "chunked_logprobs")}
 
@@ -602,7 +606,8 @@ def rl_step_profile(args, path, steps=4, argv=None, what=None):
     finally:
         for name, fn in originals.items():
             setattr(train, name, fn)
-    what = what or f"train.py --init_from (flowrl, countdown, {P} prompts x 8 samples x up to {T} new tokens, {args.dtype})"
+    what = what or (f"train.py --init_from (flowrl, countdown, {P} prompts x 8 samples x up to {T} new tokens, "
+                    f"{args.dtype})")
     print(f"\nOne RL step of {what}, per step; an evaluation ({len(problems)} prompts x {a.eval_k} samples) took "
           f"{t_eval:.2f} s; peak memory {peak_mb(device):,.0f} MB\n")
     print("| step | rollout (s) | reference (s) | update (s) | rest of the step (s) | step (s) | tokens generated | "
@@ -622,13 +627,14 @@ def bench_smollm2(args):
     --new_tokens), each credited with the tokens it generated (up to and including the stop token), medians of
     --reps interleaved repetitions; then where one RL step's time goes, as train.py --preset smollm2 runs it."""
     import config
+    import starts
     import train
     from hf import save_pretrained
     device = torch.device(args.device)
     argv = ["--preset", "smollm2", "--algo", "flowrl", "--out_dir", args.run_dir, "--device", args.device]
     a = config.parse_args(argv)
     with contextlib.redirect_stdout(io.StringIO()):
-        warm, tok, task = train.load_start(a, 0, 1, device)
+        warm, tok, task = starts.load_start(a, 0, 1, device)
     problems = train.eval_problems(task, a.eval_prompts, a.seed)
     prompts = [tok.encode_prompt(p.prompt) for p in problems]
     with tempfile.TemporaryDirectory() as d:

@@ -64,6 +64,7 @@ class Sampled:
     flat: int                  # of those, the groups whose G rewards were all equal
     first_rewards: torch.Tensor = None   # (P x G,) the first round's rewards, every group (log Z's start)
     old: tuple = None          # (old log-probs, entropy, PPO values) of the policy that sampled (--stale)
+    first_accuracy: float = None   # accuracy over every group of the first round, before any is dropped
 
 
 def sampled_state(s):
@@ -131,10 +132,10 @@ def new_run(args, algo, warm, task, device, rank, world=1):
 
 # the flags that define an experiment: a resumed run must keep them (--steps may grow, logging may change)
 EXPERIMENT_FLAGS = ("task", "seed", "preset", "batch_prompts", "group_size", "max_new_tokens", "temperature", "lr",
-                    "logz_lr", "value_lr", "weight_decay", "reward_beta", "kl_coef", "clip", "clip_eps", "clip_eps_high",
-                    "gspo_clip", "length_norm", "logz", "drop_flat_groups", "refill_rounds", "stale", "no_ref", "grad_clip", "epochs", "minibatches", "n_layer",
-                    "n_embd", "n_head", "n_kv_head", "warm_steps", "warm_noise", "warm_skew", "warm_lr", "init_from",
-                    "eval_k", "eval_prompts", "bf16")
+                    "logz_lr", "value_lr", "weight_decay", "reward_beta", "kl_coef", "clip", "clip_eps",
+                    "clip_eps_high", "gspo_clip", "length_norm", "logz", "drop_flat_groups", "refill_rounds", "stale",
+                    "no_ref", "grad_clip", "epochs", "minibatches", "n_layer", "n_embd", "n_head", "n_kv_head",
+                    "warm_steps", "warm_noise", "warm_skew", "warm_lr", "init_from", "eval_k", "eval_prompts", "bf16")
 
 
 def save_checkpoint(path, run, step, args, samplers, states=None):
@@ -181,11 +182,15 @@ def resume(run, path, args, rank):
 
 
 def truncate_log(path, step):
-    """Drop the records a crashed run wrote after its last checkpoint (all of them for a new run, step 0)."""
+    """Drop the records a crashed run wrote after its last checkpoint (all of them for a new run, step 0),
+    and the paper-setting eval that ended a shorter run at that checkpoint (a resumed run evaluates in
+    that setting at its own end, as a run never stopped would)."""
     keep = []
     if os.path.exists(path):
         with open(path) as f:
-            keep = [line for line in f if step > 0 and json.loads(line)["step"] <= step]
+            rows = [(line, json.loads(line)) for line in f]
+        keep = [line for line, r in rows if 0 < step and (r["step"] < step or r["step"] == step
+                                                          and r.get("kind") != "eval_paper")]
     with open(path, "w") as f:
         f.writelines(keep)
 

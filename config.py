@@ -16,7 +16,7 @@ GRPO_KL = 0.04    # grpo_kl's KL coefficient where --kl_coef is 0 (DeepSeekMath'
 MAX_NEW_TOKENS = {"make_n": 6, "add": 5, "countdown": 16}   # per-task default response budget
 PRESETS = {
     # the CPU default: a 2-layer, 64-wide GPT, 2,000 steps: long enough to see practical FlowRL narrow
-    # with GRPO and then recover (about 5 minutes on 2 CPU cores for warm start + 3 algorithms)
+    # with GRPO and then recover (the README gives the main job's wall time on 2 CPU cores)
     "small": dict(n_layer=2, n_embd=64, n_head=4, n_kv_head=4, steps=2000, batch_prompts=16, group_size=8,
                   warm_steps=1500, lr=3e-4, eval_every=100),
     # the CUDA default, for one GPU: a 6-layer, 384-wide model, more prompts per step
@@ -32,8 +32,9 @@ PRESETS = {
 }
 # the smollm2 preset on a CUDA device: the same command, larger (not yet run on a GPU)
 SMOLLM2_CUDA = dict(steps=200, batch_prompts=32, minibatches=4, eval_every=50)
-DEFAULTS = dict(algo=["flowrl", "flowrl_exact", "grpo"], warm_lr=1e-3, warm_noise=0.5, paper_eval=False, logz_lr=0.1,
-                minibatches=1)   # where no preset sets them
+# where no preset sets them: FlowRL's two forms against the paper's GRPO (Eq. 1, with its KL term) and GRPO without it
+DEFAULTS = dict(algo=["flowrl", "flowrl_exact", "grpo_kl", "grpo"], warm_lr=1e-3, warm_noise=0.5, paper_eval=True,
+                logz_lr=0.1, minibatches=1)
 
 
 def runs(args):
@@ -91,11 +92,12 @@ def add_rl_flags(a):
     a("--steps", type=int, default=None, help=f"RL steps per algorithm ({preset_default('steps')})")
     a("--batch_prompts", type=int, default=None, help=f"prompts per RL step ({preset_default('batch_prompts')})")
     a("--group_size", type=int, default=None, help=f"samples per prompt, G ({preset_default('group_size')})")
-    a("--max_new_tokens", type=int, default=None, help="response budget in tokens (default: make_n 6, add 5, countdown 16; 256 with --init_from; "
-      "48 with --preset smollm2)")
+    a("--max_new_tokens", type=int, default=None, help="response budget in tokens (default: make_n 6, add 5, "
+      "countdown 16; 256 with --init_from; 48 with --preset smollm2)")
     a("--temperature", type=float, default=1.0, help="rollout sampling temperature")
     a("--lr", type=float, default=None, help=f"policy learning rate, AdamW ({preset_default('lr')})")
-    a("--logz_lr", type=float, default=None, help=f"learning rate of the log Z head (FlowRL) ({preset_default('logz_lr')})")
+    a("--logz_lr", type=float, default=None,
+      help=f"learning rate of the log Z head (FlowRL) ({preset_default('logz_lr')})")
     a("--value_lr", type=float, default=1e-3, help="learning rate of the value head (PPO)")
     a("--weight_decay", type=float, default=0.0, help="AdamW weight decay of the policy")
     a("--reward_beta", type=float, default=15.0, help="FlowRL's reward inverse temperature β (not a KL coefficient)")
@@ -120,7 +122,8 @@ def add_rl_flags(a):
     a("--stale", type=int, default=0, metavar="K", help="train each step on rollouts sampled K optimizer steps "
       "earlier (asynchronous RL's lag; π_old = the policy that sampled them); 0: on-policy sampling")
     a("--epochs", type=int, default=1, help="passes over each rollout batch")
-    a("--minibatches", type=int, default=None, help=f"minibatches (of whole groups) per pass ({preset_default('minibatches')})")
+    a("--minibatches", type=int, default=None,
+      help=f"minibatches (of whole groups) per pass ({preset_default('minibatches')})")
 
 
 def add_run_flags(a):
@@ -149,7 +152,8 @@ def add_run_flags(a):
     a("--paper_eval", action=argparse.BooleanOptionalAction, default=None, help="also evaluate at the paper's "
       "setting (T = 0.6, top-p 0.95) at the start and the end, as kind eval_paper records (default: on for the "
       "smollm2 preset, off otherwise)")
-    a("--eval_prompts", type=int, default=32, help="held-out eval prompts (make_n: all of its targets)")
+    a("--eval_prompts", type=int, default=32, help="eval prompts (make_n: all of its targets, the prompts it trains "
+                                                           "on; add, countdown: held out)")
     a("--log_every", type=int, default=25, help="RL steps between progress lines")
     a("--ckpt_every", type=int, default=100, help="RL steps between checkpoints (and at the end)")
     a("--seed", type=int, default=0, help="seed of the model, the prompt order and the sampler")

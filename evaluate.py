@@ -1,5 +1,5 @@
 """
-Evaluation (docs/method.md M8): sample k answers per held-out prompt and measure accuracy, unbiased
+Evaluation (docs/method.md M8): sample k answers per eval prompt and measure accuracy, unbiased
 pass@k, distinct and effective correct answers, token entropy; on tasks whose answers can be listed,
 exactly: the policy's probability of every correct answer, KL(π‖p*), KL(p*‖π), the true log Z.
 
@@ -35,7 +35,9 @@ def decode_responses(tok, rollout):
 
 
 def eval_problems(task, n_prompts, seed):
-    """The held-out prompts: make_n's whole (small) prompt set, else a stream apart from training's."""
+    """The eval prompts: make_n's whole (small) prompt set, the same prompts it trains on (the question is
+    how the policy spreads over each prompt's answers); other tasks: held-out prompts from a stream apart
+    from training's."""
     if hasattr(task, "targets"):
         return [task.problem({"n": n}) for n in task.targets]
     rng = random.Random(10 ** 6 + seed)
@@ -64,7 +66,8 @@ def exact_correct_probs(model, tok, task, problems):
     return [logp[owner == i] for i in range(len(problems))]
 
 
-_REF_TREES = weakref.WeakKeyDictionary()    # frozen π_ref -> {(prompt, budget, weights' versions): its rewarded responses}
+# frozen π_ref -> {(prompt, budget, weights' versions): its rewarded responses}
+_REF_TREES = weakref.WeakKeyDictionary()
 
 
 def ref_rewarded(ref, prompt, score, eos_id, max_new_tokens, min_prob, max_frontier):
@@ -222,23 +225,32 @@ def evaluate(model, tok, task, problems, *, k, max_new_tokens, seed, step, chunk
 
 def summarize(run_dir):
     """A run's final eval metrics, and the same at the first eval with accuracy >= 0.9 (matched
-    accuracy) or None. Reads run_dir/metrics.jsonl only."""
+    accuracy) or None; with --paper_eval, the final accuracy at T=0.6, top-p 0.95 as paper_accuracy.
+    Reads run_dir/metrics.jsonl only."""
     with open(os.path.join(run_dir, "metrics.jsonl")) as f:
-        evals = [r for r in map(json.loads, f) if r["kind"] == "eval"]
+        records = [json.loads(line) for line in f if line.strip()]
+    evals = [r for r in records if r["kind"] == "eval"]
+    paper = [r for r in records if r["kind"] == "eval_paper"]
     keys = ("step", "accuracy", "pass@1", "pass@k", "k", "distinct_correct", "effective_correct", "entropy",
             "answer_entropy", "correct_mass", "kl_to_target", "kl_shape_to_target", "target_effective_correct")
     pick = lambda r: {k: r[k] for k in keys if k in r}
     matched = next((r for r in evals if r["accuracy"] >= 0.9), None)
-    return {**pick(evals[-1]), "matched_accuracy": pick(matched) if matched else None}
+    out = {**pick(evals[-1]), "matched_accuracy": pick(matched) if matched else None}
+    if paper and paper[-1]["step"] == evals[-1]["step"]:
+        out["paper_accuracy"] = paper[-1]["accuracy"]
+    return out
 
 
 def final_table(summary, k, n_prompts, grad_clip):
-    """The table train.py prints at the end: one row per run, each number once."""
+    """The table train.py prints at the end: one row per run, each number once; the last column, where
+    every run has it, is the accuracy at the paper's sampling setting (T=0.6, top-p 0.95)."""
+    paper = all("paper_accuracy" in s for s in summary.values())
     lines = [f"\nfinal eval ({n_prompts} prompts x {k} samples at T=1; grad clip {grad_clip}); accuracy = "
              f"mean over the samples = pass@1; effective = exp(entropy of π over correct answers):",
              f"{'algo':14s} {'accuracy':>9s} {'pass@' + str(k):>8s} {'distinct':>9s} {'effective':>10s} "
-             f"{'entropy':>8s}"]
+             f"{'entropy':>8s}" + (f" {'acc T=0.6':>10s}" if paper else "")]
     for algo, s in summary.items():
         lines.append(f"{algo:14s} {s['accuracy']:9.3f} {s['pass@k']:8.3f} {s['distinct_correct']:9.2f} "
-                     f"{s['effective_correct']:10.2f} {s['entropy']:8.3f}")
+                     f"{s['effective_correct']:10.2f} {s['entropy']:8.3f}"
+                     + (f" {s['paper_accuracy']:10.3f}" if paper else ""))
     return "\n".join(lines)

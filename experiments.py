@@ -71,12 +71,13 @@ def run_variant(job):
 def make_warm_start(common):
     """The warm start of these flags, made once (train.py reuses out_dir/warmstart.pt while it matches)."""
     torch.set_num_threads(1)                     # warm starts side by side, one core each
+    import starts
     import train
     from rewards import ALPHABET, get_task
     from tokenizer import Tokenizer
     args = train.parse_args(common)
     os.makedirs(args.out_dir, exist_ok=True)
-    train.warm_start(args, get_task(args.task), Tokenizer.for_chars(ALPHABET), torch.device(args.device))
+    starts.warm_start(args, get_task(args.task), Tokenizer.for_chars(ALPHABET), torch.device(args.device))
 
 
 def run_all(jobs, workers):
@@ -110,8 +111,25 @@ def experiment_parser(doc, names, steps, out_dir):
     return p
 
 
+def wall_record(times, t0, root):
+    """The wall time of an experiment's runs, for its json: the total since t0 and each run's
+    (run_all's {(name, out_dir): seconds}, keyed "<out_dir relative to root>/<name>")."""
+    return {"total_s": round(time.time() - t0, 1),
+            "runs_s": {f"{os.path.relpath(d, root)}/{n}": round(t, 1) for (n, d), t in times.items()}}
+
+
+def previous_wall(path):
+    """The wall record of an earlier json at path (an --aggregate_only rebuild keeps the runs' timing)."""
+    if not os.path.exists(path):
+        return None
+    with open(path) as f:
+        return json.load(f).get("wall")
+
+
 def write_results(out_dir, stem, data, md):
     """<out_dir>/<stem>.json (data) and <stem>.md (md, the table the docs show), and md printed."""
+    if data.get("wall") is None:
+        data["wall"] = previous_wall(os.path.join(out_dir, stem + ".json"))
     with open(os.path.join(out_dir, stem + ".json"), "w") as f:
         json.dump(data, f, indent=2)
     with open(os.path.join(out_dir, stem + ".md"), "w") as f:

@@ -170,8 +170,10 @@ def flowrl_form(algo, length_norm=None):
 
 def log_partition_init(rewards, group_size, beta):
     """A starting log Z for the summed form (docs/method.md M6): at θ = ref the true value is
-    log E_ref[exp(β·r)], estimated per group as log mean_g exp(β·r_g), a log-sum-exp, not the mean
-    of β·r (Jensen makes that far too low). rewards: (N,) -> (N/G,)."""
+    log E_ref[exp(β·r)], estimated over each block of group_size rewards as log mean exp(β·r), a
+    log-sum-exp, not the mean of β·r (Jensen makes that far too low). rewards: (N,) -> (N/group_size,).
+    train.py passes the whole first batch as one block (group_size = N): the head's output bias is one
+    value for every prompt."""
     r = rewards.view(-1, group_size).double()
     return (torch.logsumexp(beta * r, dim=1) - math.log(group_size)).float()
 

@@ -26,7 +26,7 @@ import os
 import time
 
 from evaluate import summarize
-from experiments import experiment_parser, mean_std, read_evals, run_all, write_results
+from experiments import experiment_parser, mean_std, read_evals, run_all, wall_record, write_results
 
 SETTINGS = {"updates": ["--minibatches", "4", "--epochs", "2"], "stale": ["--stale", "4"], "onpolicy": []}
 WHAT = {"updates": "4 minibatches x 2 epochs per batch", "stale": "rollouts 4 optimizer steps stale",
@@ -59,8 +59,8 @@ def markdown(table, settings, names, steps, seeds):
     fmt = lambda v: "n/a" if v is None else f"{v[0]:.2f} ± {v[1]:.2f}" + ("" if v[2] == len(seeds) else f" ({v[2]})")
     lines = []
     for setting in settings:
-        lines += [f"{setting}: {WHAT[setting]}; final eval after {steps} steps (9 prompts x 16 samples, T=1; grad clip 1.0; "
-                  f"mean ± std over seeds {seeds}):", "",
+        lines += [f"{setting}: {WHAT[setting]}; final eval after {steps} steps (9 prompts x 16 samples, T=1; "
+                  f"grad clip 1.0; mean ± std over seeds {seeds}):", "",
                   "| variant | " + " | ".join(HEAD) + " |", "|---" * (len(HEAD) + 1) + "|"]
         for n in names[setting]:
             c = table[f"{setting}/{n}"]
@@ -77,15 +77,18 @@ def main():
     p = experiment_parser(__doc__, None, 500, "out_offpolicy")
     p.add_argument("--setting", nargs="+", default=list(SETTINGS), choices=list(SETTINGS), help="which settings")
     args = p.parse_args()
-    names = {st: args.names or (NAMES if st == "updates" else STALE_NAMES) for st in args.setting}   # onpolicy: the stale ones
+    # onpolicy runs the stale setting's names
+    names = {st: args.names or (NAMES if st == "updates" else STALE_NAMES) for st in args.setting}
     t0 = time.time()
     common = lambda setting, seed: ["--steps", str(args.steps), "--seed", str(seed), "--eval_every", "100",
                                     "--out_dir", os.path.join(args.out_dir, setting, f"seed{seed}")] + SETTINGS[setting]
+    wall = None
     if not args.aggregate_only:
-        run_all([(n, common(st, s)) for st in args.setting for s in args.seeds for n in names[st]], args.workers)
+        jobs = [(n, common(st, s)) for st in args.setting for s in args.seeds for n in names[st]]
+        wall = wall_record(run_all(jobs, args.workers), t0, args.out_dir)
     table = aggregate(args.out_dir, args.setting, args.seeds, names)
     write_results(args.out_dir, "offpolicy", {"settings": args.setting, "seeds": args.seeds, "steps": args.steps,
-                                              "names": names, "table": table},
+                                              "names": names, "table": table, "wall": wall},
                   markdown(table, args.setting, names, args.steps, args.seeds))
     print(f"\ntotal wall time {time.time() - t0:.0f}s")
 

@@ -18,7 +18,7 @@ import time
 
 from config import drops_flat_groups, parse_args
 from evaluate import pass_at_k
-from experiments import VARIANTS, experiment_parser, mean_std, read_evals, run_all
+from experiments import VARIANTS, experiment_parser, mean_std, previous_wall, read_evals, run_all, wall_record
 from plot import smooth
 
 NAMES = ["flowrl", "flowrl_nolen", "flowrl_exact", "grpo", "dr_grpo", "dapo", "gspo"]
@@ -43,9 +43,12 @@ def collect(out_dir, seeds, names):
                 curves[START].append(pass_curve(evals[0]))
             curves.setdefault(name, []).append(pass_curve(evals[-1]))
             train = read_evals(os.path.join(out_dir, f"seed{s}", name), kind="train")
-            series.setdefault(name, []).append({k: [r[k] for r in train] for k in
-                                                ("step", "accuracy", "completions/mean_length",
-                                                 "completions/clipped_ratio")})
+            train = [r for r in train if "accuracy" in r]     # dapo: a step that kept no group made no update
+            rec = {k: [r[k] for r in train] for k in ("step", "completions/mean_length", "completions/clipped_ratio")}
+            # the accuracy of what the policy sampled: dynamic sampling's records also count the kept groups
+            # alone ("accuracy"), which excludes the all-correct ones; its first round is every group sampled
+            rec["sampled_accuracy"] = [r.get("dynamic/sampled_accuracy", r["accuracy"]) for r in train]
+            series.setdefault(name, []).append(rec)
     return curves, series
 
 
@@ -92,13 +95,14 @@ def draw(curves, series, seeds, path):
     axes[0].set(xscale="log", xlabel="k", ylabel="pass@k", title="pass@k on held-out prompts, final eval")
     axes[0].set_xticks([1, 2, 4, 8, 16, 32, 64], ["1", "2", "4", "8", "16", "32", "64"])
     for name, ss in series.items():
-        # dynamic sampling (dapo's default) trains on the mixed groups it kept: its train records describe those
+        # dynamic sampling (dapo's default) trains on the mixed groups it kept: its lengths describe those
         algo, flags = VARIANTS[name]
         dynamic = drops_flat_groups(parse_args(["--algo", algo] + flags), algo)
-        label = name + " (kept groups only)" if dynamic else name
-        for ax, key in zip(axes[1:], ("accuracy", "completions/mean_length")):
-            band(ax, ss[0]["step"], [smooth(s[key], 25) for s in ss], name, label)
-    axes[1].set(title="train accuracy (trailing mean of 25 steps)", xlabel="RL step", ylabel="fraction of samples correct")
+        band(axes[1], ss[0]["step"], [smooth(s["sampled_accuracy"], 25) for s in ss], name)
+        band(axes[2], ss[0]["step"], [smooth(s["completions/mean_length"], 25) for s in ss], name,
+             name + " (kept groups only)" if dynamic else name)
+    axes[1].set(title="accuracy of the sampled answers, every group (train; trailing mean of 25 steps)",
+                xlabel="RL step", ylabel="fraction of samples correct")
     axes[2].set(title="mean answer length (trailing mean of 25 steps)", xlabel="RL step",
                 ylabel="tokens per answer, incl. EOS")
     for a in axes:
@@ -121,14 +125,18 @@ def main():
                            "--eval_k", str(args.n), "--eval_prompts", str(args.prompts),
                            "--eval_every", str(max(1, args.steps // 4)), "--log_every", "100",
                            "--ckpt_every", str(args.steps), "--out_dir", os.path.join(args.out_dir, f"seed{seed}")]
+    wall = None
     if not args.aggregate_only:
-        run_all([(n, common(s)) for s in args.seeds for n in args.names], args.workers)
+        jobs = [(n, common(s)) for s in args.seeds for n in args.names]
+        wall = wall_record(run_all(jobs, args.workers), t0, args.out_dir)
+    else:                                       # a rebuild keeps the timing of the runs themselves
+        wall = previous_wall(os.path.join(args.out_dir, "passk.json"))
     curves, series = collect(args.out_dir, args.seeds, args.names)
     tail = tails(series)
     md = markdown(curves, tail, args.steps, args.seeds, args.n, args.prompts)
     with open(os.path.join(args.out_dir, "passk.json"), "w") as f:
         json.dump({"seeds": args.seeds, "steps": args.steps, "n": args.n, "prompts": args.prompts,
-                   "curves": curves, "tails": tail}, f)
+                   "curves": curves, "tails": tail, "wall": wall}, f)
     with open(os.path.join(args.out_dir, "passk.md"), "w") as f:
         f.write(md + "\n")
     draw(curves, series, args.seeds, os.path.join(args.out_dir, "passk.png"))

@@ -64,8 +64,8 @@ def report_md(data):
             f"({t['threads']} threads), of which {t['start_s']:.0f} s loading the GGUF file and the cold start; "
             f"seed {t['seed']}, one run each; evals: {start['prompts']} prompts x {k} samples", ""]
     j = min(4, k)
-    lines = head + [f"| model | accuracy (T=1) | pass@{j} | pass@{k} | distinct correct | effective correct | token entropy "
-             f"| format | length | accuracy (T=0.6, top-p 0.95) | pass@{k} (T=0.6) |",
+    lines = head + [f"| model | accuracy (T=1) | pass@{j} | pass@{k} | distinct correct | effective correct "
+             f"| token entropy | format | length | accuracy (T=0.6, top-p 0.95) | pass@{k} (T=0.6) |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]
     rows = [("cold start (step 0)", start, start_paper)] + [
         (f"{name} (step {runs[name]['evals'][-1]['step']})", runs[name]["evals"][-1], runs[name]["paper"][-1])
@@ -76,9 +76,12 @@ def report_md(data):
                      f"{e['format']:.3f} | {e['length']:.1f} | {p['accuracy']:.3f} | {p[f'pass@{k}']:.3f} |")
     w = max(1, n // 5)
     lines += ["", f"| run | train accuracy, first / last {w} steps | response length (tokens), first / last {w} | "
-              f"token entropy, first / last {w} | KL to π_ref (per token), last {w} | importance ratio spread (seq std) | "
-              f"clipped share | s per step |",
-              "|---|---|---|---|---|---|---|---|"]
+              f"token entropy, first / last {w} | KL to π_ref (per token), last {w} | "
+              f"importance ratio spread (seq std) | "
+              f"clipped share | groups with all-equal rewards, first / last {w} | "
+              f"mean \\|β·r̂\\| / mean ℓ_θ − ℓ_ref, "
+              f"first {w} | s per step |",
+              "|---|---|---|---|---|---|---|---|---|---|"]
     for name in names:
         t = runs[name]["train"]
         first, last = t[:w], t[-w:]
@@ -87,7 +90,11 @@ def report_md(data):
                      f"{f(first, 'completions/mean_length'):.1f} / {f(last, 'completions/mean_length'):.1f} | "
                      f"{f(first, 'entropy'):.3f} / {f(last, 'entropy'):.3f} | {f(last, 'kl_ref'):.3f} | "
                      f"{f(t, 'is_ratio/seq_std'):.3f} | "
-                     f"{f(t, 'clip_frac'):.3f} | {f(t, 'time/step_s'):.1f} |")
+                     f"{f(t, 'clip_frac'):.3f} | "
+                     f"{f(first, 'frac_reward_zero_std'):.2f} / {f(last, 'frac_reward_zero_std'):.2f} | "
+                     + (f"{f(first, 'delta/beta_reward_abs'):.2f} / {f(first, 'delta/logp_minus_ref'):.2f} | "
+                        if "delta/beta_reward_abs" in t[0] else " | ")
+                     + f"{f(t, 'time/step_s'):.1f} |")
     return "\n".join(lines)
 
 

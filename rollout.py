@@ -101,21 +101,13 @@ def generate(model, prompts, *, num_samples, max_new_tokens, temperature=1.0, to
     of its tokens in stop_ids (default: eos_id alone; a checkpoint's generation_config may list several);
     eos_id pads the prompts on the left and the responses after their end. compile: decode with
     model.compiled_decode_step (static shapes; CUDA graphs on CUDA), else the eager forward.
-    Finished rows leave the batch: every compact_every steps the decode batch and its KV cache keep only
-    the rows still running (compiled: only when they fit a batch half the size, padded to a power of
-    two, so that the compiled step sees few shapes; 0: never). Each step draws one uniform per row of
-    the whole batch, running or not, so a row's tokens do not depend on when others left.
-    share_prompt: decode with a GroupCache, each prompt's keys and values held and read once for its G
-    samples (eager decode only); None: when G > 1 and the prompts are at least SHARE_PROMPT_MIN tokens
-    long (below that, one fused attention over a copied prompt is faster). Equal to the copied-prompt
-    decode up to float rounding (tests/test_rollout.py).
+    Finished rows leave the batch every compact_every steps (compact_rows; 0: never). Each step draws one
+    uniform per row of the whole batch, running or not, so a row's tokens do not depend on when others
+    left. share_prompt: decode with a GroupCache, each prompt's keys and values read once for its G
+    samples (eager only); None: when G > 1 and the prompts are at least SHARE_PROMPT_MIN tokens long.
+    Equal to the copied-prompt decode up to float rounding (tests/test_rollout.py).
     Returns a Rollout of N = len(prompts) * num_samples rows, prompt-major."""
-    if num_samples < 1 or max_new_tokens < 1:
-        raise ValueError("num_samples and max_new_tokens must be >= 1")
-    if temperature < 0 or not 0.0 < top_p <= 1.0:
-        raise ValueError("temperature must be >= 0 and top_p in (0, 1]")
-    if compact_every < 0:
-        raise ValueError("compact_every must be >= 0 (0: finished rows stay in the batch)")
+    check_sampling(num_samples, max_new_tokens, temperature, top_p, compact_every)
     device = next(model.parameters()).device
     G = num_samples
     ids, valid = left_pad(prompts, eos_id, device)                                  # (P, Tp)
@@ -129,16 +121,7 @@ def generate(model, prompts, *, num_samples, max_new_tokens, temperature=1.0, to
     was_training = model.training
     model.eval()
     with torch.inference_mode():
-        length = Tp + max_new_tokens
-        if compile:                             # one cache length for many prompt lengths: no recompilation
-            length = min(model.config.block_size, 64 * math.ceil(length / 64))
-        cache = model.make_cache(P, Tp if share_prompt else length)
-        logits = model(ids, valid=valid, cache=cache, logits_from=Tp - 1)[:, -1]    # (P, V): one prefill per prompt
-        if share_prompt:                                                             # the group reads one copy
-            cache = GroupCache(cache, G, max_new_tokens)
-        else:                                                                        # a copy per row
-            cache = cache.select(torch.arange(P, device=device).repeat_interleave(G))   # (N, ...)
-        logits = logits.repeat_interleave(G, dim=0)                                  # (N, V)
+        cache, logits = prefill(model, ids, valid, G, max_new_tokens, share_prompt, compile)   # logits: (N, V)
         response = torch.full((N, max_new_tokens), eos_id, dtype=torch.long, device=device)
         mask = torch.zeros(N, max_new_tokens, dtype=torch.bool, device=device)
         logprobs = torch.zeros(N, max_new_tokens, device=device)
@@ -172,6 +155,33 @@ def generate(model, prompts, *, num_samples, max_new_tokens, temperature=1.0, to
                   response=response[:, :T].clone(), mask=mask[:, :T].clone(),
                   logprobs=logprobs[:, :T].clone(), eos_id=eos_id, stop_ids=tuple(stops.tolist()))
     return out
+
+
+def check_sampling(num_samples, max_new_tokens, temperature, top_p, compact_every):
+    """generate's arguments, each a one-line ValueError naming it."""
+    if num_samples < 1 or max_new_tokens < 1:
+        raise ValueError("num_samples and max_new_tokens must be >= 1")
+    if temperature < 0 or not 0.0 < top_p <= 1.0:
+        raise ValueError("temperature must be >= 0 and top_p in (0, 1]")
+    if compact_every < 0:
+        raise ValueError("compact_every must be >= 0 (0: finished rows stay in the batch)")
+
+
+def prefill(model, ids, valid, G, max_new_tokens, share_prompt, compile):
+    """One forward over each prompt (ids, valid: (P, Tp)), then the cache the G samples of each decode
+    from: a GroupCache holding the prompt once (share_prompt), or a copy of it per row. Returns
+    (cache, the next-token logits of every row, (P x G, V))."""
+    P, Tp = ids.shape
+    length = Tp + max_new_tokens
+    if compile:                                 # one cache length for many prompt lengths: no recompilation
+        length = min(model.config.block_size, 64 * math.ceil(length / 64))
+    cache = model.make_cache(P, Tp if share_prompt else length)
+    logits = model(ids, valid=valid, cache=cache, logits_from=Tp - 1)[:, -1]        # (P, V)
+    if share_prompt:                                                                 # the group reads one copy
+        cache = GroupCache(cache, G, max_new_tokens)
+    else:                                                                            # a copy per row
+        cache = cache.select(torch.arange(P, device=ids.device).repeat_interleave(G))   # (P x G, ...)
+    return cache, logits.repeat_interleave(G, dim=0)
 
 
 def compact_rows(rows, n, done, compile):

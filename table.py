@@ -15,7 +15,7 @@ import os
 import time
 
 from evaluate import summarize
-from experiments import experiment_parser, mean_std, run_all, write_results
+from experiments import experiment_parser, mean_std, run_all, wall_record, write_results
 
 NAMES = ["flowrl", "flowrl_exact", "grpo", "grpo_kl0.01", "grpo_kl0.04", "grpo_kl0.1", "dr_grpo", "dapo", "gspo",
          "reinforce_pp", "ppo", "flowrl_no_ref", "flowrl_dyn", "flowrl_exact_dyn", "grpo_kl0.04_dyn"]
@@ -72,11 +72,13 @@ def main():
     t0 = time.time()
     common = lambda seed: ["--steps", str(args.steps), "--seed", str(seed), "--warm_skew", str(args.warm_skew),
                            "--out_dir", os.path.join(args.out_dir, f"seed{seed}")]
+    wall = None
     if not args.aggregate_only:
-        run_all([(n, common(s)) for s in args.seeds for n in args.names], args.workers)
+        jobs = [(n, common(s)) for s in args.seeds for n in args.names]
+        wall = wall_record(run_all(jobs, args.workers), t0, args.out_dir)
     table = aggregate(args.out_dir, args.seeds, args.names)
     write_results(args.out_dir, "table", {"seeds": args.seeds, "steps": args.steps, "grad_clip": 1.0,
-                                          "warm_skew": args.warm_skew, "table": table},
+                                          "warm_skew": args.warm_skew, "table": table, "wall": wall},
                   markdown(table, args.names, args.steps, args.seeds, args.warm_skew))
     print(f"\ntotal wall time {time.time() - t0:.0f}s")
 

@@ -1,8 +1,8 @@
 """
-The main job: warm-start a small GPT on a multi-answer task, then train it with FlowRL and with
-reward-maximizing baselines from the same start, evaluate each, and draw the comparison.
+The main job: warm-start a small GPT on a multi-answer task (starts.py), then train it with FlowRL and
+with reward-maximizing baselines from the same start, evaluate each, and draw the comparison.
 
-    python train.py                         # flowrl, flowrl_exact and grpo on make_n (CPU: ~5 min; CUDA: preset large)
+    python train.py                         # flowrl, flowrl_exact, grpo_kl, grpo on make_n (CUDA: preset large)
     python train.py --algo flowrl grpo --steps 800 --kl_coef 0.04
     python train.py --preset smollm2        # SmolLM2-135M-Instruct (GGUF): cold start, then flowrl, grpo, grpo_kl
     python train.py --help
@@ -17,7 +17,7 @@ One RL step (docs/method.md M4, M7) reads as named steps:
     train_record the metrics record (names as TRL / veRL users know them)
 Where we differ from the paper: a toy task and a tiny model; the log Z head in its own optimizer
 group with its own lr (GFlowNet practice, docs/method.md M4.4); flowrl_exact (raw reward, summed
-log-probs) is ours, the form for which Proposition 1 holds (docs/method.md M6).
+log-probs) is ours, the form Proposition 1 is stated for (docs/method.md M6).
 
 Outputs: out/<algo>/{metrics.jsonl, samples.jsonl, ckpt.pt, hf/}, out/summary.json, out/timing.json,
 out/compare.png; a warm start out/warmstart.pt, or a checkpoint's cold start out/coldstart.pt.
@@ -25,118 +25,23 @@ out/compare.png; a warm start out/warmstart.pt, or a checkpoint's cold start out
 
 import gc
 import json
-import math
 import os
-import random
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import torch
 
 import flowrl
-from checkpoint import (Sampled, append_jsonl, load_checkpoint, log_record, new_run, open_wandb, resume, save_atomic,
-                        save_checkpoint, truncate_log, write_summary)
+from checkpoint import (Sampled, append_jsonl, log_record, new_run, open_wandb, resume, save_checkpoint, truncate_log,
+                        write_summary)
 from config import UserError, drops_flat_groups, parse_args, runs
 from evaluate import decode_responses, eval_problems, evaluate, final_table, summarize
-from gguf_io import ARCHITECTURES as GGUF_ARCHITECTURES
-from gguf_io import is_gguf, load_gguf, save_tokenizer
-from hf import architecture, from_pretrained, save_pretrained
-from model import GPT, GPTConfig, autocast
+from model import GPT, autocast
 from parallel import (all_sum, full_states, gather_objects, gather_rows, gathered, mean_over_ranks,
                       setup_distributed)
-from rewards import ALPHABET, get_task
-from rollout import (Rollout, chunked_logprobs, concat_rollouts, from_tokens, generate, left_pad,
-                     sequence_logprobs)
-from tokenizer import CheckpointError, Tokenizer
-
-# ---------------------------------------------------------------------------------------------
-# warm start: supervised training on the task's demonstrations
-
-def supervised(model, tok, draw, steps, lr, batch, warmup, device, name):
-    """Next-token prediction on the responses of `batch` (prompt text, response text) pairs a step, drawn
-    by draw(); the prompt in the model's format (tok.encode_prompt), the response ended by eos; AdamW
-    with linear warm-up and cosine decay, gradient norm clipped at 1."""
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
-    t0 = time.time()
-    for step in range(steps):
-        pairs = [draw() for _ in range(batch)]
-        batch_t = from_tokens([tok.encode_prompt(p) for p, _ in pairs],
-                              [tok.encode(a) + [tok.eos_id] for _, a in pairs], tok.eos_id, device)
-        logprobs, _ = sequence_logprobs(model, batch_t)                               # (B, T)
-        loss = -(logprobs.sum() / batch_t.mask.sum())
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        for g in opt.param_groups:
-            g["lr"] = lr * min(1.0, (step + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * step / steps))
-        opt.step()
-        if step % max(1, steps // 4) == 0 or step == steps - 1:
-            print(f"{name} {step:5d}/{steps} loss {loss.item():.4f} ({time.time() - t0:.0f}s)", flush=True)
-    return model
-
-
-def warm_start(args, task, tok, device):
-    """Train the start policy by next-token prediction on (prompt, answer) demonstrations, the answer
-    over the correct ones (uniform, or skewed by --warm_skew) or, with probability --warm_noise, a random
-    well-formed answer.
-    Saved to out_dir/warmstart.pt and reused while its settings match."""
-    path = os.path.join(args.out_dir, "warmstart.pt")
-    key = {k: getattr(args, k) for k in ("task", "seed", "warm_steps", "warm_noise", "warm_skew", "warm_lr", "n_layer",
-                                         "n_embd", "n_head", "n_kv_head")}
-    cfg = GPTConfig(vocab_size=tok.vocab_size, n_layer=args.n_layer, n_head=args.n_head, n_kv_head=args.n_kv_head,
-                    n_embd=args.n_embd, block_size=64 if args.task != "countdown" else 96)
-    if os.path.exists(path):
-        ck = load_checkpoint(path)
-        if ck.get("key") == key:
-            model = GPT(GPTConfig(**ck["model_config"])).to(device)
-            model.load_state_dict(ck["model"])
-            print(f"warm start: reusing {path}")
-            return model
-        print(f"warm start: {path} was made with other settings; training a new one")
-    torch.manual_seed(args.seed)
-    model = GPT(cfg).to(device)
-    rng = random.Random(args.seed + 12345)
-    draw = lambda: task.demo(rng, noise=args.warm_noise, skew=args.warm_skew)
-    supervised(model, tok, draw, args.warm_steps, args.warm_lr, 64, 100, device, "warm start")
-    os.makedirs(args.out_dir, exist_ok=True)
-    save_atomic({"model": model.state_dict(), "model_config": asdict(cfg), "key": key}, path)
-    return model
-
-
-COLD_BATCH = 16     # demonstrations per cold-start step
-
-
-def cold_start(args, task, tok, model, device):
-    """The cold start of a pretrained checkpoint (R1-style): --warm_steps of supervised training on worked
-    demonstrations in its own chat format (a short worked line in one of several phrasings, then the
-    tagged answer; with probability --warm_noise a random answer), so that it answers in the task's
-    format, with responses of varied length, neither always right nor always wrong.
-    Saved to out_dir/coldstart.pt and reused while its settings and the checkpoint file match."""
-    path = os.path.join(args.out_dir, "coldstart.pt")
-    src = os.path.abspath(args.init_from)
-    key = {"init_from": src, "size": sum(os.path.getsize(os.path.join(r, f)) for r, _, fs in os.walk(src) for f in fs)
-           if os.path.isdir(src) else os.path.getsize(src),
-           **{k: getattr(args, k) for k in ("task", "seed", "warm_steps", "warm_noise", "warm_lr")}}
-    if os.path.exists(path):
-        ck = load_checkpoint(path)
-        if ck.get("key") == key:
-            model.load_state_dict(ck["model"])
-            print(f"cold start: reusing {path}")
-            return model
-        print(f"cold start: {path} was made with other settings; training a new one")
-    torch.manual_seed(args.seed)
-    rng = random.Random(args.seed + 12345)
-    draw = lambda: task.worked_demo(rng, noise=args.warm_noise)
-    model.train()
-    with autocast(device, args.bf16):
-        supervised(model, tok, draw, args.warm_steps, args.warm_lr, COLD_BATCH, max(1, args.warm_steps // 8), device,
-                   "cold start")
-    model.eval()
-    os.makedirs(args.out_dir, exist_ok=True)
-    save_atomic({"model": model.state_dict(), "key": key}, path)
-    return model
-
+from rollout import Rollout, chunked_logprobs, concat_rollouts, generate, left_pad, sequence_logprobs
+from starts import export, load_start
 
 # ---------------------------------------------------------------------------------------------
 # one RL step: collect -> algo_loss (per minibatch, inside update) -> update -> train_record
@@ -208,7 +113,8 @@ def sample_groups(args, run, task, tok, rank, world):
         r = torch.tensor([x["reward"] for x in sc])                                         # (P x G,)
         if not drop:
             return Sampled(batch, ro, sc, drawn, 0, r)
-        first = r if first is None else first
+        if first is None:
+            first, first_acc = r, sum(x["correct"] for x in sc) / len(sc)
         is_flat = flowrl.equal_reward_rows(r, G)[::G]                                       # (P,)
         flat += int(is_flat.sum())
         keep = [i for i in range(P) if not is_flat[i]][:P - len(problems)]
@@ -219,7 +125,8 @@ def sample_groups(args, run, task, tok, rank, world):
             scores += [sc[j] for j in rows.tolist()]
         if len(problems) == P:
             break
-    return Sampled(problems, concat_rollouts(parts) if parts else None, scores, drawn, flat, first)
+    return Sampled(problems, concat_rollouts(parts) if parts else None, scores, drawn, flat, first,
+                   first_accuracy=first_acc)
 
 
 def collect(args, run, task, tok, step, rank, world):
@@ -415,9 +322,10 @@ def train_record(args, run, b, upd, dt, world, device):
 
 def dynamic_record(s):
     """--drop_flat_groups: prompts sampled this step (every refill round), the share of their groups that
-    were flat, and the groups kept."""
+    were flat, the groups kept, and the accuracy of what the policy sampled (the first round, every group;
+    the record's "accuracy" counts the kept groups only, which exclude the all-correct ones)."""
     return {"dynamic/prompts_drawn": s.drawn, "dynamic/flat_share": s.flat / s.drawn,
-            "dynamic/kept_groups": len(s.problems)}
+            "dynamic/kept_groups": len(s.problems), "dynamic/sampled_accuracy": s.first_accuracy}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -525,48 +433,6 @@ def train_algo(args, algo, warm, tok, task, device, rank=0, world=1):
     if wb is not None:
         wb.finish()
     return run_dir
-
-
-def export(args, policy, tok, path):
-    """The trained policy as a Hugging Face directory: the start checkpoint's architecture and tokenizer
-    files (a GGUF start: its tokenizer written out by gguf_io.save_tokenizer); a from-scratch GPT as a Llama."""
-    if args.init_from and is_gguf(args.init_from):
-        arch = GGUF_ARCHITECTURES[tok.gguf["arch"]]
-        save_pretrained(policy, path, arch, tok.stop_ids, then=lambda tmp: save_tokenizer(tok, tmp, arch))
-        return
-    arch = architecture(args.init_from) if args.init_from else "LlamaForCausalLM"
-    save_pretrained(policy, path, arch, tok.stop_ids, args.init_from)
-
-
-def load_start(args, rank, world, device):
-    """The start policy, its tokenizer and the task: the warm start, or a Hugging Face checkpoint or GGUF
-    file (then its cold start where --warm_steps asks for one)."""
-    if args.init_from is None:
-        tok, task = Tokenizer.for_chars(ALPHABET), get_task(args.task)
-        if rank != 0:
-            torch.distributed.barrier()          # rank 0 makes (or checks) the warm start; the others load it
-        warm = warm_start(args, task, tok, device)
-        if world > 1 and rank == 0:
-            torch.distributed.barrier()
-        return warm, tok, task
-    try:
-        if is_gguf(args.init_from):
-            warm, tok = load_gguf(args.init_from)
-        else:
-            warm, tok = from_pretrained(args.init_from), Tokenizer.from_pretrained(args.init_from)
-    except CheckpointError as e:
-        raise UserError(f"--init_from: {e}")
-    warm = warm.to(device)
-    task = get_task(args.task, style="instruct" if tok.chat else "raw")
-    print(f"loaded {args.init_from}: {warm.config.n_layer} layers, {warm.config.n_embd} wide, "
-          f"prompts in the {task.style} style{' (its chat template)' if tok.chat else ''}")
-    if args.warm_steps > 0:
-        if rank != 0:
-            torch.distributed.barrier()
-        warm = cold_start(args, task, tok, warm, device)
-        if world > 1 and rank == 0:
-            torch.distributed.barrier()
-    return warm, tok, task
 
 
 def main(argv=None):

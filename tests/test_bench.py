@@ -22,7 +22,8 @@ def test_stopping_checkpoint_gives_a_spread_of_lengths():
         bench.save_stopping(d, eos)
         model = from_pretrained(d).eval()
     prompts = torch.randint(0, eos, (4, 64), generator=torch.Generator().manual_seed(0)).tolist()
-    r = generate(model, prompts, num_samples=8, max_new_tokens=128, eos_id=eos, generator=torch.Generator().manual_seed(0))
+    r = generate(model, prompts, num_samples=8, max_new_tokens=128, eos_id=eos,
+                 generator=torch.Generator().manual_seed(0))
     lengths = r.mask.sum(-1).float()
     assert r.finished.float().mean() > 0.9                              # almost every row ends at EOS ...
     assert lengths.min() <= 5 and lengths.max() >= 60                   # ... after very different numbers of tokens

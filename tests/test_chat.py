@@ -1,7 +1,6 @@
 """Chat prompts from a checkpoint's own template, against transformers' apply_chat_template on the same
 tokenizer files; the SmolLM pre-tokenizer (each digit alone, then GPT-2's split) against tokenizers'."""
 import json
-import os
 import random
 
 import pytest
@@ -11,7 +10,8 @@ from tokenizer import CheckpointError, Tokenizer
 transformers = pytest.importorskip("transformers")   # installed by requirements-test.txt; CI runs these
 
 SMOLLM2 = ("{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}"
-           "{{ '<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n' }}"
+           "{{ '<|im_start|>system\nYou are a helpful AI assistant named SmolLM, "
+           "trained by Hugging Face<|im_end|>\n' }}"
            "{% endif %}{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n'}}"
            "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}")
 CHATML_DEFAULT_SYSTEM = (   # Qwen2.5's layout: a default system line where the conversation has none

@@ -116,12 +116,83 @@ def test_paper_to_code_table_names_functions_and_tests_that_exist():
     assert len(rows) >= 11
     for row in rows:
         cells = [c.strip() for c in re.split(r"(?<!\\)\|", row.strip()[1:-1])]          # "\|" is a pipe in a cell
-        functions = re.findall(r"`(\w+)\.(\w+)`", cells[1])
-        tests = re.findall(r"`(tests/\w+\.py)::(\w+)`", cells[3])
-        assert functions and tests and re.search(r"M\d", cells[2]), row
+        place, functions = cells[1], re.findall(r"`(\w+)\.(\w+)`", cells[2])
+        tests = re.findall(r"`(tests/\w+\.py)::(\w+)`", cells[4])
+        assert functions and tests and re.search(r"M\d", cells[3]), row
+        assert re.search(r"Eq\. \d|Proposition \d|Appendix [A-Z]|method section", place), row
         for module, fn in functions:
             assert hasattr(importlib.import_module(module), fn), (module, fn)
         for path, test in tests:
             assert f"def {test}(" in read(path), (path, test)
-        for section in re.findall(r"M\d(?:\.\d)?", cells[2]):
+        for section in re.findall(r"M\d(?:\.\d)?", cells[3]):
             assert f"## {section} " in read("docs/method.md") or f"**{section} " in read("docs/method.md"), section
+
+
+# ---------------------------------------------------------------------------------------------
+# numbers in prose: each is read from a committed file that a marker names
+
+NUMBERS = re.compile(r"<!-- numbers: (.+?) -->")
+# settings and constants, not results: hyperparameters the commands set (the KL coefficients, clip
+# ranges, the paper's sampling setting, learning rates) and the paper's own reported numbers
+SETTINGS = {"0.01", "0.04", "0.1", "0.2", "0.8", "1.2", "1.28", "0.28", "0.6", "0.95", "0.5", "0.3", "1.0", "0.9",
+            "0.11", "8.68"}
+DECIMAL = re.compile(r"(?<![\w.])\d+\.\d+(?![\w.]*\d\.)(?!\.\d)(?![\w])")
+PERCENT = re.compile(r"(?<![\w.])(\d+)%")
+SECONDS = re.compile(r"(?<![\w.,])(\d{1,3}(?:,\d{3})+|\d+) s\b")
+
+
+def file_numbers(paths):
+    """What the named files hold: every decimal as written (md) or as rounded to 0-4 places (json and md),
+    as whole percents, and as whole seconds."""
+    decimals, percents, whole = set(), set(), set()
+    for path in paths:
+        text = read(path)
+        values = [float(v) for v in re.findall(r"-?\d+\.\d+(?:e-?\d+)?|-?\d+", text.replace(",", ""))]
+        decimals |= set(re.findall(r"\d+\.\d+", text))
+        for v in values:
+            decimals |= {f"{abs(v):.{d}f}" for d in range(5)}
+            percents.add(round(100 * abs(v)))
+            whole.add(round(abs(v)))
+    return decimals, percents, whole
+
+
+def prose_sections(text):
+    """(the files a numbers marker names or None, the prose lines up to the next marker or heading),
+    code blocks, tables and comments left out."""
+    out, files, lines, in_code = [], None, [], False
+    for line in text.splitlines() + ["# end"]:
+        if line.startswith("```"):
+            in_code = not in_code
+            continue
+        if in_code or line.startswith("|"):
+            continue
+        m = NUMBERS.search(line)
+        if m or line.startswith("#") or MARKER.search(line):
+            out.append((files, lines))
+            files, lines = (m.group(1).split() if m else None), []
+            continue
+        lines.append(line)
+    return out
+
+
+@pytest.mark.parametrize("page", PAGES + ["docs/method.md"])
+def test_every_number_in_prose_comes_from_a_named_file(page):
+    """A decimal, a percent or a wall time in a page's prose must sit under a numbers marker and be
+    found in one of the files it names (settings and the paper's own numbers aside)."""
+    for files, lines in prose_sections(read(page)):
+        prose = "\n".join(lines)
+        # inline code, arXiv ids, versions, speed-ups
+        prose = re.sub(r"`[^`]*`|arXiv \d+\.\d+|v\d+(\.\d+)+|\d+\.\d+\.\d+|\d+\.\d+x\b", "", prose)
+        prose = re.sub(r"(?i)\b(transformers|trl|torch|python) \d+(\.\d+)+", "", prose)                # versions
+        decimals = [d for d in DECIMAL.findall(prose) if d not in SETTINGS]
+        percents, seconds = PERCENT.findall(prose), SECONDS.findall(prose)
+        if not (decimals or percents or seconds):
+            continue
+        assert files, f"{page}: numbers {decimals + percents + seconds} with no numbers marker: {prose[:120]!r}"
+        have_dec, have_pct, have_s = file_numbers(files)
+        for d in decimals:
+            assert d in have_dec, f"{page}: {d} is in none of {files}: {prose[:120]!r}"
+        for p in percents:
+            assert int(p) in have_pct, f"{page}: {p}% is in none of {files}"
+        for s in seconds:
+            assert int(s.replace(",", "")) in have_s, f"{page}: {s} s is in none of {files}"

@@ -1,6 +1,7 @@
 """Exact evaluation on enumerable answer spaces (rollout.enumerate_responses, flowrl's target math)."""
 import math
 
+import pytest
 import torch
 
 from flowrl import binary_log_partition, kl_to_target, target_log_partition
@@ -67,3 +68,22 @@ def test_true_log_z_on_a_hand_made_example():
     # p* itself is at KL 0 from the target
     log_p_star = log_ref + 2.0 * r - expected
     assert abs(kl_to_target(log_p_star, log_ref, r, 2.0, torch.tensor(expected, dtype=torch.float64)).item()) < 1e-12
+
+
+def test_kl_is_reward_entropy_and_cross_entropy_to_the_reference():
+    """The paper's Appendix B proposition (docs/method.md M3): KL(π ‖ π_ref·e^{βr}/Z) = −β·E_π[r] − H(π)
+    + CE(π, π_ref) + log Z, with each term computed on its own over a random table of answers."""
+    g = torch.Generator().manual_seed(0)
+    log_pi = torch.log_softmax(torch.randn(12, generator=g, dtype=torch.float64), 0)
+    log_ref = torch.log_softmax(torch.randn(12, generator=g, dtype=torch.float64), 0)
+    r = (torch.rand(12, generator=g, dtype=torch.float64) > 0.5).double()
+    beta = 3.0
+    log_z = torch.logsumexp(log_ref + beta * r, 0)
+    pi = log_pi.exp()
+    reward, entropy, cross = (pi * r).sum(), -(pi * log_pi).sum(), -(pi * log_ref).sum()
+    p_star = (log_ref + beta * r - log_z).exp()
+    direct = (pi * (log_pi - p_star.log())).sum()
+    kl = kl_to_target(log_pi, log_ref, r, beta, log_z)
+    assert kl.item() == pytest.approx(direct.item(), abs=1e-12)
+    assert kl.item() == pytest.approx((-beta * reward - entropy + cross + log_z).item(), abs=1e-12)
+    assert kl.item() > 0

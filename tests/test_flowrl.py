@@ -304,7 +304,8 @@ def test_group_center_and_dr_grpo_hand_computed():
     mask = torch.tensor([[1, 1], [1, 0]], dtype=torch.bool)
     adv = torch.tensor([0.5, -0.5])
     loss, st = dr_grpo_loss(lp, old, lp.detach(), mask, adv, budget=4, clip_eps=0.2)
-    # row 0: −min(2·.5, 1.2·.5) − min(1·.5, 1·.5) = −0.6 − 0.5; row 1: −min(−.375, −.4) = 0.4; each sum / 4
+    # row 0: −min(2·.5, 1.2·.5) − min(1·.5, 1·.5) = −0.6 − 0.5; row 1: −min(−.375, −.4) = 0.4;
+    # each sum / 4
     assert loss.item() == pytest.approx(((-0.6 - 0.5) / 4 + 0.4 / 4) / 2)
     loss.backward()
     # the unclipped token (0, 1): −A·ρ / budget / N, whatever the row's length

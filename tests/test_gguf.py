@@ -108,8 +108,9 @@ def write_gguf(path, m, arch, kind="F32", tokenizer=None, pre="gpt-2", template=
     names = {"model.embed_tokens.weight": "token_embd.weight", "model.norm.weight": "output_norm.weight",
              "lm_head.weight": "output.weight"}
     for i in range(c.num_hidden_layers):
-        for hf_name, g in (("self_attn.q_proj", "attn_q"), ("self_attn.k_proj", "attn_k"), ("self_attn.v_proj", "attn_v"),
-                           ("self_attn.o_proj", "attn_output"), ("mlp.gate_proj", "ffn_gate"), ("mlp.up_proj", "ffn_up"),
+        for hf_name, g in (("self_attn.q_proj", "attn_q"), ("self_attn.k_proj", "attn_k"),
+                           ("self_attn.v_proj", "attn_v"), ("self_attn.o_proj", "attn_output"),
+                           ("mlp.gate_proj", "ffn_gate"), ("mlp.up_proj", "ffn_up"),
                            ("mlp.down_proj", "ffn_down"), ("input_layernorm", "attn_norm"),
                            ("post_attention_layernorm", "ffn_norm"), ("self_attn.q_norm", "attn_q_norm"),
                            ("self_attn.k_norm", "attn_k_norm")):
@@ -277,13 +278,14 @@ def test_real_smollm2_file_equals_transformers(tmp_path):
 def test_train_from_a_gguf_file_cold_starts_and_exports(tmp_path):
     """--init_from FILE.gguf with a cold start: flowrl and grpo_kl train from it, the paper-setting evals are
     written, and each policy exports as a directory transformers loads with the GGUF file's tokenizer."""
+    import hf
     import train
     tokenizer = bpe()
     path = write_gguf(str(tmp_path / "m.gguf"), hf_model("llama", 64, True), "llama", tokenizer=tokenizer)
     out = str(tmp_path / "out")
     argv = ["--init_from", path, "--algo", "flowrl", "grpo_kl", "--steps", "2", "--batch_prompts", "2", "--group_size",
-            "2", "--max_new_tokens", "8", "--eval_k", "2", "--eval_every", "1", "--warm_steps", "2", "--warm_lr", "1e-3",
-            "--paper_eval", "--out_dir", out, "--no_plot"]
+            "2", "--max_new_tokens", "8", "--eval_k", "2", "--eval_every", "1", "--warm_steps", "2",
+            "--warm_lr", "1e-3", "--paper_eval", "--out_dir", out, "--no_plot"]
     summary = train.main(argv)
     assert set(summary) == {"flowrl", "grpo_kl"}
     assert os.path.exists(os.path.join(out, "coldstart.pt"))
@@ -298,7 +300,7 @@ def test_train_from_a_gguf_file_cold_starts_and_exports(tmp_path):
     assert timing["runs"] == ["flowrl", "grpo_kl"] and timing["total_wall_time_s"] > timing["start_s"] > 0
     hf_dir = os.path.join(out, "flowrl", "hf")
     ref = transformers.AutoModelForCausalLM.from_pretrained(hf_dir).eval()
-    ours = train.from_pretrained(hf_dir).eval()
+    ours = hf.from_pretrained(hf_dir).eval()
     diff, scale = logits_diff(ours, ref)
     assert diff < 1e-4 * max(1.0, scale)
     hf_tok = transformers.AutoTokenizer.from_pretrained(hf_dir)

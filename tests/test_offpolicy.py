@@ -95,6 +95,10 @@ def test_dynamic_sampling_keeps_only_mixed_groups_and_refills(monkeypatch, round
         assert texts == [x["answer"] for x in s.scores]                    # rows and scores stay aligned
         assert s.ro.response.shape[0] == len(s.problems) * G
     assert s.first_rewards.shape == (P * G,)
+    # what the policy sampled, every group of the first round: the mixed prompts' groups are half correct
+    first_round = drawn[:P]
+    assert s.first_accuracy == pytest.approx(sum(p.data["n"] in (6, 9) for p in first_round) * (G // 2) / (P * G))
+    assert train.dynamic_record(s)["dynamic/sampled_accuracy"] == s.first_accuracy
 
 
 def test_a_step_that_keeps_no_group_makes_no_update(monkeypatch, tmp_path):
@@ -162,7 +166,8 @@ def test_stale_zero_and_on_policy_give_ratio_one(tmp_path):
 
 def test_resume_with_stale_and_dynamic_sampling_gives_the_same_metrics(tmp_path):
     a, b = str(tmp_path / "a"), str(tmp_path / "b")
-    args = TINY + ["--algo", "flowrl", "--stale", "2", "--drop_flat_groups", "--refill_rounds", "4", "--warm_steps", "400"]
+    args = TINY + ["--algo", "flowrl", "--stale", "2", "--drop_flat_groups", "--refill_rounds", "4",
+                   "--warm_steps", "400"]
     train.main(args + ["--out_dir", a])
     train.main(args + ["--steps", "2", "--out_dir", b])                      # 2 steps, then resume to 4
     train.main(args + ["--out_dir", b, "--resume"])

@@ -110,7 +110,8 @@ def test_whitespace_the_answer_format_does_not_allow_is_rejected():
     assert countdown.reward(pc, "12*1+2") == 0.0            # uses 12, not 1 and 2
     assert countdown.reward(pc, "1 2*1+2") == 0.0
     assert countdown.reward(Problem("", {"numbers": [3, 5, 7], "target": 22}), "3*5 + 7") == 0.0
-    assert add.reward(Problem("", {"a": 12, "b": 30}), "24 ") == 0.0 and add.reward(Problem("", {"a": 12, "b": 30}), "24") == 1.0
+    p = Problem("", {"a": 12, "b": 30})
+    assert add.reward(p, "24 ") == 0.0 and add.reward(p, "24") == 1.0
     # instruct style: the tagged answer is stripped at its ends; spaces between tokens are allowed,
     # never inside a number; an accepted answer comes back in canonical form
     wrap = lambda a: f"<answer>{a}</answer>"

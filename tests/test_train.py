@@ -219,8 +219,8 @@ def test_window_table_means_by_hand(tmp_path):
     (run / "metrics.jsonl").write_text("\n".join(json.dumps(r) for r in recs))
     rows = plot.window_table(str(run), [2, 4]).splitlines()
     assert rows[0] == "grpo:"
-    assert rows[3] == "| 1-2 | 0.25 |  |  |  | 0.20 | 3.00 |"      # eval at step 2 ends the first window
-    assert rows[4] == "| 3-4 | 1.00 |  |  |  | 0.50 | 3.00 |"      # the NaN KL skipped; no eval after step 2
+    assert rows[3] == "| 1-2 | 0.25 |  |  |  |  | 0.20 | 3.00 |"      # eval at step 2 ends the first window
+    assert rows[4] == "| 3-4 | 1.00 |  |  |  |  | 0.50 | 3.00 |"      # the NaN KL skipped; no eval after step 2
 
 
 def test_window_table_shows_what_dynamic_sampling_drew(tmp_path):
@@ -239,7 +239,7 @@ def test_window_table_shows_what_dynamic_sampling_drew(tmp_path):
     (run / "metrics.jsonl").write_text("\n".join(json.dumps(r) for r in recs))
     rows = plot.window_table(str(run), [2]).splitlines()
     assert rows[1].endswith("| groups kept per step | effective # at the window's end |")
-    assert rows[3] == "| 1-2 | 0.00 |  |  |  |  | 0.75 | 104.00 | 8.00 | 7.00 |"
+    assert rows[3] == "| 1-2 | 0.00 |  |  |  |  |  | 0.75 | 104.00 | 8.00 | 7.00 |"
 
 
 def test_wandb_mirrors_every_record_offline(tmp_path, monkeypatch):
@@ -304,3 +304,49 @@ def test_smollm2_preset_finds_its_file_or_says_how_to_install_it(monkeypatch, tm
     d.mkdir()
     a = config.parse_args(["--init_from", str(d), "--device", "cpu"])           # a checkpoint: no cold start unasked
     assert a.warm_steps == 0 and a.algo == ["flowrl", "flowrl_exact", "grpo"] and a.paper_eval is False
+
+
+def test_summary_and_final_table_carry_the_paper_setting_accuracy(tmp_path):
+    """summarize reads the last eval_paper record of the final step as paper_accuracy; final_table shows
+    it as a column only when every run has it."""
+    import json
+
+    import evaluate
+    runs = {}
+    for name, paper in [("a", 0.75), ("b", None)]:
+        d = tmp_path / name
+        d.mkdir()
+        recs = [{"kind": "eval", "step": 0, "accuracy": 0.5, "pass@k": 1.0, "k": 4, "distinct_correct": 1.0,
+                 "effective_correct": 1.0, "entropy": 0.1},
+                {"kind": "eval", "step": 10, "accuracy": 0.9, "pass@k": 1.0, "k": 4, "distinct_correct": 2.0,
+                 "effective_correct": 1.5, "entropy": 0.2}]
+        if paper is not None:
+            recs += [{"kind": "eval_paper", "step": 0, "accuracy": 0.6}, {"kind": "eval_paper", "step": 10,
+                                                                         "accuracy": paper}]
+        (d / "metrics.jsonl").write_text("\n".join(json.dumps(r) for r in recs))
+        runs[name] = evaluate.summarize(str(d))
+    assert runs["a"]["paper_accuracy"] == 0.75 and "paper_accuracy" not in runs["b"]
+    assert runs["a"]["matched_accuracy"]["step"] == 10
+    with_paper = evaluate.final_table({"a": runs["a"]}, 4, 3, 1.0).splitlines()
+    assert with_paper[2].endswith("acc T=0.6")
+    assert with_paper[3].split() == ["a", "0.900", "1.000", "2.00", "1.50", "0.200", "0.750"]
+    assert "T=0.6" not in evaluate.final_table(runs, 4, 3, 1.0).splitlines()[2]
+
+
+def test_compare_figure_reads_the_seed_table_for_the_main_jobs_runs(tmp_path):
+    """The diamonds of compare.png: (steps, mean, std, seeds) of table.json's final effective number, for
+    each run of the main job under its row's name in the committed 3-seed table (grpo_kl is grpo_kl0.04)."""
+    import json
+
+    import plot
+    bars = plot.seed_bars(os.path.join(ROOT, "docs", "table.json"))
+    d = json.load(open(os.path.join(ROOT, "docs", "table.json")))
+    for name in config.DEFAULTS["algo"]:
+        row = plot.SEED_ROWS.get(name, name)
+        assert bars[row] == (d["steps"], *d["table"][row]["final"]["effective_correct"]), name
+    assert config.GRPO_KL == 0.04 and plot.SEED_ROWS["grpo_kl"] == "grpo_kl0.04"
+    out = str(tmp_path)
+    train.main(TINY + ["--algo", "flowrl", "grpo_kl", "--steps", "2", "--out_dir", out, "--no_plot"])
+    fig = plot.plot_runs([os.path.join(out, "flowrl"), os.path.join(out, "grpo_kl")], str(tmp_path / "c.png"),
+                         seeds_table=os.path.join(ROOT, "docs", "table.json"))
+    assert os.path.getsize(fig) > 10000

@@ -10,6 +10,7 @@ import torch.nn as nn
 
 import evaluate
 import flowrl
+import starts
 import train
 from model import GPT, GPTConfig, KVCache
 from rewards import ALPHABET, MakeNTask, get_task
@@ -326,7 +327,7 @@ def test_heads_and_cache_compute_in_the_autocast_dtype_they_should():
 
 def test_exact_metrics_ignore_autocast(out):
     tok, task = Tokenizer.for_chars(ALPHABET), get_task("make_n")
-    model = train.warm_start(train.parse_args(TINY + ["--out_dir", out]), task, tok, torch.device("cpu"))
+    model = starts.warm_start(train.parse_args(TINY + ["--out_dir", out]), task, tok, torch.device("cpu"))
     problems = evaluate.eval_problems(task, 9, 0)[:3]
     kw = dict(k=4, max_new_tokens=6, seed=0, step=0, chunk_rows=64, beta=15.0, ref=model)
     plain = evaluate.evaluate(model, tok, task, problems, **kw)
