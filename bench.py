@@ -1,8 +1,9 @@
 """
 Throughput, side by side: rollout.generate against transformers' generate on identical weights, the
 machine's matmul rate at the decode step's shapes, and the FlowRL training step against GRPO's; then
-the rollout with real response lengths. Other modes: --trl, --gpu_suite, --qwen05b, --cache_vs_nocache,
---memory_table, --make_checkpoint (docs/performance.md, docs/scaling.md).
+the rollout with real response lengths. Other modes: --trl (bench_trl.py), --smollm2 (bench_real.py),
+--gpu_suite, --qwen05b, --cache_vs_nocache, --memory_table, --make_checkpoint (docs/performance.md,
+docs/scaling.md).
 
     python bench.py                 # CPU, fp32 (about 9 minutes on 2 cores)
     python bench.py --device cuda --dtype bf16
@@ -14,7 +15,6 @@ interleaved (ours, theirs, ours, ...) after a warm-up, and medians are reported.
 import argparse
 import contextlib
 import io
-import itertools
 import math
 import os
 import resource
@@ -435,256 +435,6 @@ def make_checkpoint(path, shape, cfg=None):
     print(f"{path}: {shape}-shaped, {model.num_params() / 1e6:.0f}M parameters, random weights")
 
 
-def tiny_qwen2(path, problems_text, real_lengths=False):
-    """A ~3M-parameter Qwen2 (4 layers x 256, random weights) with a byte-level BPE of 320 ids trained on
-    task text (the tokenizers library), saved with transformers: one checkpoint both trainers load.
-    real_lengths: a GPT-2 of the same size instead, whose EOS is raised as in save_stopping (Qwen2's
-    RMSNorm has no bias to raise it with), so that responses stop at many lengths."""
-    import transformers
-    from tokenizers import Tokenizer as BPE, decoders, models, pre_tokenizers, trainers
-    bpe = BPE(models.BPE())
-    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    bpe.decoder = decoders.ByteLevel()
-    bpe.train_from_iterator(problems_text, trainers.BpeTrainer(
-        vocab_size=320, special_tokens=["<|endoftext|>"], initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False))
-    fast = transformers.PreTrainedTokenizerFast(tokenizer_object=bpe, eos_token="<|endoftext|>",
-                                                pad_token="<|endoftext|>")
-    fast.save_pretrained(path)
-    torch.manual_seed(0)
-    if real_lengths:
-        cfg = transformers.GPT2Config(vocab_size=len(fast), n_embd=256, n_layer=4, n_head=4, n_positions=256,
-                                      bos_token_id=fast.eos_token_id, eos_token_id=fast.eos_token_id)
-        m = transformers.GPT2LMHeadModel(cfg)
-        raise_eos(m, fast.eos_token_id, p_stop=1 / 24)
-        m.save_pretrained(path)
-        return fast
-    cfg = transformers.Qwen2Config(vocab_size=len(fast), hidden_size=256, intermediate_size=704, num_hidden_layers=4,
-                                   num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=256,
-                                   tie_word_embeddings=True, eos_token_id=fast.eos_token_id)
-    transformers.Qwen2ForCausalLM(cfg).save_pretrained(path)
-    return fast
-
-
-def our_rl_step(path, algo, args, out_dir, new_tokens=16, lr=1e-5):
-    """One of our RL steps (collect + update: rollout, rewards, reference, loss, AdamW) as a function
-    that runs the next step and returns its seconds."""
-    import config
-    import starts
-    import train
-    device = torch.device(args.device)
-    a = config.parse_args(["--init_from", path, "--task", "countdown", "--algo", algo, "--batch_prompts", "16",
-                           "--group_size", "8", "--max_new_tokens", str(new_tokens), "--lr", str(lr),
-                           "--kl_coef", "0.04",
-                           "--device", args.device, "--out_dir", out_dir,
-                           "--bf16" if args.dtype == "bf16" else "--no-bf16"] + (["--compile"] if args.compile else []))
-    warm, tok, task = starts.load_start(a, 0, 1, device)
-    run = train.new_run(a, algo, warm, task, device, 0, 1)
-    steps = itertools.count()
-
-    def step():
-        i = next(steps)
-        sync(device)
-        t0 = time.perf_counter()
-        train.update(a, run, train.collect(a, run, task, tok, i, 0, 1), i, 1)
-        sync(device)
-        return time.perf_counter() - t0
-    return step
-
-
-def trl_interleaved(path, tokenizer, problems, task, args, ours, new_tokens=16, lr=1e-5):
-    """Steps of TRL's GRPOTrainer on the same checkpoint, prompts, reward, batch (16 prompts x 8), lengths
-    (16 new tokens), lr, temperature, with a reference model (beta 0.04); no vLLM. After each of its steps
-    (timed from step begin to step end) one step of each of ours runs, in an order that alternates, so
-    that the machine's drift falls on both sides alike. Returns {name: [seconds per step]}."""
-    import datasets
-    import transformers
-    from trl import GRPOConfig, GRPOTrainer
-    data = datasets.Dataset.from_dict({"prompt": [p.prompt for p in problems], "idx": list(range(len(problems)))})
-    times = {name: [] for name in ["trl", *ours]}
-
-    def reward(prompts, completions, idx, **kw):
-        return [task.reward(problems[i], c) for i, c in zip(idx, completions)]
-
-    device = torch.device(args.device)
-
-    class Interleave(transformers.TrainerCallback):
-        def on_step_begin(self, *a, **kw):
-            sync(device)
-            self.t0 = time.perf_counter()
-
-        def on_step_end(self, *a, **kw):
-            sync(device)
-            times["trl"].append(time.perf_counter() - self.t0)
-            names = list(ours) if len(times["trl"]) % 2 else list(ours)[::-1]
-            for name in names:
-                times[name].append(ours[name]())
-    cfg = GRPOConfig(output_dir=os.path.join(path, "trl"), per_device_train_batch_size=128, num_generations=8,
-                     max_completion_length=new_tokens, beta=0.04, learning_rate=lr, temperature=1.0, use_vllm=False,
-                     max_steps=args.reps + 1, loss_type="grpo", logging_steps=1, report_to="none", save_strategy="no",
-                     use_cpu=device.type == "cpu", bf16=args.dtype == "bf16", disable_dropout=True,
-                     gradient_checkpointing=False, seed=0)                       # ours: no checkpointing either
-    GRPOTrainer(model=path, reward_funcs=reward, args=cfg, train_dataset=data, processing_class=tokenizer,
-                callbacks=[Interleave()]).train()
-    return {name: t[1:] for name, t in times.items()}                            # the first step warms up
-
-
-def trl_table(args):
-    """One RL step, ours (FlowRL, GRPO with k3 KL 0.04) against TRL's GRPOTrainer (beta 0.04): medians of
-    the step times and of the paired ratios (TRL's step over ours right after it)."""
-    import random
-
-    from rewards import get_task
-    task = get_task("countdown")
-    rng = random.Random(0)
-    problems = [task.sample(rng) for _ in range(16 * (args.reps + 2))]
-    # real lengths: a learning rate of 1e-12, so that no trainer's policy, and with it no trainer's answer
-    # lengths, drifts during the measurement (at 1e-5 a random model's lengths move within a few steps,
-    # each trainer's its own way); every step still runs its whole rollout, forward, backward and AdamW
-    T, lr = (64, 1e-12) if args.real_lengths else (16, 1e-5)
-    with tempfile.TemporaryDirectory() as d, contextlib.redirect_stdout(sys.stderr):   # the trainers' logs
-        tok = tiny_qwen2(d, [p.prompt + task.solutions(p)[0] for p in problems[:200]], args.real_lengths)
-        ours = {algo: our_rl_step(d, algo, args, os.path.join(d, algo), T, lr) for algo in ("flowrl", "grpo")}
-        times = trl_interleaved(d, tok, problems, task, args, ours, T, lr)
-    dev = (torch.cuda.get_device_name(args.device) if args.device.startswith("cuda")
-           else f"the CPU ({os.cpu_count()} cores)")
-    what = ("GPT-2 whose answers stop at many lengths (EOS raised), countdown, 16 prompts x 8 samples x up to 64 new "
-            "tokens" if args.real_lengths else "Qwen2, countdown, 16 prompts x 8 samples x 16 new tokens")
-    print(f"\nOne RL step on {dev} ({args.dtype}, torch {torch.__version__}): a ~3M-parameter {what}, "
-          f"lr {lr:g}, with a reference model; "
-          f"{args.reps} steps of each after one warm-up step, interleaved (TRL, then ours)\n")
-    print("| trainer | median s / step | TRL's step / this: median of the paired ratios (min-max) |")
-    print("|---|---|---|")
-    for name, label in [("flowrl", "ours, flowrl"), ("grpo", "ours, grpo (k3 KL 0.04)"),
-                        ("trl", "TRL GRPOTrainer (beta 0.04)")]:
-        ratios = [a / b for a, b in zip(times["trl"], times[name])]
-        print(f"| {label} | {statistics.median(times[name]):.3f} | {statistics.median(ratios):.2f}x "
-              f"({min(ratios):.2f}-{max(ratios):.2f}) |")
-
-
-def rl_step_profile(args, path, steps=4, argv=None, what=None):
-    """Where one real-scale RL step's time goes: train.py's own step (collect, then update) on the
-    --init_from checkpoint at path, with each part timed around train's own functions: the rollout
-    (rollout.generate), the reference forward (chunked_logprobs in prepare), the update (forward,
-    backward, AdamW) and an evaluation; per step, so that a slow first or last step shows. Prints a table."""
-    import config
-    import starts
-    import train
-    device = torch.device(args.device)
-    P, T = (2, 8) if args.tiny else (8, 256)
-    out_dir = os.path.join(path, "profile_run")               # inside the suite's temporary checkpoint folder
-    a = config.parse_args(argv or [
-        "--init_from", path, "--task", "countdown", "--algo", "flowrl", "--batch_prompts", str(P), "--group_size", "8",
-        "--max_new_tokens", str(T), "--lr", "1e-6", "--logz_lr", "1e-4", "--eval_prompts", str(P), "--eval_k", "4",
-        "--device", args.device, "--out_dir", out_dir, "--bf16" if args.dtype == "bf16" else "--no-bf16"])
-    P, T = a.batch_prompts, a.max_new_tokens
-    warm, tok, task = starts.load_start(a, 0, 1, device)
-    run = train.new_run(a, "flowrl", warm, task, device, 0, 1)
-    times, originals = [], {name: getattr(train, name) for name in ("generate", "chunked_logprobs")}
-
-    def part(name, fn):
-        def timed_fn(*xs, **kw):
-            t, out = timed(lambda: fn(*xs, **kw), device)
-            times[-1][name] = times[-1].get(name, 0.0) + t
-            return out
-        return timed_fn
-    train.generate, train.chunked_logprobs = part("rollout", train.generate), part("reference", train.chunked_logprobs)
-    try:
-        problems = train.eval_problems(task, a.eval_prompts, a.seed)
-        if device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats()
-        for step in range(steps):
-            times.append({})
-            t0 = time.perf_counter()
-            with autocast(device, a.bf16):
-                b = train.collect(a, run, task, tok, step, 0, 1)
-                times[-1]["update"], _ = timed(lambda: train.update(a, run, b, step, 1), device)
-            times[-1]["step"] = time.perf_counter() - t0
-            times[-1]["tokens"] = int(b.ro.mask.sum())
-        t_eval, _ = timed(lambda: train.run_eval(a, run, tok, task, problems, steps, device, out_dir, None,
-                                                 write=False), device)
-    finally:
-        for name, fn in originals.items():
-            setattr(train, name, fn)
-    what = what or (f"train.py --init_from (flowrl, countdown, {P} prompts x 8 samples x up to {T} new tokens, "
-                    f"{args.dtype})")
-    print(f"\nOne RL step of {what}, per step; an evaluation ({len(problems)} prompts x {a.eval_k} samples) took "
-          f"{t_eval:.2f} s; peak memory {peak_mb(device):,.0f} MB\n")
-    print("| step | rollout (s) | reference (s) | update (s) | rest of the step (s) | step (s) | tokens generated | "
-          "generated tokens/s (rollout) |")
-    print("|---|---|---|---|---|---|---|---|")
-    for i, t in enumerate(times):
-        rest = t["step"] - t["rollout"] - t["reference"] - t["update"]
-        print(f"| {i + 1} | {t['rollout']:.3f} | {t['reference']:.3f} | {t['update']:.3f} | {rest:.3f} | "
-              f"{t['step']:.3f} | {t['tokens']:,} | {t['tokens'] / t['rollout']:.1f} |")
-
-
-def bench_smollm2(args):
-    """The real model (python train.py --preset smollm2): SmolLM2-135M-Instruct from its GGUF file, cold-started
-    (out_smollm2/coldstart.pt where the experiment made it, else made here). Our rollout against transformers'
-    generate on the same weights (saved as a Hugging Face directory), the same chat prompts (the 9 make_n eval
-    prompts x --samples), sampling (T = 1, no top-k or top-p) and stopping (its end-of-turn token, at most
-    --new_tokens), each credited with the tokens it generated (up to and including the stop token), medians of
-    --reps interleaved repetitions; then where one RL step's time goes, as train.py --preset smollm2 runs it."""
-    import config
-    import starts
-    import train
-    from hf import save_pretrained
-    device = torch.device(args.device)
-    argv = ["--preset", "smollm2", "--algo", "flowrl", "--out_dir", args.run_dir, "--device", args.device]
-    a = config.parse_args(argv)
-    with contextlib.redirect_stdout(io.StringIO()):
-        warm, tok, task = starts.load_start(a, 0, 1, device)
-    problems = train.eval_problems(task, a.eval_prompts, a.seed)
-    prompts = [tok.encode_prompt(p.prompt) for p in problems]
-    with tempfile.TemporaryDirectory() as d:
-        save_pretrained(warm, d, "LlamaForCausalLM", tok.stop_ids)
-        import transformers
-        theirs = transformers.AutoModelForCausalLM.from_pretrained(d, dtype=torch.float32).to(device).eval()
-    ours = warm.eval()
-    L = max(map(len, prompts))
-    ids = torch.tensor([[tok.eos_id] * (L - len(p)) + p for p in prompts], device=device)      # left-padded
-    attn = torch.tensor([[0] * (L - len(p)) + [1] * len(p) for p in prompts], device=device)
-    gen = torch.Generator(device=device).manual_seed(0)
-    stops = set(tok.stop_ids)
-
-    def run_ours():
-        r = generate(ours, prompts, num_samples=args.samples, max_new_tokens=args.new_tokens, eos_id=tok.eos_id,
-                     stop_ids=tok.stop_ids, generator=gen)
-        return int(r.mask.sum())
-
-    def run_theirs():
-        with torch.inference_mode():
-            out = theirs.generate(ids, attention_mask=attn, do_sample=True, top_k=0, top_p=1.0, temperature=1.0,
-                                  num_return_sequences=args.samples, max_new_tokens=args.new_tokens,
-                                  eos_token_id=list(tok.stop_ids), pad_token_id=tok.eos_id)
-        n = 0
-        for row in out[:, L:].tolist():            # tokens up to and including the first stop token
-            n += next((i + 1 for i, x in enumerate(row) if x in stops), len(row))
-        return n
-
-    run_ours(), run_theirs()                                                  # warm-up
-    rows = {"ours": [], "transformers": []}
-    for _ in range(args.reps):                                                # interleaved
-        for name, fn in (("ours", run_ours), ("transformers", run_theirs)):
-            t, n = timed(fn, device)
-            rows[name].append((t, n))
-    print(f"\nSmolLM2-135M-Instruct (cold start of {a.out_dir}), {len(prompts)} chat prompts x {args.samples} samples, "
-          f"T = 1, up to {args.new_tokens} new tokens, stopping at its end-of-turn token, fp32, {args.device}, "
-          f"{torch.get_num_threads()} threads; medians of {args.reps} interleaved repetitions\n")
-    print("| sampler | tokens generated (median) | time (s, median) | generated tokens/s (median) |")
-    print("|---|---|---|---|")
-    tps = {}
-    for name, r in rows.items():
-        tps[name] = statistics.median(n / t for t, n in r)
-        print(f"| {name} | {statistics.median(n for _, n in r):,.0f} | {statistics.median(t for t, _ in r):.2f} | "
-              f"{tps[name]:.1f} |")
-    print(f"\nours / transformers, generated tokens per second: {tps['ours'] / tps['transformers']:.2f}x")
-    rl_step_profile(args, args.run_dir, steps=args.reps, argv=argv + ["--no-paper_eval"],
-                    what=f"train.py --preset smollm2 (flowrl, make_n, {a.batch_prompts} prompts x {a.group_size} "
-                         f"samples x up to {a.max_new_tokens} new tokens, {a.minibatches} minibatches, fp32)")
-
-
 def gpu_suite(args, out_dir):
     """Every GPU figure in one command (python bench.py --gpu_suite --out DIR; --tiny: tiny shapes, for a
     smoke run on the CPU), each part written to DIR/<part>.md as it ends and timed into DIR/suite.md:
@@ -717,9 +467,11 @@ def gpu_suite(args, out_dir):
     with tempfile.TemporaryDirectory() as d:
         with contextlib.redirect_stdout(io.StringIO()):
             make_checkpoint(d, "qwen2.5-0.5b", tiny_qwen25() if args.tiny else None)
+        from bench_real import rl_step_profile
         run("rl_step", lambda: rl_step_profile(args, d))
     try:
         import trl  # noqa: F401
+        from bench_trl import trl_table
         args.real_lengths, args.reps = True, (1 if args.tiny else 10)
         run("trl_step", lambda: trl_table(args))
     except ImportError:
@@ -787,6 +539,7 @@ def main():
     if args.make_checkpoint:
         return make_checkpoint(args.make_checkpoint, args.shape)
     if args.trl:
+        from bench_trl import trl_table
         return trl_table(args)
     if args.memory_table:
         return memory_table()
@@ -795,6 +548,7 @@ def main():
     if args.qwen05b:
         return bench_qwen05b(args)
     if args.smollm2:
+        from bench_real import bench_smollm2
         return bench_smollm2(args)
     device = torch.device(args.device)
     dtype = torch.float32 if args.dtype == "fp32" else torch.bfloat16

@@ -12,6 +12,7 @@ import torch
 import bench
 from hf import from_pretrained
 from rollout import generate
+from conftest import HANG
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -34,7 +35,7 @@ def test_stopping_checkpoint_gives_a_spread_of_lengths():
 def test_gpu_suite_smoke_run_on_the_cpu(tmp_path):
     out = str(tmp_path / "suite")
     p = subprocess.run([sys.executable, os.path.join(ROOT, "bench.py"), "--gpu_suite", "--tiny", "--out", out],
-                       capture_output=True, text=True, timeout=900, cwd=ROOT,
+                       capture_output=True, text=True, timeout=HANG, cwd=ROOT,
                        env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert p.returncode == 0, p.stderr[-3000:]
     for part in ("rollout_05b", "real_lengths", "rl_step", "trl_step"):

@@ -18,6 +18,7 @@ from model import GPT, GPTConfig
 from rewards import ALPHABET, get_task
 from rollout import generate, sequence_logprobs
 from tokenizer import Tokenizer
+from conftest import HANG
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ALGOS = {"flowrl": [], "flowrl_exact": [], "grpo": ["--kl_coef", "0.1"], "reinforce_pp": ["--kl_coef", "0.1"],
@@ -84,7 +85,7 @@ def torchrun(out, *extra, steps=4):
            "--warm_steps", "30", "--batch_prompts", "4", "--group_size", "4", "--eval_every", "2", "--eval_k", "4",
            "--n_layer", "1", "--n_embd", "32", "--n_head", "2", "--n_kv_head", "1", "--out_dir", out,
            "--device", "cpu", "--ckpt_every", "2", "--kl_coef", "0.05", "--no_plot", *extra]
-    p = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=ROOT,
+    p = subprocess.run(cmd, capture_output=True, text=True, timeout=HANG, cwd=ROOT,
                        env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert p.returncode == 0, p.stderr[-3000:]
     return p

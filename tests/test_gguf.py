@@ -12,6 +12,7 @@ import torch
 
 from gguf_io import find_smollm2, load_gguf, save_tokenizer
 from tokenizer import CheckpointError
+from conftest import HANG
 
 transformers = pytest.importorskip("transformers")   # installed by requirements-test.txt; CI runs these
 gguf = pytest.importorskip("gguf")
@@ -248,7 +249,7 @@ def test_train_refuses_a_bad_gguf_in_one_line(tmp_path):
     junk = tmp_path / "junk.gguf"
     junk.write_bytes(b"\0" * 100)
     p = subprocess.run([sys.executable, os.path.join(root, "train.py"), "--init_from", str(junk), "--out_dir",
-                        str(tmp_path / "o")], capture_output=True, text=True, timeout=120)
+                        str(tmp_path / "o")], capture_output=True, text=True, timeout=HANG)
     lines = p.stderr.strip().splitlines()
     assert p.returncode == 2 and len(lines) == 1 and "junk.gguf: not a readable GGUF file" in lines[0], p.stderr
 

@@ -11,6 +11,7 @@ from safetensors.torch import load_file, save_file
 from hf import from_pretrained
 from tokenizer import CheckpointError, Tokenizer
 from rollout import generate
+from conftest import HANG
 
 transformers = pytest.importorskip("transformers")   # installed by requirements-test.txt; CI runs these
 
@@ -236,6 +237,6 @@ def test_train_init_from_bad_directory_exits_2(tmp_path):
     for target, needle in ((str(tmp_path / "missing"), "not a directory"), (str(tmp_path), "config.json"),
                            (str(tmp_path / "m.gguf"), "GGUF file"), (__file__, "not a directory")):
         p = subprocess.run([sys.executable, os.path.join(root, "train.py"), "--init_from", target, "--out_dir",
-                            str(tmp_path / "o")], capture_output=True, text=True, timeout=120)
+                            str(tmp_path / "o")], capture_output=True, text=True, timeout=HANG)
         lines = p.stderr.strip().splitlines()
         assert p.returncode == 2 and len(lines) == 1 and needle in lines[0], p.stderr

@@ -12,6 +12,7 @@ import evaluate
 import flowrl
 import passk
 import train
+from conftest import HANG
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = ["--warm_steps", "20", "--steps", "4", "--batch_prompts", "2", "--group_size", "4", "--eval_every", "2",
@@ -143,7 +144,7 @@ def test_non_finite_step_is_skipped_and_counted(tmp_path, monkeypatch):
 ])
 def test_bad_input_exits_2_with_one_line(argv, needle):
     p = subprocess.run([sys.executable, os.path.join(ROOT, "train.py")] + argv, capture_output=True, text=True,
-                       cwd=ROOT, timeout=120)
+                       cwd=ROOT, timeout=HANG)
     assert p.returncode == 2, p.stderr
     lines = p.stderr.strip().splitlines()
     assert len(lines) == 1 and needle in lines[0] and "Traceback" not in p.stderr, p.stderr
@@ -197,10 +198,10 @@ def test_plot_cli_overlays_runs_and_rejects_a_missing_run(tmp_path):
     train.main(TINY + ["--algo", "flowrl", "grpo", "--steps", "2", "--out_dir", out, "--no_plot"])
     fig = str(tmp_path / "fig.png")
     p = subprocess.run([sys.executable, os.path.join(ROOT, "plot.py"), os.path.join(out, "flowrl"),
-                        os.path.join(out, "grpo"), "-o", fig], capture_output=True, text=True, timeout=120)
+                        os.path.join(out, "grpo"), "-o", fig], capture_output=True, text=True, timeout=HANG)
     assert p.returncode == 0 and os.path.getsize(fig) > 10000, p.stderr
     p = subprocess.run([sys.executable, os.path.join(ROOT, "plot.py"), os.path.join(out, "nope"), "-o", fig],
-                       capture_output=True, text=True, timeout=120)
+                       capture_output=True, text=True, timeout=HANG)
     assert p.returncode == 2 and "no metrics.jsonl" in p.stderr and "Traceback" not in p.stderr
 
 
@@ -274,7 +275,7 @@ def test_wandb_mirrors_every_record_offline(tmp_path, monkeypatch):
 def test_wandb_missing_exits_2_with_the_install_line(tmp_path):
     code = ("import sys, runpy; sys.modules['wandb'] = None; sys.argv = ['train.py', '--wandb', 'p', '--out_dir', "
             f"{str(tmp_path)!r}]; runpy.run_path('train.py', run_name='__main__')")
-    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=120)
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=HANG)
     assert p.returncode == 2
     assert p.stderr.strip() == "train.py: error: --wandb needs the wandb package: pip install wandb"
 
