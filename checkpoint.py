@@ -133,9 +133,10 @@ def new_run(args, algo, warm, task, device, rank, world=1):
 # the flags that define an experiment: a resumed run must keep them (--steps may grow, logging may change)
 EXPERIMENT_FLAGS = ("task", "seed", "preset", "batch_prompts", "group_size", "max_new_tokens", "temperature", "lr",
                     "logz_lr", "value_lr", "weight_decay", "reward_beta", "kl_coef", "clip", "clip_eps",
-                    "clip_eps_high", "gspo_clip", "length_norm", "logz", "drop_flat_groups", "refill_rounds", "stale",
-                    "no_ref", "grad_clip", "epochs", "minibatches", "n_layer", "n_embd", "n_head", "n_kv_head",
-                    "warm_steps", "warm_noise", "warm_skew", "warm_lr", "init_from", "eval_k", "eval_prompts", "bf16")
+                    "clip_eps_high", "gspo_clip", "weight", "prior", "length_norm", "logz", "drop_flat_groups",
+                    "refill_rounds", "stale", "no_ref", "grad_clip", "epochs", "minibatches", "n_layer", "n_embd",
+                    "n_head", "n_kv_head", "warm_steps", "warm_noise", "warm_skew", "warm_lr", "init_from", "eval_k",
+                    "eval_prompts", "bf16")
 
 
 def save_checkpoint(path, run, step, args, samplers, states=None):

@@ -104,6 +104,10 @@ def add_rl_flags(a):
     a("--kl_coef", type=float, default=0.0,
       help="KL-to-reference coefficient of grpo and dr_grpo (k3 in the loss), reinforce_pp and ppo (in the reward)")
     a("--clip", default="0.8,1.2", help="FlowRL importance-weight bounds 'lo,hi', or 'none'")
+    a("--weight", default="ratio", choices=["ratio", "one"], help="FlowRL's sequence weight: the importance ratio "
+      "π_θ/π_old, clipped as --clip says, or one (w = 1: trajectory balance on whatever rows were sampled)")
+    a("--prior", default="ref", choices=["ref", "old"], help="the log-prob in FlowRL's δ: π_ref's, or π_old's (the "
+      "policy that sampled the batch: the authors' old_policy objective, docs/method.md M4.5)")
     a("--clip_eps", type=float, default=0.2, help="the PPO ratio clip ε of grpo, dr_grpo, reinforce_pp and ppo, and "
       "dapo's lower one")
     a("--clip_eps_high", type=float, default=0.28, help="dapo's upper ratio clip (clip-higher)")

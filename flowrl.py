@@ -106,7 +106,7 @@ def importance_weight(logprobs, old_logprobs, mask, clip):
 
 
 def flowrl_loss(logprobs, old_logprobs, ref_logprobs, mask, rewards, log_z, *, beta=15.0,
-                clip=(0.8, 1.2), length_norm=True, flat=None):
+                clip=(0.8, 1.2), length_norm=True, flat=None, weight="ratio"):
     """The FlowRL objective (docs/method.md M4): the trajectory-balance loss with importance weights,
 
         δ_i = log Z_φ(x_i) + ℓ_θ(y_i) − β·r_i − ℓ_ref(y_i)               (tb_residual, M2)
@@ -117,7 +117,10 @@ def flowrl_loss(logprobs, old_logprobs, ref_logprobs, mask, rewards, log_z, *, b
     practical form, M4.2), else their sum (the form for which Proposition 1 holds). Pass
     group-normalized rewards r̂ for the practical form, raw rewards for exact distribution matching
     (M6, FORMS). Gradients reach logprobs and log_z only; old_logprobs, ref_logprobs and rewards are
-    constants. clip: (lo, hi) bounds of w (the paper's text: [0.8, 1.2], our default), or None.
+    constants. clip: (lo, hi) bounds of w, or None (the paper writes 1 ± ε without a value; [0.8, 1.2] is
+    our default). weight="one": w ≡ 1 on whatever rows were sampled, trajectory balance as GFlowNets train
+    it off-policy (docs/method.md M4.3); "ratio": the weight above. The prior in δ is whatever log-probs
+    come as ref_logprobs: π_ref's, or π_old's for the authors' `old_policy` objective (--prior old).
     The official code takes the reward term as the token mean of the (constant per token)
     advantage, which equals r̂ here.
 
@@ -133,7 +136,11 @@ def flowrl_loss(logprobs, old_logprobs, ref_logprobs, mask, rewards, log_z, *, b
     l_theta = sequence_logprob(logprobs, mask, length_norm)                           # (N,)
     l_ref = sequence_logprob(ref_logprobs.detach(), mask, length_norm)                # (N,)
     delta = tb_residual(log_z, l_theta, l_ref, rewards.detach(), beta)                # (N,)
+    if weight not in ("ratio", "one"):
+        raise ValueError(f"weight must be 'ratio' or 'one', got {weight!r}")
     w, w_raw = importance_weight(logprobs, old_logprobs, mask, clip)                  # (N,)
+    if weight == "one":
+        w = w_raw = torch.ones_like(w)
     loss = (w * delta.pow(2)).mean()
     d, l_th = delta.detach(), l_theta.detach()
     stats = {"log_z": log_z.detach().mean(), "tb_residual": d.pow(2).mean(), "is_weight": w.mean(),

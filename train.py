@@ -198,18 +198,18 @@ def algo_loss(args, run, b, rows, mb, logprobs, h):
     if run.algo.startswith("flowrl"):
         form = flowrl.flowrl_form(run.algo, args.length_norm)
         r = b.r_hat[rows] if form["reward"] == "group_normalized" else b.rewards[rows]
+        prior = (b.old_logprobs if args.prior == "old" else b.ref_logprobs)[rows]      # (n, T): π_old or π_ref
         if args.logz == "group":
-            log_z = flowrl.group_log_z(logprobs, b.ref_logprobs[rows], mb.mask, r, args.reward_beta, G,
-                                       form["length_norm"])
+            log_z = flowrl.group_log_z(logprobs, prior, mb.mask, r, args.reward_beta, G, form["length_norm"])
         elif args.logz == "table":
             log_z = run.train_head(b.keys[rows])
         elif args.logz == "none":               # δ without a log Z term (docs/method.md M5)
             log_z = torch.zeros(len(rows), device=logprobs.device)
         else:
             log_z = run.train_head(h[:, :Tp], mb.prompt_mask)
-        return flowrl.flowrl_loss(logprobs, b.old_logprobs[rows], b.ref_logprobs[rows], mb.mask, r, log_z,
+        return flowrl.flowrl_loss(logprobs, b.old_logprobs[rows], prior, mb.mask, r, log_z,
                                   beta=args.reward_beta, clip=args.clip_bounds, length_norm=form["length_norm"],
-                                  flat=flowrl.equal_reward_rows(b.rewards[rows], G))
+                                  flat=flowrl.equal_reward_rows(b.rewards[rows], G), weight=args.weight)
     if run.algo == "grpo":
         return flowrl.grpo_loss(logprobs, b.old_logprobs[rows], b.ref_logprobs[rows], mb.mask, b.r_hat[rows],
                                 clip_eps=args.clip_eps, kl_coef=args.kl_coef)

@@ -377,3 +377,64 @@ def read(path):
     import json
     with open(path) as f:
         return [json.loads(line) for line in f]
+
+
+# ---- off-policy options: the sequence weight and the prior in δ ----
+
+def test_weight_one_is_the_unweighted_residual_and_equal_to_the_ratio_on_policy(out, monkeypatch):
+    """--weight one: L = mean δ² whatever π_old was; on-policy with one update per batch w = 1 exactly, so
+    the two runs make the same updates (the identity the option must satisfy); off-policy they differ."""
+    calls = record_calls(monkeypatch, "flowrl_loss")
+    train.main(TINY + ["--algo", "flowrl", "--steps", "1", "--minibatches", "2", "--epochs", "2", "--lr", "3e-3",
+                       "--weight", "one", "--out_dir", out])
+    a, kw = calls[3]                                                 # after 3 updates: π_θ ≠ π_old
+    assert kw["weight"] == "one"
+    loss, st = flowrl.flowrl_loss(*a, **{**kw, "weight": "one"})
+    logprobs, old, ref, mask, r, log_z = a
+    m = mask.float()
+    delta = log_z + flowrl.masked_mean(logprobs, m) - kw["beta"] * r - flowrl.masked_mean(ref, m)
+    assert loss.item() == pytest.approx(delta.pow(2).mean().item(), rel=1e-5)
+    assert st["is_weight"] == 1.0 and st["clip_frac"] == 0.0
+    ratio_loss, _ = flowrl.flowrl_loss(*a, **{**kw, "weight": "ratio"})
+    assert abs(ratio_loss.item() - loss.item()) > 1e-6                # the weight mattered off-policy
+    for weight in ("ratio", "one"):                                  # on-policy, one update per batch
+        d = os.path.join(out, weight)
+        shutil.copytree(out, d, ignore=shutil.ignore_patterns("ratio", "one", "flowrl"))
+        train.main(TINY + ["--algo", "flowrl", "--weight", weight, "--out_dir", d])
+    pa = torch.load(os.path.join(out, "ratio", "flowrl", "ckpt.pt"), weights_only=True)["model"]
+    pb = torch.load(os.path.join(out, "one", "flowrl", "ckpt.pt"), weights_only=True)["model"]
+    assert all(torch.equal(v, pb[k]) for k, v in pa.items())
+
+
+def test_weight_one_gradient_is_twice_delta_times_the_score():
+    """The unweighted loss's gradient by hand: ∂/∂logprobs of mean δ² = 2δ·∂ℓ_θ/∂logprobs / N, whatever
+    old_logprobs are; and ∂/∂log Z = 2δ/N."""
+    g = torch.Generator().manual_seed(1)
+    lp = torch.randn(4, 3, generator=g, dtype=torch.float64).requires_grad_()
+    old = torch.randn(4, 3, generator=g, dtype=torch.float64)
+    ref = torch.randn(4, 3, generator=g, dtype=torch.float64)
+    mask = torch.tensor([[1, 1, 1], [1, 1, 0], [1, 0, 0], [1, 1, 1]], dtype=torch.bool)
+    r = torch.tensor([1.0, -1.0, 0.5, 0.0], dtype=torch.float64)
+    log_z = torch.tensor([0.3, 0.3, -0.2, -0.2], dtype=torch.float64, requires_grad=True)
+    loss, _ = flowrl.flowrl_loss(lp, old, ref, mask, r, log_z, beta=2.0, length_norm=False, weight="one")
+    loss.backward()
+    m = mask.double()
+    delta = (log_z + (lp * m).sum(1) - 2.0 * r - (ref * m).sum(1)).detach()
+    assert torch.allclose(lp.grad, (2 * delta / 4)[:, None] * m)
+    assert torch.allclose(log_z.grad, 2 * delta / 4)
+    with pytest.raises(ValueError, match="weight"):
+        flowrl.flowrl_loss(lp, old, ref, mask, r, log_z, weight="none")
+
+
+@pytest.mark.parametrize("logz", ["head", "group"])
+def test_prior_old_puts_the_sampling_policy_in_delta(out, monkeypatch, logz):
+    """--prior old: the log-probs in δ's prior slot are π_old's (the batch's old_logprobs), not π_ref's,
+    for the loss and for the group estimate of log Z."""
+    calls, groups = record_calls(monkeypatch, "flowrl_loss"), record_calls(monkeypatch, "group_log_z")
+    batches = record_batches(monkeypatch)
+    train.main(TINY + ["--algo", "flowrl", "--prior", "old", "--logz", logz, "--out_dir", out])
+    second = calls[1][0]                     # step 2: π_old is the policy after one update, no longer π_ref
+    assert torch.equal(second[2], second[1])                                 # the prior is π_old ...
+    assert (second[2] - batches[1][0].ref_logprobs).abs().max() > 1e-4       # ... and not π_ref
+    if logz == "group":
+        assert torch.equal(groups[1][0][1], second[1])
