@@ -169,7 +169,7 @@ def test_help_names_each_preset_default_and_every_loadable_architecture():
     assert "default: None" not in text
     assert "RL steps per algorithm (default: 2000 (small) / 1000 (large) / 40 (smollm2))" in text
     assert "policy learning rate, AdamW (default: 0.0003 (small) / 0.0001 (large) / 1e-05 (smollm2))" in text
-    assert "(default: flowrl grpo grpo_kl (smollm2) / flowrl flowrl_exact grpo (otherwise))" in text
+    assert "(default: flowrl grpo grpo_kl (smollm2) / flowrl flowrl_exact grpo_kl grpo (otherwise))" in text
     for arch in (*hf.ARCHITECTURES, *gguf_io.ARCHITECTURES):
         assert arch in text, arch
 
@@ -304,7 +304,7 @@ def test_smollm2_preset_finds_its_file_or_says_how_to_install_it(monkeypatch, tm
     d = tmp_path / "ckpt"
     d.mkdir()
     a = config.parse_args(["--init_from", str(d), "--device", "cpu"])           # a checkpoint: no cold start unasked
-    assert a.warm_steps == 0 and a.algo == ["flowrl", "flowrl_exact", "grpo"] and a.paper_eval is False
+    assert a.warm_steps == 0 and a.algo == ["flowrl", "flowrl_exact", "grpo_kl", "grpo"] and a.paper_eval is True
 
 
 def test_summary_and_final_table_carry_the_paper_setting_accuracy(tmp_path):

@@ -1,0 +1,126 @@
+"""
+Off-policy FlowRL, isolated (docs/method.md M4.3, M4.5): each step trains on rollouts K optimizer steps
+stale (--stale K), K = 0, 1, 2, 4, 8, in the main job's setting (make_n, small preset, grad clip 1.0).
+Which factor breaks FlowRL when rollouts are stale: the importance weight (clipped, raw, or none:
+"_wfree", "_w1"), the log Z term (the head, the group's estimate "_group", none "_logz0"), or the step
+size (at K = 4 the policy's and the head's learning rates divided by 3 and 10, "_lr3", "_lr10", beside
+the same rates on-policy). The authors' later objective with π_old in place of π_ref and no log Z
+("_old", verl_FlowRL's compute_flowrl_old_policy_no_log_z) runs at K = 0 and 4; grpo and dr_grpo beside.
+
+    python staleness.py                                  # every variant below x 3 seeds, 500 steps, 2 at a time
+    python staleness.py --seeds 0 --steps 100 --ks 0 4 --names flowrl flowrl_w1 grpo
+
+Writes <out_dir>/K<k>/seed<S>/<variant>/..., <out_dir>/staleness.{json,md,png}.
+"""
+
+import os
+import time
+
+import experiments
+from experiments import experiment_parser, mean_std, read_evals, run_all, wall_record, write_results
+from evaluate import summarize
+
+KS = [0, 1, 2, 4, 8]
+LOGZ = {"": [], "_group": ["--logz", "group"], "_logz0": ["--logz", "none"]}
+WEIGHT = {"": [], "_wfree": ["--clip", "none"], "_w1": ["--weight", "one"]}
+LR = {"_lr3": 3, "_lr10": 10}                    # divisors of the small preset's lr 3e-4 and the head's 0.1
+SWEEP = {f + z + w: (f, LOGZ[z] + WEIGHT[w]) for f in ("flowrl", "flowrl_exact") for z in LOGZ for w in WEIGHT}
+SWEEP |= {"grpo": ("grpo", []), "dr_grpo": ("dr_grpo", [])}
+OLD = {f + "_old": (f, ["--prior", "old", "--logz", "none"]) for f in ("flowrl", "flowrl_exact")}
+STEP = {f + s: (f, ["--lr", f"{3e-4 / d:.6g}", "--logz_lr", f"{0.1 / d:.6g}"])
+        for f in ("flowrl", "flowrl_exact", "grpo") for s, d in LR.items()}
+experiments.VARIANTS.update(SWEEP | OLD | STEP)   # module level: the spawned workers import it too
+FINAL = ["accuracy", "effective_correct", "kl_to_target"]
+TRAIN = ["is_ratio/seq_std", "clip_frac"]        # means over the last 100 training steps
+HEAD = ["accuracy", "effective # correct", "KL(π‖p*)", "ratio spread", "clip fraction"]
+
+
+def names_at(k, names=None):
+    """The variants run at staleness k: the whole sweep at every K; π_old as the prior at K = 0 and 4;
+    the smaller learning rates at K = 4 and, as their reference, at K = 0. names: a subset to keep."""
+    out = list(SWEEP) + (list(OLD) + list(STEP) if k in (0, 4) else [])
+    return [n for n in out if names is None or n in names]
+
+
+def aggregate(out_dir, ks, seeds, names, last=100):
+    """{"K<k>/<variant>": {metric: (mean, std, n)}}: the final eval's metrics, and the train records'
+    ratio spread and clip fraction over the last `last` steps."""
+    table = {}
+    for k in ks:
+        for n in names_at(k, names):
+            runs = [os.path.join(out_dir, f"K{k}", f"seed{s}", n) for s in seeds]
+            finals = [summarize(r) for r in runs]
+            trains = [[r for r in read_evals(d, kind="train") if "accuracy" in r][-last:] for d in runs]
+            cell = {m: mean_std([f.get(m) for f in finals]) for m in FINAL}
+            for m in TRAIN:
+                cell[m] = mean_std([sum(r[m] for r in t) / len(t) if t else None for t in trains])
+            table[f"K{k}/{n}"] = cell
+    return table
+
+
+def markdown(table, ks, names, steps, seeds):
+    """staleness.md: one table per K, from staleness.json's table alone."""
+    fmt = lambda v: "n/a" if v is None else f"{v[0]:.2f} ± {v[1]:.2f}"
+    lines = []
+    for k in ks:
+        lines += [f"K = {k} (rollouts {k} optimizer steps stale); final eval after {steps} steps (9 prompts x 16 "
+                  f"samples, T=1; grad clip 1.0); mean ± std over seeds {seeds}:", "",
+                  "| variant | " + " | ".join(HEAD) + " |", "|---" * (len(HEAD) + 1) + "|"]
+        for n in names_at(k, names):
+            cell = table[f"K{k}/{n}"]
+            lines.append(f"| {n} | " + " | ".join(fmt(cell[m]) for m in FINAL + TRAIN) + " |")
+        lines.append("")
+    lines.append("Variants: FlowRL's practical form (flowrl) and exact form (flowrl_exact); log Z from the head (no "
+                 "suffix), the group's estimate (_group) or none (_logz0); the importance weight clipped to [0.8, 1.2] "
+                 "(no suffix), raw (_wfree) or none (_w1, w = 1); _old: π_old in δ in place of π_ref, no log Z; "
+                 "_lr3, _lr10: the policy's and the head's learning rates divided by 3 and 10.")
+    return "\n".join(lines)
+
+
+def draw(table, ks, seeds, path, lines=("flowrl", "flowrl_group", "flowrl_logz0", "flowrl_w1", "flowrl_exact",
+                                        "flowrl_exact_group", "flowrl_exact_logz0", "flowrl_exact_w1", "grpo")):
+    """Accuracy, effective # correct and KL(π‖p*) against K, mean ± std over seeds, one line a variant."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from plot import style
+    fig, axes = plt.subplots(1, 3, figsize=(18, 5))
+    for n in lines:
+        pts = [(k, table[f"K{k}/{n}"]) for k in ks if f"K{k}/{n}" in table]
+        for ax, m in zip(axes, FINAL):
+            xs = [k for k, c in pts if c[m] is not None]
+            ax.errorbar(xs, [c[m][0] for _, c in pts if c[m] is not None],
+                        yerr=[c[m][1] for _, c in pts if c[m] is not None], marker="o", ms=4, capsize=3,
+                        label=n, **style(n.removesuffix("_w1")), alpha=0.6 if n.endswith("_w1") else 1.0)
+    for ax, title in zip(axes, ["accuracy (T=1)", "effective # correct", "KL(π‖p*) (nats, log scale)"]):
+        ax.set(title=title, xlabel="rollouts K optimizer steps stale", xticks=list(ks))
+        ax.grid(alpha=0.3)
+    axes[2].set_yscale("log")
+    axes[0].legend(fontsize=7)
+    fig.suptitle(f"FlowRL with stale rollouts (make_n, mean ± std over seeds {seeds}; python staleness.py)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main():
+    p = experiment_parser(__doc__, None, 500, "out_staleness")
+    p.add_argument("--ks", type=int, nargs="+", default=KS, help="staleness values K (--stale K)")
+    args = p.parse_args()
+    t0 = time.time()
+    common = lambda k, seed: ["--steps", str(args.steps), "--seed", str(seed), "--eval_every", "100",
+                              "--stale", str(k), "--out_dir", os.path.join(args.out_dir, f"K{k}", f"seed{seed}")]
+    wall = None
+    if not args.aggregate_only:
+        jobs = [(n, common(k, s)) for k in args.ks for s in args.seeds for n in names_at(k, args.names)]
+        wall = wall_record(run_all(jobs, args.workers), t0, args.out_dir)
+    table = aggregate(args.out_dir, args.ks, args.seeds, args.names)
+    write_results(args.out_dir, "staleness", {"ks": args.ks, "seeds": args.seeds, "steps": args.steps,
+                                              "names": args.names, "table": table, "wall": wall},
+                  markdown(table, args.ks, args.names, args.steps, args.seeds))
+    draw(table, args.ks, args.seeds, os.path.join(args.out_dir, "staleness.png"))
+    print(f"\ntotal wall time {time.time() - t0:.0f}s")
+
+
+if __name__ == "__main__":
+    main()

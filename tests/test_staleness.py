@@ -1,0 +1,57 @@
+"""staleness.py, the sweep of issue 32: which variants run at which K, that each parses as train.py flags,
+and the table it writes from finished runs (fake metrics here: the sweep itself takes hours)."""
+
+import json
+import os
+
+import pytest
+
+import config
+import experiments
+import staleness
+
+
+def test_the_sweep_runs_every_factor_at_every_k_and_the_rest_where_asked():
+    for k in staleness.KS:
+        names = staleness.names_at(k)
+        for f in ("flowrl", "flowrl_exact"):                  # weight x log Z, both forms, at every K
+            for z in ("", "_group", "_logz0"):
+                assert {f + z, f + z + "_wfree", f + z + "_w1"} <= set(names)
+        assert {"grpo", "dr_grpo"} <= set(names)
+        assert ("flowrl_old" in names) == (k in (0, 4)) and ("flowrl_lr10" in names) == (k in (0, 4))
+    assert staleness.names_at(4, ["flowrl_w1", "grpo_lr3"]) == ["flowrl_w1", "grpo_lr3"]
+
+
+@pytest.mark.parametrize("name", sorted(set(staleness.SWEEP) | set(staleness.OLD) | set(staleness.STEP)))
+def test_every_variant_is_a_valid_train_command(name):
+    algo, flags = experiments.VARIANTS[name]
+    args = config.parse_args(["--algo", algo, "--stale", "4"] + flags)
+    assert args.stale == 4
+    if name.endswith("_w1"):
+        assert args.weight == "one"
+    if name.endswith("_old"):
+        assert args.prior == "old" and args.logz == "none"
+    if name.endswith("_lr10"):
+        assert args.lr == pytest.approx(3e-5) and args.logz_lr == pytest.approx(0.01)
+
+
+def test_table_and_figure_from_finished_runs(tmp_path):
+    out = str(tmp_path)
+    for k in (0, 4):
+        for s in (0, 1):
+            for n, acc in (("flowrl_w1", 0.5 + s / 10), ("grpo", 0.9)):
+                d = os.path.join(out, f"K{k}", f"seed{s}", n)
+                os.makedirs(d)
+                recs = [{"kind": "eval", "step": 0, "accuracy": 0.1, "k": 16},
+                        {"kind": "train", "step": 1, "accuracy": 0.2, "is_ratio/seq_std": 0.1 * k, "clip_frac": 0.0},
+                        {"kind": "eval", "step": 2, "accuracy": acc, "k": 16, "effective_correct": 2.0,
+                         "kl_to_target": 1.0 + k}]
+                with open(os.path.join(d, "metrics.jsonl"), "w") as f:
+                    f.write("\n".join(json.dumps(r) for r in recs))
+    table = staleness.aggregate(out, [0, 4], [0, 1], ["flowrl_w1", "grpo"])
+    assert table["K4/flowrl_w1"]["accuracy"][:2] == pytest.approx((0.55, 0.0707106), rel=1e-4)
+    assert table["K4/flowrl_w1"]["is_ratio/seq_std"][0] == pytest.approx(0.4)
+    md = staleness.markdown(table, [0, 4], ["flowrl_w1", "grpo"], 2, [0, 1])
+    assert "| flowrl_w1 | 0.55 ± 0.07 | 2.00 ± 0.00 | 5.00 ± 0.00 | 0.40 ± 0.00 | 0.00 ± 0.00 |" in md
+    staleness.draw(table, [0, 4], [0, 1], os.path.join(out, "s.png"), lines=("flowrl_w1", "grpo"))
+    assert os.path.getsize(os.path.join(out, "s.png")) > 10000
