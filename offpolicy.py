@@ -55,21 +55,25 @@ def aggregate(out_dir, settings, seeds, names, last=100):
     return table
 
 
-def markdown(table, settings, names, steps, seeds):
+LEGEND = ("Variants: log Z from the head (no suffix), the group's estimate (_group) or none (_logz0); the "
+          "importance weight clipped to [0.8, 1.2] or not (_wfree). Ratio spread: std over rows of "
+          "π_θ(y)/π_old(y) per minibatch, mean over the last 100 steps; clip fraction: FlowRL's clipped "
+          "weights, grpo's and dapo's clipped tokens, gspo's clipped sequences.")
+
+
+def markdown(table, settings, names, steps, seeds, what=WHAT, legend=LEGEND):
+    """One table per setting (what: its description), then the legend; from the json's table alone."""
     fmt = lambda v: "n/a" if v is None else f"{v[0]:.2f} ± {v[1]:.2f}" + ("" if v[2] == len(seeds) else f" ({v[2]})")
     lines = []
     for setting in settings:
-        lines += [f"{setting}: {WHAT[setting]}; final eval after {steps} steps (9 prompts x 16 samples, T=1; "
+        lines += [f"{setting}: {what[setting]}; final eval after {steps} steps (9 prompts x 16 samples, T=1; "
                   f"grad clip 1.0; mean ± std over seeds {seeds}):", "",
                   "| variant | " + " | ".join(HEAD) + " |", "|---" * (len(HEAD) + 1) + "|"]
         for n in names[setting]:
             c = table[f"{setting}/{n}"]
             lines.append(f"| {n} | " + " | ".join(fmt(c[m]) for m in FINAL + TRAIN) + " |")
         lines.append("")
-    lines.append("Variants: log Z from the head (no suffix), the group's estimate (_group) or none (_logz0); the "
-                 "importance weight clipped to [0.8, 1.2] or not (_wfree). Ratio spread: std over rows of "
-                 "π_θ(y)/π_old(y) per minibatch, mean over the last 100 steps; clip fraction: FlowRL's clipped "
-                 "weights, grpo's and dapo's clipped tokens, gspo's clipped sequences.")
+    lines.append(legend)
     return "\n".join(lines)
 
 

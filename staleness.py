@@ -17,8 +17,8 @@ import os
 import time
 
 import experiments
-from experiments import experiment_parser, mean_std, read_evals, run_all, wall_record, write_results
-from evaluate import summarize
+import offpolicy
+from experiments import experiment_parser, run_all, wall_record, write_results
 
 KS = [0, 1, 2, 4, 8]
 LOGZ = {"": [], "_group": ["--logz", "group"], "_logz0": ["--logz", "none"]}
@@ -30,9 +30,7 @@ OLD = {f + "_old": (f, ["--prior", "old", "--logz", "none"]) for f in ("flowrl",
 STEP = {f + s: (f, ["--lr", f"{3e-4 / d:.6g}", "--logz_lr", f"{0.1 / d:.6g}"])
         for f in ("flowrl", "flowrl_exact", "grpo") for s, d in LR.items()}
 experiments.VARIANTS.update(SWEEP | OLD | STEP)   # module level: the spawned workers import it too
-FINAL = ["accuracy", "effective_correct", "kl_to_target"]
-TRAIN = ["is_ratio/seq_std", "clip_frac"]        # means over the last 100 training steps
-HEAD = ["accuracy", "effective # correct", "KL(π‖p*)", "ratio spread", "clip fraction"]
+FINAL, TRAIN, HEAD = offpolicy.FINAL, offpolicy.TRAIN, offpolicy.HEAD
 
 
 def names_at(k, names=None):
@@ -42,39 +40,23 @@ def names_at(k, names=None):
     return [n for n in out if names is None or n in names]
 
 
-def aggregate(out_dir, ks, seeds, names, last=100):
-    """{"K<k>/<variant>": {metric: (mean, std, n)}}: the final eval's metrics, and the train records'
-    ratio spread and clip fraction over the last `last` steps."""
-    table = {}
-    for k in ks:
-        for n in names_at(k, names):
-            runs = [os.path.join(out_dir, f"K{k}", f"seed{s}", n) for s in seeds]
-            finals = [summarize(r) for r in runs]
-            trains = [[r for r in read_evals(d, kind="train") if "accuracy" in r][-last:] for d in runs]
-            cell = {m: mean_std([f.get(m) for f in finals]) for m in FINAL}
-            for m in TRAIN:
-                cell[m] = mean_std([sum(r[m] for r in t) / len(t) if t else None for t in trains])
-            table[f"K{k}/{n}"] = cell
-    return table
+def aggregate(out_dir, ks, seeds, names):
+    """{"K<k>/<variant>": {metric: (mean, std, n)}}: offpolicy.aggregate over the K<k> directories (the
+    final eval's metrics; the ratio spread and clip fraction over the last 100 training steps)."""
+    settings = [f"K{k}" for k in ks]
+    return offpolicy.aggregate(out_dir, settings, seeds, {f"K{k}": names_at(k, names) for k in ks})
 
 
 def markdown(table, ks, names, steps, seeds):
-    """staleness.md: one table per K, from staleness.json's table alone."""
-    fmt = lambda v: "n/a" if v is None else f"{v[0]:.2f} ± {v[1]:.2f}"
-    lines = []
-    for k in ks:
-        lines += [f"K = {k} (rollouts {k} optimizer steps stale); final eval after {steps} steps (9 prompts x 16 "
-                  f"samples, T=1; grad clip 1.0); mean ± std over seeds {seeds}:", "",
-                  "| variant | " + " | ".join(HEAD) + " |", "|---" * (len(HEAD) + 1) + "|"]
-        for n in names_at(k, names):
-            cell = table[f"K{k}/{n}"]
-            lines.append(f"| {n} | " + " | ".join(fmt(cell[m]) for m in FINAL + TRAIN) + " |")
-        lines.append("")
-    lines.append("Variants: FlowRL's practical form (flowrl) and exact form (flowrl_exact); log Z from the head (no "
-                 "suffix), the group's estimate (_group) or none (_logz0); the importance weight clipped to [0.8, 1.2] "
-                 "(no suffix), raw (_wfree) or none (_w1, w = 1); _old: π_old in δ in place of π_ref, no log Z; "
-                 "_lr3, _lr10: the policy's and the head's learning rates divided by 3 and 10.")
-    return "\n".join(lines)
+    """staleness.md: one table per K (offpolicy.markdown's layout), from staleness.json's table alone."""
+    settings = [f"K{k}" for k in ks]
+    what = {f"K{k}": f"rollouts {k} optimizer steps stale" for k in ks}
+    legend = ("Variants: FlowRL's practical form (flowrl) and exact form (flowrl_exact); log Z from the head (no "
+              "suffix), the group's estimate (_group) or none (_logz0); the importance weight clipped to [0.8, 1.2] "
+              "(no suffix), raw (_wfree) or none (_w1, w = 1); _old: π_old in δ in place of π_ref, no log Z; "
+              "_lr3, _lr10: the policy's and the head's learning rates divided by 3 and 10. " + offpolicy.LEGEND[
+                  offpolicy.LEGEND.index("Ratio spread"):])
+    return offpolicy.markdown(table, settings, {f"K{k}": names_at(k, names) for k in ks}, steps, seeds, what, legend)
 
 
 def draw(table, ks, seeds, path, lines=("flowrl", "flowrl_group", "flowrl_logz0", "flowrl_w1", "flowrl_exact",
