@@ -59,27 +59,33 @@ def markdown(table, ks, names, steps, seeds):
     return offpolicy.markdown(table, settings, {f"K{k}": names_at(k, names) for k in ks}, steps, seeds, what, legend)
 
 
-def draw(table, ks, seeds, path, lines=("flowrl", "flowrl_group", "flowrl_logz0", "flowrl_w1", "flowrl_exact",
-                                        "flowrl_exact_group", "flowrl_exact_logz0", "flowrl_exact_w1", "grpo")):
-    """Accuracy, effective # correct and KL(π‖p*) against K, mean ± std over seeds, one line a variant."""
+def draw(table, ks, seeds, path):
+    """Accuracy, effective # correct and KL(π‖p*) against K (mean ± std over seeds): the practical form on
+    the top row, the exact form below; colour: where log Z comes from; line style: the weight; GRPO in
+    green on every panel."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    from plot import style
-    fig, axes = plt.subplots(1, 3, figsize=(18, 5))
-    for n in lines:
-        pts = [(k, table[f"K{k}/{n}"]) for k in ks if f"K{k}/{n}" in table]
-        for ax, m in zip(axes, FINAL):
-            xs = [k for k, c in pts if c[m] is not None]
-            ax.errorbar(xs, [c[m][0] for _, c in pts if c[m] is not None],
-                        yerr=[c[m][1] for _, c in pts if c[m] is not None], marker="o", ms=4, capsize=3,
-                        label=n, **style(n.removesuffix("_w1")), alpha=0.6 if n.endswith("_w1") else 1.0)
-    for ax, title in zip(axes, ["accuracy (T=1)", "effective # correct", "KL(π‖p*) (nats, log scale)"]):
-        ax.set(title=title, xlabel="rollouts K optimizer steps stale", xticks=list(ks))
-        ax.grid(alpha=0.3)
-    axes[2].set_yscale("log")
-    axes[0].legend(fontsize=7)
-    fig.suptitle(f"FlowRL with stale rollouts (make_n, mean ± std over seeds {seeds}; python staleness.py)")
+    colour = {"": "tab:blue", "_group": "tab:purple", "_logz0": "tab:gray"}
+    line = {"": "-", "_wfree": "--", "_w1": ":"}
+    logz_name = {"": "log Z head", "_group": "group log Z", "_logz0": "no log Z"}
+    weight_name = {"": "clipped w", "_wfree": "raw w", "_w1": "w = 1"}
+    fig, axes = plt.subplots(2, 3, figsize=(18, 9))
+    for row, form in zip(axes, ("flowrl", "flowrl_exact")):
+        runs = [(form + z + w, dict(color=colour[z], ls=line[w], label=f"{logz_name[z]}, {weight_name[w]}"))
+                for z in LOGZ for w in WEIGHT]
+        for n, kw in runs + [("grpo", dict(color="tab:green", ls="-", label="grpo"))]:
+            pts = [(k, table[f"K{k}/{n}"]) for k in ks if f"K{k}/{n}" in table]
+            for ax, m in zip(row, FINAL):
+                ok = [(k, c[m]) for k, c in pts if c[m] is not None]
+                ax.errorbar([k for k, _ in ok], [v[0] for _, v in ok], yerr=[v[1] for _, v in ok], marker="o",
+                            ms=4, capsize=3, **kw)
+        for ax, title in zip(row, ["accuracy (T=1)", "effective # correct", "KL(π‖p*), nats (log scale)"]):
+            ax.set(title=f"{form}: {title}", xlabel="rollouts K optimizer steps stale", xticks=list(ks))
+            ax.grid(alpha=0.3)
+        row[2].set_yscale("log")
+        row[0].legend(fontsize=7)
+    fig.suptitle(f"FlowRL with stale rollouts (make_n, 500 steps; mean ± std over seeds {seeds}; python staleness.py)")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -53,5 +53,5 @@ def test_table_and_figure_from_finished_runs(tmp_path):
     assert table["K4/flowrl_w1"]["is_ratio/seq_std"][0] == pytest.approx(0.4)
     md = staleness.markdown(table, [0, 4], ["flowrl_w1", "grpo"], 2, [0, 1])
     assert "| flowrl_w1 | 0.55 ± 0.07 | 2.00 ± 0.00 | 5.00 ± 0.00 | 0.40 ± 0.00 | 0.00 ± 0.00 |" in md
-    staleness.draw(table, [0, 4], [0, 1], os.path.join(out, "s.png"), lines=("flowrl_w1", "grpo"))
+    staleness.draw(table, [0, 4], [0, 1], os.path.join(out, "s.png"))
     assert os.path.getsize(os.path.join(out, "s.png")) > 10000
