@@ -23,13 +23,14 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 
-def load(run_dir):
+def load(run_dir, kinds=("train", "eval")):
+    """A run's metrics.jsonl records, one list per kind asked for (train, eval, eval_paper)."""
     path = os.path.join(run_dir, "metrics.jsonl")
     if not os.path.exists(path):
         raise FileNotFoundError(f"no metrics.jsonl in {run_dir}")
     with open(path) as f:
         rows = [json.loads(line) for line in f if line.strip()]
-    return [r for r in rows if r["kind"] == "train"], [r for r in rows if r["kind"] == "eval"]
+    return tuple([r for r in rows if r["kind"] == kind] for kind in kinds)
 
 
 # One colour and line style per algorithm (a variant name of experiments.VARIANTS, or "warm start"), the
@@ -69,12 +70,6 @@ def smooth(xs, n=10):
 def finite(xs):
     """None or NaN (no such group in that step) as a gap in the line, not a zero."""
     return [x if x is not None and not math.isnan(x) else float("nan") for x in xs]
-
-
-def load_paper_evals(run_dir):
-    """The run's evals at the paper's sampling setting (T=0.6, top-p 0.95; train.py --paper_eval)."""
-    with open(os.path.join(run_dir, "metrics.jsonl")) as f:
-        return [r for r in map(json.loads, filter(str.strip, f)) if r["kind"] == "eval_paper"]
 
 
 # a run directory's row in table.py's 3-seed table where the names differ (the main job's grpo_kl is KL 0.04)
@@ -119,7 +114,7 @@ def plot_runs(run_dirs, out_path, title=None, seeds_table=None):
     bars = seed_bars(seeds_table) if seeds_table else {}
     n_samples = None
     for i, d in enumerate(run_dirs):
-        train, evals = load(d)
+        train, evals, paper = load(d, ("train", "eval", "eval_paper"))
         train = [r for r in train if "accuracy" in r]      # a --drop_flat_groups step that kept no group: no update
         name = os.path.basename(os.path.normpath(d))
         steps = [r["step"] for r in train]
@@ -128,7 +123,6 @@ def plot_runs(run_dirs, out_path, title=None, seeds_table=None):
         line, = ax["acc"].plot(es, [r["accuracy"] for r in evals], marker="o", ms=3, label=f"{name} (T=1)",
                                **style(name))
         c = line.get_color()
-        paper = load_paper_evals(d)
         if paper:
             ax["acc"].plot([r["step"] for r in paper], [r["accuracy"] for r in paper], marker="s", ms=7, ls="none",
                            mfc="none", color=c, label=f"{name} (T=0.6, top-p 0.95)")
