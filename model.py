@@ -158,7 +158,7 @@ class GroupCache:
     in the group; n_real: (B,) real tokens before the next position (the prompt's plus those sampled)."""
 
     def __init__(self, prompt, group_size, max_new):
-        P, B = prompt.k.shape[1], prompt.k.shape[1] * group_size
+        B = prompt.k.shape[1] * group_size                                           # P prompts x G samples
         self.prompt_k = prompt.k[:, :, :, :prompt.length]                            # (n_layer, P, nkv, Tp, hs)
         self.prompt_v = prompt.v[:, :, :, :prompt.length]
         self.prompt_valid = prompt.valid[:, :prompt.length]                          # (P, Tp)

@@ -47,16 +47,32 @@ def aggregate(out_dir, ks, seeds, names):
     return offpolicy.aggregate(out_dir, settings, seeds, {f"K{k}": names_at(k, names) for k in ks})
 
 
+def against_k(table, ks, names, metric, title):
+    """One markdown table of `metric` against K: a row per variant (every K's, in first-seen order), a
+    column per K, "mean ± std" per cell and "-" where the variant did not run at that K."""
+    rows = list(dict.fromkeys(n for k in ks for n in names_at(k, names)))
+    fmt = lambda v: "-" if v is None else f"{v[0]:.2f} ± {v[1]:.2f}"
+    lines = [title, "", "| variant | " + " | ".join(f"K = {k}" for k in ks) + " |", "|---" * (len(ks) + 1) + "|"]
+    for n in rows:
+        lines.append(f"| {n} | " + " | ".join(fmt(table.get(f"K{k}/{n}", {}).get(metric)) for k in ks) + " |")
+    return lines + [""]
+
+
 def markdown(table, ks, names, steps, seeds):
-    """staleness.md: one table per K (offpolicy.markdown's layout), from staleness.json's table alone."""
+    """staleness.md: KL(π‖p*) and accuracy against K, then one table per K (offpolicy.markdown's layout),
+    from staleness.json's table alone."""
     settings = [f"K{k}" for k in ks]
+    head = (against_k(table, ks, names, "kl_to_target", f"KL(π‖p*) in nats against K, the rollouts' staleness in "
+                      f"optimizer steps (final eval after {steps} steps; mean ± std over seeds {seeds}):")
+            + against_k(table, ks, names, "accuracy", "Accuracy (T=1) against K:"))
     what = {f"K{k}": f"rollouts {k} optimizer steps stale" for k in ks}
     legend = ("Variants: FlowRL's practical form (flowrl) and exact form (flowrl_exact); log Z from the head (no "
               "suffix), the group's estimate (_group) or none (_logz0); the importance weight clipped to [0.8, 1.2] "
               "(no suffix), raw (_wfree) or none (_w1, w = 1); _old: π_old in δ in place of π_ref, no log Z; "
               "_lr3, _lr10: the policy's and the head's learning rates divided by 3 and 10. " + offpolicy.LEGEND[
                   offpolicy.LEGEND.index("Ratio spread"):])
-    return offpolicy.markdown(table, settings, {f"K{k}": names_at(k, names) for k in ks}, steps, seeds, what, legend)
+    per_k = offpolicy.markdown(table, settings, {f"K{k}": names_at(k, names) for k in ks}, steps, seeds, what, legend)
+    return "\n".join(head) + "\n" + per_k
 
 
 def draw(table, ks, seeds, path):

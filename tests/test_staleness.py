@@ -53,5 +53,11 @@ def test_table_and_figure_from_finished_runs(tmp_path):
     assert table["K4/flowrl_w1"]["is_ratio/seq_std"][0] == pytest.approx(0.4)
     md = staleness.markdown(table, [0, 4], ["flowrl_w1", "grpo"], 2, [0, 1])
     assert "| flowrl_w1 | 0.55 ± 0.07 | 2.00 ± 0.00 | 5.00 ± 0.00 | 0.40 ± 0.00 | 0.00 ± 0.00 |" in md
+    assert "| variant | K = 0 | K = 4 |" in md
+    assert "| flowrl_w1 | 1.00 ± 0.00 | 5.00 ± 0.00 |" in md          # KL(π‖p*) against K: 1 + k
+    assert "| flowrl_w1 | 0.55 ± 0.07 | 0.55 ± 0.07 |" in md          # accuracy against K
+    assert md.index("KL(π‖p*) in nats against K") < md.index("K0: rollouts 0")
+    rest = {key: c for key, c in table.items() if key != "K0/grpo"}  # a variant not run at a K shows "-"
+    assert "| grpo | - | 5.00 ± 0.00 |" in staleness.against_k(rest, [0, 4], ["flowrl_w1", "grpo"], "kl_to_target", "")
     staleness.draw(table, [0, 4], [0, 1], os.path.join(out, "s.png"))
     assert os.path.getsize(os.path.join(out, "s.png")) > 10000
