@@ -7,7 +7,7 @@ size (at K = 4 the policy's and the head's learning rates divided by 3 and 10, "
 the same rates on-policy). The authors' later objective with π_old in place of π_ref and no log Z
 ("_old", verl_FlowRL's compute_flowrl_old_policy_no_log_z) runs at K = 0 and 4; grpo and dr_grpo beside.
 
-    python staleness.py                                  # every variant below x 3 seeds, 500 steps, 2 at a time
+    python staleness.py          # every variant below x 3 seeds, 500 steps, 2 at a time: 348 runs, ~2.3 h on 2 cores
     python staleness.py --seeds 0 --steps 100 --ks 0 4 --names flowrl flowrl_w1 grpo
 
 Writes <out_dir>/K<k>/seed<S>/<variant>/..., <out_dir>/staleness.{json,md,png}.
@@ -18,7 +18,7 @@ import time
 
 import experiments
 import offpolicy
-from experiments import experiment_parser, run_all, wall_record, write_results
+from experiments import experiment_parser, read_evals, run_all, wall_record, write_results
 
 KS = [0, 1, 2, 4, 8]
 LOGZ = {"": [], "_group": ["--logz", "group"], "_logz0": ["--logz", "none"]}
@@ -31,6 +31,7 @@ STEP = {f + s: (f, ["--lr", f"{3e-4 / d:.6g}", "--logz_lr", f"{0.1 / d:.6g}"])
         for f in ("flowrl", "flowrl_exact", "grpo") for s, d in LR.items()}
 experiments.VARIANTS.update(SWEEP | OLD | STEP)   # module level: the spawned workers import it too
 FINAL, TRAIN, HEAD = offpolicy.FINAL, offpolicy.TRAIN, offpolicy.HEAD
+SEED_KEYS = ["accuracy", "format", "correct_mass", "kl_to_target", "log_z/learned", "log_z_true"]
 
 
 def names_at(k, names=None):
@@ -47,6 +48,33 @@ def aggregate(out_dir, ks, seeds, names):
     return offpolicy.aggregate(out_dir, settings, seeds, {f"K{k}": names_at(k, names) for k in ks})
 
 
+def seed_finals(out_dir, ks, seeds, names):
+    """{"K<k>/<variant>": {metric: [one value per seed]}}: each seed's final eval (SEED_KEYS; None where a
+    run does not log the metric, e.g. the learned log Z of a run without one)."""
+    out = {}
+    for k in ks:
+        for n in names_at(k, names):
+            last = [read_evals(os.path.join(out_dir, f"K{k}", f"seed{s}", n))[-1] for s in seeds]
+            out[f"K{k}/{n}"] = {m: [r.get(m) for r in last] for m in SEED_KEYS}
+    return out
+
+
+def wide_cells(table, finals, seeds):
+    """A markdown table of each seed's final eval for the cells whose KL(π‖p*) std exceeds its mean: where
+    the mean ± std hides one seed that left the answer format."""
+    fmt = lambda v: "-" if v is None else f"{v:.2g}" if abs(v) < 0.01 else f"{v:.2f}"
+    lines = [f"Each seed's final eval where KL(π‖p*)'s std exceeds its mean (seeds {seeds}):", "",
+             "| K/variant | seed | accuracy | format | correct mass | KL(π‖p*) | learned log Z | true log Z |",
+             "|---" * 8 + "|"]
+    for key, cell in table.items():
+        kl = cell.get("kl_to_target")
+        if kl is None or kl[1] <= kl[0]:
+            continue
+        for i, s in enumerate(seeds):
+            lines.append(f"| {key} | {s} | " + " | ".join(fmt(finals[key][m][i]) for m in SEED_KEYS) + " |")
+    return lines + [""]
+
+
 def against_k(table, ks, names, metric, title):
     """One markdown table of `metric` against K: a row per variant (every K's, in first-seen order), a
     column per K, "mean ± std" per cell and "-" where the variant did not run at that K."""
@@ -58,18 +86,20 @@ def against_k(table, ks, names, metric, title):
     return lines + [""]
 
 
-def markdown(table, ks, names, steps, seeds):
-    """staleness.md: KL(π‖p*) and accuracy against K, then one table per K (offpolicy.markdown's layout),
-    from staleness.json's table alone."""
+def markdown(table, ks, names, steps, seeds, finals):
+    """staleness.md: KL(π‖p*) and accuracy against K, the seeds behind the widest cells, then one table per
+    K (offpolicy.markdown's layout); from staleness.json's table and seed_finals alone."""
     settings = [f"K{k}" for k in ks]
     head = (against_k(table, ks, names, "kl_to_target", f"KL(π‖p*) in nats against K, the rollouts' staleness in "
                       f"optimizer steps (final eval after {steps} steps; mean ± std over seeds {seeds}):")
-            + against_k(table, ks, names, "accuracy", "Accuracy (T=1) against K:"))
+            + against_k(table, ks, names, "accuracy", "Accuracy (T=1) against K:") + wide_cells(table, finals, seeds))
     what = {f"K{k}": f"rollouts {k} optimizer steps stale" for k in ks}
     legend = ("Variants: FlowRL's practical form (flowrl) and exact form (flowrl_exact); log Z from the head (no "
               "suffix), the group's estimate (_group) or none (_logz0); the importance weight clipped to [0.8, 1.2] "
               "(no suffix), raw (_wfree) or none (_w1, w = 1); _old: π_old in δ in place of π_ref, no log Z; "
-              "_lr3, _lr10: the policy's and the head's learning rates divided by 3 and 10. " + offpolicy.LEGEND[
+              "_lr3, _lr10: the policy's and the head's learning rates divided by 3 and 10. Effective # correct: "
+              "exp H(π(·|correct)), π's shape over the correct answers however little mass it puts there (a run "
+              "that left the answer format keeps one: see its correct mass above). " + offpolicy.LEGEND[
                   offpolicy.LEGEND.index("Ratio spread"):])
     per_k = offpolicy.markdown(table, settings, {f"K{k}": names_at(k, names) for k in ks}, steps, seeds, what, legend)
     return "\n".join(head) + "\n" + per_k
@@ -119,9 +149,11 @@ def main():
         jobs = [(n, common(k, s)) for k in args.ks for s in args.seeds for n in names_at(k, args.names)]
         wall = wall_record(run_all(jobs, args.workers), t0, args.out_dir)
     table = aggregate(args.out_dir, args.ks, args.seeds, args.names)
+    finals = seed_finals(args.out_dir, args.ks, args.seeds, args.names)
     write_results(args.out_dir, "staleness", {"ks": args.ks, "seeds": args.seeds, "steps": args.steps,
-                                              "names": args.names, "table": table, "wall": wall},
-                  markdown(table, args.ks, args.names, args.steps, args.seeds))
+                                              "names": args.names, "table": table, "seed_finals": finals,
+                                              "wall": wall},
+                  markdown(table, args.ks, args.names, args.steps, args.seeds, finals))
     draw(table, args.ks, args.seeds, os.path.join(args.out_dir, "staleness.png"))
     print(f"\ntotal wall time {time.time() - t0:.0f}s")
 

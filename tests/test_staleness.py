@@ -51,12 +51,18 @@ def test_table_and_figure_from_finished_runs(tmp_path):
     table = staleness.aggregate(out, [0, 4], [0, 1], ["flowrl_w1", "grpo"])
     assert table["K4/flowrl_w1"]["accuracy"][:2] == pytest.approx((0.55, 0.0707106), rel=1e-4)
     assert table["K4/flowrl_w1"]["is_ratio/seq_std"][0] == pytest.approx(0.4)
-    md = staleness.markdown(table, [0, 4], ["flowrl_w1", "grpo"], 2, [0, 1])
+    finals = staleness.seed_finals(out, [0, 4], [0, 1], ["flowrl_w1", "grpo"])
+    assert finals["K4/flowrl_w1"]["accuracy"] == [0.5, 0.6] and finals["K4/grpo"]["log_z/learned"] == [None, None]
+    md = staleness.markdown(table, [0, 4], ["flowrl_w1", "grpo"], 2, [0, 1], finals)
     assert "| flowrl_w1 | 0.55 ± 0.07 | 2.00 ± 0.00 | 5.00 ± 0.00 | 0.40 ± 0.00 | 0.00 ± 0.00 |" in md
     assert "| variant | K = 0 | K = 4 |" in md
     assert "| flowrl_w1 | 1.00 ± 0.00 | 5.00 ± 0.00 |" in md          # KL(π‖p*) against K: 1 + k
     assert "| flowrl_w1 | 0.55 ± 0.07 | 0.55 ± 0.07 |" in md          # accuracy against K
     assert md.index("KL(π‖p*) in nats against K") < md.index("K0: rollouts 0")
+    assert "| K4/flowrl_w1 |" not in md                              # no cell with std above its mean here
+    table["K4/flowrl_w1"]["kl_to_target"] = (5.0, 7.0, 2)
+    wide = "\n".join(staleness.wide_cells(table, finals, [0, 1]))
+    assert "| K4/flowrl_w1 | 1 | 0.60 | - | - | 5.00 | - | - |" in wide and "| K4/grpo |" not in wide
     rest = {key: c for key, c in table.items() if key != "K0/grpo"}  # a variant not run at a K shows "-"
     assert "| grpo | - | 5.00 ± 0.00 |" in staleness.against_k(rest, [0, 4], ["flowrl_w1", "grpo"], "kl_to_target", "")
     staleness.draw(table, [0, 4], [0, 1], os.path.join(out, "s.png"))
