@@ -48,14 +48,19 @@ def aggregate(out_dir, ks, seeds, names):
     return offpolicy.aggregate(out_dir, settings, seeds, {f"K{k}": names_at(k, names) for k in ks})
 
 
-def seed_finals(out_dir, ks, seeds, names):
+def seed_finals(out_dir, ks, seeds, names, last=100):
     """{"K<k>/<variant>": {metric: [one value per seed]}}: each seed's final eval (SEED_KEYS; None where a
-    run does not log the metric, e.g. the learned log Z of a run without one)."""
+    run does not log the metric, e.g. the learned log Z of a run without one) and "tb_residual", FlowRL's
+    mean δ² over the last `last` training steps."""
     out = {}
     for k in ks:
         for n in names_at(k, names):
-            last = [read_evals(os.path.join(out_dir, f"K{k}", f"seed{s}", n))[-1] for s in seeds]
-            out[f"K{k}/{n}"] = {m: [r.get(m) for r in last] for m in SEED_KEYS}
+            runs = [os.path.join(out_dir, f"K{k}", f"seed{s}", n) for s in seeds]
+            final = [read_evals(r)[-1] for r in runs]
+            out[f"K{k}/{n}"] = {m: [r.get(m) for r in final] for m in SEED_KEYS}
+            trains = [[t["tb_residual/mean"] for t in read_evals(r, kind="train") if "tb_residual/mean" in t][-last:]
+                      for r in runs]
+            out[f"K{k}/{n}"]["tb_residual"] = [sum(t) / len(t) if t else None for t in trains]
     return out
 
 
@@ -64,14 +69,14 @@ def wide_cells(table, finals, seeds):
     the mean ± std hides one seed that left the answer format."""
     fmt = lambda v: "-" if v is None else f"{v:.2g}" if abs(v) < 0.01 else f"{v:.2f}"
     lines = [f"Each seed's final eval where KL(π‖p*)'s std exceeds its mean (seeds {seeds}):", "",
-             "| K/variant | seed | accuracy | format | correct mass | KL(π‖p*) | learned log Z | true log Z |",
-             "|---" * 8 + "|"]
+             "| K/variant | seed | accuracy | format | correct mass | KL(π‖p*) | learned log Z | true log Z "
+             "| mean δ², last 100 steps |", "|---" * 9 + "|"]
     for key, cell in table.items():
         kl = cell.get("kl_to_target")
         if kl is None or kl[1] <= kl[0]:
             continue
         for i, s in enumerate(seeds):
-            lines.append(f"| {key} | {s} | " + " | ".join(fmt(finals[key][m][i]) for m in SEED_KEYS) + " |")
+            lines.append(f"| {key} | {s} | " + " | ".join(fmt(finals[key][m][i]) for m in SEED_KEYS + ["tb_residual"]) + " |")
     return lines + [""]
 
 

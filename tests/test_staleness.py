@@ -43,7 +43,8 @@ def test_table_and_figure_from_finished_runs(tmp_path):
                 d = os.path.join(out, f"K{k}", f"seed{s}", n)
                 os.makedirs(d)
                 recs = [{"kind": "eval", "step": 0, "accuracy": 0.1, "k": 16},
-                        {"kind": "train", "step": 1, "accuracy": 0.2, "is_ratio/seq_std": 0.1 * k, "clip_frac": 0.0},
+                        {"kind": "train", "step": 1, "accuracy": 0.2, "is_ratio/seq_std": 0.1 * k, "clip_frac": 0.0,
+                         **({"tb_residual/mean": 3.0 + s} if n == "flowrl_w1" else {})},
                         {"kind": "eval", "step": 2, "accuracy": acc, "k": 16, "effective_correct": 2.0,
                          "kl_to_target": 1.0 + k}]
                 with open(os.path.join(d, "metrics.jsonl"), "w") as f:
@@ -53,6 +54,7 @@ def test_table_and_figure_from_finished_runs(tmp_path):
     assert table["K4/flowrl_w1"]["is_ratio/seq_std"][0] == pytest.approx(0.4)
     finals = staleness.seed_finals(out, [0, 4], [0, 1], ["flowrl_w1", "grpo"])
     assert finals["K4/flowrl_w1"]["accuracy"] == [0.5, 0.6] and finals["K4/grpo"]["log_z/learned"] == [None, None]
+    assert finals["K4/flowrl_w1"]["tb_residual"] == [3.0, 4.0] and finals["K4/grpo"]["tb_residual"] == [None, None]
     md = staleness.markdown(table, [0, 4], ["flowrl_w1", "grpo"], 2, [0, 1], finals)
     assert "| flowrl_w1 | 0.55 ± 0.07 | 2.00 ± 0.00 | 5.00 ± 0.00 | 0.40 ± 0.00 | 0.00 ± 0.00 |" in md
     assert "| variant | K = 0 | K = 4 |" in md
@@ -62,7 +64,7 @@ def test_table_and_figure_from_finished_runs(tmp_path):
     assert "| K4/flowrl_w1 |" not in md                              # no cell with std above its mean here
     table["K4/flowrl_w1"]["kl_to_target"] = (5.0, 7.0, 2)
     wide = "\n".join(staleness.wide_cells(table, finals, [0, 1]))
-    assert "| K4/flowrl_w1 | 1 | 0.60 | - | - | 5.00 | - | - |" in wide and "| K4/grpo |" not in wide
+    assert "| K4/flowrl_w1 | 1 | 0.60 | - | - | 5.00 | - | - | 4.00 |" in wide and "| K4/grpo |" not in wide
     rest = {key: c for key, c in table.items() if key != "K0/grpo"}  # a variant not run at a K shows "-"
     assert "| grpo | - | 5.00 ± 0.00 |" in staleness.against_k(rest, [0, 4], ["flowrl_w1", "grpo"], "kl_to_target", "")
     staleness.draw(table, [0, 4], [0, 1], os.path.join(out, "s.png"))
