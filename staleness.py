@@ -31,7 +31,8 @@ STEP = {f + s: (f, ["--lr", f"{3e-4 / d:.6g}", "--logz_lr", f"{0.1 / d:.6g}"])
         for f in ("flowrl", "flowrl_exact", "grpo") for s, d in LR.items()}
 experiments.VARIANTS.update(SWEEP | OLD | STEP)   # module level: the spawned workers import it too
 FINAL, TRAIN, HEAD = offpolicy.FINAL, offpolicy.TRAIN, offpolicy.HEAD
-SEED_KEYS = ["accuracy", "format", "correct_mass", "kl_to_target", "log_z/learned", "log_z_true"]
+SEED_KEYS = ["accuracy", "format", "correct_mass", "effective_correct", "kl_to_target", "log_z/learned",
+             "log_z_true"]
 
 
 def names_at(k, names=None):
@@ -69,14 +70,15 @@ def wide_cells(table, finals, seeds):
     the mean ± std hides one seed that left the answer format."""
     fmt = lambda v: "-" if v is None else f"{v:.2g}" if abs(v) < 0.01 else f"{v:.2f}"
     lines = [f"Each seed's final eval where KL(π‖p*)'s std exceeds its mean (seeds {seeds}):", "",
-             "| K/variant | seed | accuracy | format | correct mass | KL(π‖p*) | learned log Z | true log Z "
-             "| mean δ², last 100 steps |", "|---" * 9 + "|"]
+             "| K/variant | seed | accuracy | format | correct mass | effective # correct | KL(π‖p*) "
+             "| learned log Z | true log Z | mean δ², last 100 steps |", "|---" * 10 + "|"]
     for key, cell in table.items():
         kl = cell.get("kl_to_target")
         if kl is None or kl[1] <= kl[0]:
             continue
         for i, s in enumerate(seeds):
-            lines.append(f"| {key} | {s} | " + " | ".join(fmt(finals[key][m][i]) for m in SEED_KEYS + ["tb_residual"]) + " |")
+            cells = [fmt(finals[key][m][i]) for m in SEED_KEYS + ["tb_residual"]]
+            lines.append(f"| {key} | {s} | " + " | ".join(cells) + " |")
     return lines + [""]
 
 
@@ -110,10 +112,10 @@ def markdown(table, ks, names, steps, seeds, finals):
     return "\n".join(head) + "\n" + per_k
 
 
-def draw(table, ks, seeds, path):
-    """Accuracy, effective # correct and KL(π‖p*) against K (mean ± std over seeds): the practical form on
-    the top row, the exact form below; colour: where log Z comes from; line style: the weight; GRPO in
-    green on every panel."""
+def draw(table, ks, seeds, path, finals):
+    """Accuracy, effective # correct and KL(π‖p*) against K (mean ± std over seeds, and each seed as a faint
+    dot from finals, seed_finals' values): the practical form on the top row, the exact form below; colour:
+    where log Z comes from; line style: the weight; GRPO in green on every panel."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -129,6 +131,8 @@ def draw(table, ks, seeds, path):
             pts = [(k, table[f"K{k}/{n}"]) for k in ks if f"K{k}/{n}" in table]
             for ax, m in zip(row, FINAL):
                 ok = [(k, c[m]) for k, c in pts if c[m] is not None]
+                dots = [(k, v) for k, _ in ok for v in finals[f"K{k}/{n}"][m] if v is not None]
+                ax.plot([k for k, _ in dots], [v for _, v in dots], ".", color=kw["color"], alpha=0.35, ms=4)
                 ax.errorbar([k for k, _ in ok], [v[0] for _, v in ok], yerr=[v[1] for _, v in ok], marker="o",
                             ms=4, capsize=3, **kw)
         for ax, title in zip(row, ["accuracy (T=1)", "effective # correct", "KL(π‖p*), nats (log scale)"]):
@@ -136,7 +140,8 @@ def draw(table, ks, seeds, path):
             ax.grid(alpha=0.3)
         row[2].set_yscale("log")
         row[0].legend(fontsize=7)
-    fig.suptitle(f"FlowRL with stale rollouts (make_n, 500 steps; mean ± std over seeds {seeds}; python staleness.py)")
+    fig.suptitle(f"FlowRL with stale rollouts (make_n, 500 steps; lines: mean ± std over seeds {seeds}, dots: each "
+                 f"seed; python staleness.py)")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -159,7 +164,7 @@ def main():
                                               "names": args.names, "table": table, "seed_finals": finals,
                                               "wall": wall},
                   markdown(table, args.ks, args.names, args.steps, args.seeds, finals))
-    draw(table, args.ks, args.seeds, os.path.join(args.out_dir, "staleness.png"))
+    draw(table, args.ks, args.seeds, os.path.join(args.out_dir, "staleness.png"), finals)
     print(f"\ntotal wall time {time.time() - t0:.0f}s")
 
 

@@ -64,8 +64,8 @@ def test_table_and_figure_from_finished_runs(tmp_path):
     assert "| K4/flowrl_w1 |" not in md                              # no cell with std above its mean here
     table["K4/flowrl_w1"]["kl_to_target"] = (5.0, 7.0, 2)
     wide = "\n".join(staleness.wide_cells(table, finals, [0, 1]))
-    assert "| K4/flowrl_w1 | 1 | 0.60 | - | - | 5.00 | - | - | 4.00 |" in wide and "| K4/grpo |" not in wide
+    assert "| K4/flowrl_w1 | 1 | 0.60 | - | - | 2.00 | 5.00 | - | - | 4.00 |" in wide and "| K4/grpo |" not in wide
     rest = {key: c for key, c in table.items() if key != "K0/grpo"}  # a variant not run at a K shows "-"
     assert "| grpo | - | 5.00 ± 0.00 |" in staleness.against_k(rest, [0, 4], ["flowrl_w1", "grpo"], "kl_to_target", "")
-    staleness.draw(table, [0, 4], [0, 1], os.path.join(out, "s.png"))
+    staleness.draw(table, [0, 4], [0, 1], os.path.join(out, "s.png"), finals)
     assert os.path.getsize(os.path.join(out, "s.png")) > 10000
