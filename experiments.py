@@ -9,6 +9,7 @@ import argparse
 import json
 import math
 import os
+import sys
 import time
 from multiprocessing import get_context
 
@@ -112,10 +113,23 @@ def experiment_parser(doc, names, steps, out_dir):
 
 
 def wall_record(times, t0, root):
-    """The wall time of an experiment's runs, for its json: the total since t0 and each run's
-    (run_all's {(name, out_dir): seconds}, keyed "<out_dir relative to root>/<name>")."""
-    return {"total_s": round(time.time() - t0, 1),
+    """The wall time of an experiment's runs, for its json: the total since t0, each run's (run_all's
+    {(name, out_dir): seconds}, keyed "<out_dir relative to root>/<name>") and the command that ran them."""
+    return {"total_s": round(time.time() - t0, 1), "command": " ".join(["python", os.path.basename(sys.argv[0])]
+                                                                       + sys.argv[1:]),
             "runs_s": {f"{os.path.relpath(d, root)}/{n}": round(t, 1) for (n, d), t in times.items()}}
+
+
+def merge_walls(previous, new):
+    """The wall record of an out_dir filled in parts (some seeds or settings per command): the parts of the
+    previous record that this command did not rerun, then this command's; runs_s merged, total_s the
+    parts' sum. A record without parts counts as one part."""
+    parts = [] if previous is None else previous.get("parts") or [
+        {"command": previous.get("command"), "total_s": previous["total_s"], "runs": sorted(previous["runs_s"])}]
+    kept = [p for p in parts if not set(p["runs"]) & set(new["runs_s"])]
+    runs = {k: v for k, v in (previous or {}).get("runs_s", {}).items() if any(k in p["runs"] for p in kept)}
+    parts = kept + [{"command": new.get("command"), "total_s": new["total_s"], "runs": sorted(new["runs_s"])}]
+    return {"total_s": round(sum(p["total_s"] for p in parts), 1), "runs_s": runs | new["runs_s"], "parts": parts}
 
 
 def previous_wall(path):
@@ -127,9 +141,10 @@ def previous_wall(path):
 
 
 def write_results(out_dir, stem, data, md):
-    """<out_dir>/<stem>.json (data) and <stem>.md (md, the table the docs show), and md printed."""
-    if data.get("wall") is None:
-        data["wall"] = previous_wall(os.path.join(out_dir, stem + ".json"))
+    """<out_dir>/<stem>.json (data) and <stem>.md (md, the table the docs show), and md printed. The wall
+    record: the previous json's (--aggregate_only), or merged with it (merge_walls: runs in parts)."""
+    previous = previous_wall(os.path.join(out_dir, stem + ".json"))
+    data["wall"] = previous if data.get("wall") is None else merge_walls(previous, data["wall"])
     with open(os.path.join(out_dir, stem + ".json"), "w") as f:
         json.dump(data, f, indent=2)
     with open(os.path.join(out_dir, stem + ".md"), "w") as f:

@@ -69,3 +69,24 @@ def test_table_and_figure_from_finished_runs(tmp_path):
     assert "| grpo | - | 5.00 ± 0.00 |" in staleness.against_k(rest, [0, 4], ["flowrl_w1", "grpo"], "kl_to_target", "")
     staleness.draw(table, [0, 4], [0, 1], os.path.join(out, "s.png"), finals)
     assert os.path.getsize(os.path.join(out, "s.png")) > 10000
+
+
+def test_a_sweep_run_in_parts_keeps_each_commands_wall_time(tmp_path):
+    """experiments.merge_walls through write_results: seeds run by separate commands into one out_dir add
+    up; a command that reruns a part's runs replaces that part; --aggregate_only (no wall) keeps it all."""
+    out = str(tmp_path)
+    wall = lambda total, runs, cmd: {"total_s": total, "command": cmd, "runs_s": dict.fromkeys(runs, 1.0)}
+    read = lambda: json.load(open(os.path.join(out, "s.json")))["wall"]
+    experiments.write_results(out, "s", {"wall": wall(10.0, ["K0/seed0/a", "K0/seed0/b"], "python s.py --seeds 0")}, "")
+    experiments.write_results(out, "s", {"wall": wall(7.5, ["K0/seed1/a"], "python s.py --seeds 1")}, "")
+    w = read()
+    assert w["total_s"] == 17.5 and sorted(w["runs_s"]) == ["K0/seed0/a", "K0/seed0/b", "K0/seed1/a"]
+    assert [p["command"] for p in w["parts"]] == ["python s.py --seeds 0", "python s.py --seeds 1"]
+    experiments.write_results(out, "s", {"wall": None}, "")                      # --aggregate_only
+    assert read() == w
+    experiments.write_results(out, "s", {"wall": wall(4.0, ["K0/seed0/a"], "python s.py --seeds 0 --names a")}, "")
+    w = read()                                                                   # seed 0's part was rerun in part
+    assert w["total_s"] == 11.5 and sorted(w["runs_s"]) == ["K0/seed0/a", "K0/seed1/a"]
+    old = {"total_s": 3.0, "runs_s": {"x": 3.0}}                                 # a record from before parts
+    assert experiments.merge_walls(old, wall(2.0, ["y"], "c"))["parts"][0] == {"command": None, "total_s": 3.0,
+                                                                                "runs": ["x"]}
