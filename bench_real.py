@@ -14,15 +14,17 @@ import time
 import torch
 
 from bench import peak_mb, timed
-from model import autocast
-from rollout import generate
+from model import autocast, bf16_twin, cpu_has_bf16
+from rollout import chunked_logprobs, generate
 
 
 def rl_step_profile(args, path, steps=4, argv=None, what=None):
     """Where one real-scale RL step's time goes: train.py's own step (collect, then update) on the
     --init_from checkpoint at path, with each part timed around train's own functions: the rollout
-    (rollout.generate), the reference forward (chunked_logprobs in prepare), the update (forward,
-    backward, AdamW) and an evaluation; per step, so that a slow first or last step shows. Prints a table."""
+    (rollout.generate), the reference forward (chunked_logprobs in prepare), π_old's forward for the
+    minibatches after the first (rollout_policy_pass), the update (forward, backward, AdamW) and an
+    evaluation; per step, so that a slow first or last step shows. Prints a table; returns the per-step
+    times ({part: seconds} per step)."""
     import config
     import starts
     import train
@@ -34,9 +36,11 @@ def rl_step_profile(args, path, steps=4, argv=None, what=None):
         "--max_new_tokens", str(T), "--lr", "1e-6", "--logz_lr", "1e-4", "--eval_prompts", str(P), "--eval_k", "4",
         "--device", args.device, "--out_dir", out_dir, "--bf16" if args.dtype == "bf16" else "--no-bf16"])
     P, T = a.batch_prompts, a.max_new_tokens
-    warm, tok, task = starts.load_start(a, 0, 1, device)
+    with contextlib.redirect_stdout(io.StringIO()):
+        warm, tok, task = starts.load_start(a, 0, 1, device)
     run = train.new_run(a, "flowrl", warm, task, device, 0, 1)
-    times, originals = [], {name: getattr(train, name) for name in ("generate", "chunked_logprobs")}
+    times = []
+    originals = {name: getattr(train, name) for name in ("generate", "chunked_logprobs", "rollout_policy_pass")}
 
     def part(name, fn):
         def timed_fn(*xs, **kw):
@@ -45,12 +49,13 @@ def rl_step_profile(args, path, steps=4, argv=None, what=None):
             return out
         return timed_fn
     train.generate, train.chunked_logprobs = part("rollout", train.generate), part("reference", train.chunked_logprobs)
+    train.rollout_policy_pass = part("old", train.rollout_policy_pass)
     try:
         problems = train.eval_problems(task, a.eval_prompts, a.seed)
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats()
         for step in range(steps):
-            times.append({})
+            times.append({"old": 0.0})
             t0 = time.perf_counter()
             with autocast(device, a.bf16):
                 b = train.collect(a, run, task, tok, step, 0, 1)
@@ -62,26 +67,30 @@ def rl_step_profile(args, path, steps=4, argv=None, what=None):
     finally:
         for name, fn in originals.items():
             setattr(train, name, fn)
-    what = what or (f"train.py --init_from (flowrl, countdown, {P} prompts x 8 samples x up to {T} new tokens, "
-                    f"{args.dtype})")
+    precision = "bf16 weights, fp32 master" if a.bf16 and device.type == "cpu" else ("bf16" if a.bf16 else "fp32")
+    what = (what or f"train.py --init_from (flowrl, countdown, {P} prompts x 8 samples x up to {T} new tokens") + \
+        f", {precision})"
     print(f"\nOne RL step of {what}, per step; an evaluation ({len(problems)} prompts x {a.eval_k} samples) took "
           f"{t_eval:.2f} s; peak memory {peak_mb(device):,.0f} MB\n")
-    print("| step | rollout (s) | reference (s) | update (s) | rest of the step (s) | step (s) | tokens generated | "
-          "generated tokens/s (rollout) |")
-    print("|---|---|---|---|---|---|---|---|")
+    print("| step | rollout (s) | reference (s) | π_old, minibatches after the first (s) | update (s) | "
+          "rest of the step (s) | step (s) | tokens generated | generated tokens/s (rollout) |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for i, t in enumerate(times):
-        rest = t["step"] - t["rollout"] - t["reference"] - t["update"]
-        print(f"| {i + 1} | {t['rollout']:.3f} | {t['reference']:.3f} | {t['update']:.3f} | {rest:.3f} | "
-              f"{t['step']:.3f} | {t['tokens']:,} | {t['tokens'] / t['rollout']:.1f} |")
+        t["rest"] = t["step"] - t["rollout"] - t["reference"] - t["old"] - t["update"]
+        print(f"| {i + 1} | {t['rollout']:.3f} | {t['reference']:.3f} | {t['old']:.3f} | {t['update']:.3f} | "
+              f"{t['rest']:.3f} | {t['step']:.3f} | {t['tokens']:,} | {t['tokens'] / t['rollout']:.1f} |")
+    return times
 
 
 def bench_smollm2(args):
     """The real model (python train.py --preset smollm2): SmolLM2-135M-Instruct from its GGUF file, cold-started
-    (out_smollm2/coldstart.pt where the experiment made it, else made here). Our rollout against transformers'
-    generate on the same weights (saved as a Hugging Face directory), the same chat prompts (the 9 make_n eval
-    prompts x --samples), sampling (T = 1, no top-k or top-p) and stopping (its end-of-turn token, at most
-    --new_tokens), each credited with the tokens it generated (up to and including the stop token), medians of
-    --reps interleaved repetitions; then where one RL step's time goes, as train.py --preset smollm2 runs it."""
+    (out_smollm2/coldstart.pt where the experiment made it, else made here). First the numerics of bf16 against
+    fp32 on the cold start's own responses (bf16_numerics); then, in fp32 and in bf16 (our bf16 twin, transformers
+    loaded in bf16), our rollout against transformers' generate on the same weights (saved as a Hugging Face
+    directory), the same chat prompts (the 9 make_n eval prompts x --samples), sampling (T = 1, no top-k or top-p)
+    and stopping (its end-of-turn token, at most --new_tokens), each credited with the tokens it generated (up to
+    and including the stop token), medians of --reps interleaved repetitions; then where one RL step's time goes,
+    as train.py --preset smollm2 runs it, in fp32 and in bf16; last, the two side by side."""
     import config
     import starts
     import train
@@ -91,13 +100,85 @@ def bench_smollm2(args):
     a = config.parse_args(argv)
     with contextlib.redirect_stdout(io.StringIO()):
         warm, tok, task = starts.load_start(a, 0, 1, device)
+    warm.eval()
     problems = train.eval_problems(task, a.eval_prompts, a.seed)
     prompts = [tok.encode_prompt(p.prompt) for p in problems]
+    print(f"SmolLM2-135M-Instruct, the cold start of {a.out_dir}; {cpu_name()}, torch {torch.__version__} "
+          f"(CPU capability {torch.backends.cpu.get_cpu_capability()}, bf16 matrix instructions: "
+          f"{'yes' if cpu_has_bf16() else 'no'}), {args.device}, {torch.get_num_threads()} threads; run alone on the "
+          f"machine")
+    bf16_numerics(warm, tok, prompts, args, device)
+    tps = {}
     with tempfile.TemporaryDirectory() as d:
         save_pretrained(warm, d, "LlamaForCausalLM", tok.stop_ids)
         import transformers
-        theirs = transformers.AutoModelForCausalLM.from_pretrained(d, dtype=torch.float32).to(device).eval()
-    ours = warm.eval()
+        for dtype, name in ((torch.float32, "fp32"), (torch.bfloat16, "bf16")):
+            theirs = transformers.AutoModelForCausalLM.from_pretrained(d, dtype=dtype).to(device).eval()
+            ours = warm if dtype == torch.float32 else bf16_twin(warm).eval()
+            tps[name] = rollout_vs_transformers(ours, theirs, tok, prompts, args, device, name)
+            del theirs, ours
+    profiles = {}
+    for name in ("fp32", "bf16"):
+        profiles[name] = rl_step_profile(
+            args, args.run_dir, steps=args.reps, argv=argv + ["--no-paper_eval", f"--{'' if name == 'bf16' else 'no-'}bf16"],
+            what=f"train.py --preset smollm2 (flowrl, make_n, {a.batch_prompts} prompts x {a.group_size} samples x up "
+                 f"to {a.max_new_tokens} new tokens, {a.minibatches} minibatches")
+    print(f"\nfp32 against bf16, medians over the {args.reps} steps above (the rollout's rate: generated tokens per "
+          f"second, so that the two runs' different lengths do not count)\n")
+    print("| part | fp32 (s) | bf16 (s) | fp32 / bf16 |")
+    print("|---|---|---|---|")
+    med = lambda name, part: statistics.median(t[part] for t in profiles[name])
+    for part in ("reference", "old", "update", "rest", "step"):
+        label = {"old": "π_old (minibatches after the first)", "rest": "rest of the step"}.get(part, part)
+        f, b = med("fp32", part), med("bf16", part)
+        print(f"| {label} | {f:.2f} | {b:.2f} | {f / b:.2f}x |" if b > 0 else f"| {label} | {f:.2f} | {b:.2f} | |")
+    rate = lambda name: statistics.median(t["tokens"] / t["rollout"] for t in profiles[name])
+    print(f"| rollout (generated tokens/s) | {rate('fp32'):.1f} | {rate('bf16'):.1f} | {rate('bf16') / rate('fp32'):.2f}x |")
+    print(f"\nour rollout / transformers' generate, generated tokens per second: fp32 {tps['fp32']:.2f}x, "
+          f"bf16 {tps['bf16']:.2f}x")
+
+
+def cpu_name():
+    """The CPU's model name (Linux: /proc/cpuinfo), for the tables."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), "unknown CPU")
+    except OSError:
+        return "unknown CPU"
+
+
+@torch.no_grad()
+def bf16_numerics(warm, tok, prompts, args, device):
+    """bf16 against fp32 on the cold start's own responses (the eval prompts x --samples, sampled by the fp32 model
+    at T = 1): per-token log-prob difference of the bf16 twin from the fp32 model (mean and max over the response
+    tokens), the length-normalized sequence log-prob ℓ = (1/|y|)·log π(y|x) (FlowRL's ℓ_θ and ℓ_ref), and the
+    token-mean k3 KL estimate between the policy and π_ref at step 0: both bf16 (train.py's CPU bf16 path) and
+    an fp32 policy against a bf16 π_ref. Prints a table."""
+    import flowrl
+    ro = generate(warm, prompts, num_samples=args.samples, max_new_tokens=args.new_tokens, eos_id=tok.eos_id,
+                  stop_ids=tok.stop_ids, generator=torch.Generator(device=device).manual_seed(0))
+    twin = bf16_twin(warm).eval()
+    rows = len(prompts)
+    lp32, _ = chunked_logprobs(warm, ro, 1.0, rows, with_entropy=False)                     # (N, T)
+    lp16, _ = chunked_logprobs(twin, ro, 1.0, rows, with_entropy=False)
+    m, n = ro.mask, ro.mask.sum(-1)                                                         # (N, T), (N,)
+    d = (lp16 - lp32).abs()[m]
+    ell = lambda lp: lp.sum(-1) / n                                                         # (N,)
+    k3 = lambda pol, ref: ((flowrl.k3_kl(pol, ref) * m).sum() / m.sum()).item()
+    print(f"\nbf16 against fp32 on the cold start's responses ({ro.mask.shape[0]} responses of {len(prompts)} "
+          f"prompts, {int(m.sum()):,} tokens, sampled in fp32 at T = 1)\n")
+    print("| quantity | mean | max |")
+    print("|---|---|---|")
+    print(f"| per-token log-prob, bf16 − fp32 (abs) | {d.mean():.4f} | {d.max():.4f} |")
+    print(f"| ℓ = (1/|y|)·log π(y), bf16 − fp32 (abs) | {(ell(lp16) - ell(lp32)).abs().mean():.4f} | "
+          f"{(ell(lp16) - ell(lp32)).abs().max():.4f} |")
+    print(f"| k3 KL(π ‖ π_ref) at step 0, token mean: bf16 policy, bf16 π_ref | {k3(lp16, lp16):.2e} | |")
+    print(f"| the same, fp32 policy, bf16 π_ref | {k3(lp32, lp16):.2e} | |")
+
+
+def rollout_vs_transformers(ours, theirs, tok, prompts, args, device, name):
+    """Our generate against transformers' on the same weights and prompts, medians of --reps interleaved
+    repetitions after one warm-up each. Prints a table; returns our generated tokens per second over theirs."""
     L = max(map(len, prompts))
     ids = torch.tensor([[tok.eos_id] * (L - len(p)) + p for p in prompts], device=device)      # left-padded
     attn = torch.tensor([[0] * (L - len(p)) + [1] * len(p) for p in prompts], device=device)
@@ -122,20 +203,16 @@ def bench_smollm2(args):
     run_ours(), run_theirs()                                                  # warm-up
     rows = {"ours": [], "transformers": []}
     for _ in range(args.reps):                                                # interleaved
-        for name, fn in (("ours", run_ours), ("transformers", run_theirs)):
-            t, n = timed(fn, device)
-            rows[name].append((t, n))
-    print(f"\nSmolLM2-135M-Instruct (cold start of {a.out_dir}), {len(prompts)} chat prompts x {args.samples} samples, "
-          f"T = 1, up to {args.new_tokens} new tokens, stopping at its end-of-turn token, fp32, {args.device}, "
-          f"{torch.get_num_threads()} threads; medians of {args.reps} interleaved repetitions\n")
+        for who, fn in (("ours", run_ours), ("transformers", run_theirs)):
+            rows[who].append(timed(fn, device))
+    print(f"\nRollout, {name} on both sides: {len(prompts)} chat prompts x {args.samples} samples, T = 1, up to "
+          f"{args.new_tokens} new tokens, stopping at its end-of-turn token; medians of {args.reps} interleaved "
+          f"repetitions\n")
     print("| sampler | tokens generated (median) | time (s, median) | generated tokens/s (median) |")
     print("|---|---|---|---|")
     tps = {}
-    for name, r in rows.items():
-        tps[name] = statistics.median(n / t for t, n in r)
-        print(f"| {name} | {statistics.median(n for _, n in r):,.0f} | {statistics.median(t for t, _ in r):.2f} | "
-              f"{tps[name]:.1f} |")
-    print(f"\nours / transformers, generated tokens per second: {tps['ours'] / tps['transformers']:.2f}x")
-    rl_step_profile(args, args.run_dir, steps=args.reps, argv=argv + ["--no-paper_eval"],
-                    what=f"train.py --preset smollm2 (flowrl, make_n, {a.batch_prompts} prompts x {a.group_size} "
-                         f"samples x up to {a.max_new_tokens} new tokens, {a.minibatches} minibatches, fp32)")
+    for who, r in rows.items():
+        tps[who] = statistics.median(n / t for t, n in r)
+        print(f"| {who} ({name}) | {statistics.median(n for _, n in r):,.0f} | "
+              f"{statistics.median(t for t, _ in r):.2f} | {tps[who]:.1f} |")
+    return tps["ours"] / tps["transformers"]

@@ -9,9 +9,12 @@ import os
 
 import torch
 
+from model import cpu_has_bf16
 from rewards import TASKS
 
-ALGOS = ("flowrl", "flowrl_exact", "grpo", "grpo_kl", "dr_grpo", "dapo", "gspo", "reinforce_pp", "ppo")
+ALGOS = ("flowrl", "flowrl_exact", "grpo", "grpo_kl", "dr_grpo", "dapo", "gspo", "reinforce_pp", "ppo", "gflowrl",
+         "flowrl_token_old", "flowrl_token")
+DROPS_FLAT = ("dapo", "gflowrl")   # dynamic sampling by default: DAPO's, and GFlowRL's "filter groups: accuracy-based"
 GRPO_KL = 0.04    # grpo_kl's KL coefficient where --kl_coef is 0 (DeepSeekMath's β; table.py's grpo_kl0.04)
 MAX_NEW_TOKENS = {"make_n": 6, "add": 5, "countdown": 16}   # per-task default response budget
 PRESETS = {
@@ -52,7 +55,7 @@ def runs(args):
 
 def drops_flat_groups(args, algo):
     """Whether algo's batches go through dynamic sampling: --drop_flat_groups, or by default DAPO's."""
-    return args.drop_flat_groups if args.drop_flat_groups is not None else algo == "dapo"
+    return args.drop_flat_groups if args.drop_flat_groups is not None else algo in DROPS_FLAT
 
 
 class UserError(Exception):
@@ -109,8 +112,19 @@ def add_rl_flags(a):
     a("--prior", default="ref", choices=["ref", "old"], help="the log-prob in FlowRL's δ: π_ref's, or π_old's (the "
       "policy that sampled the batch: the authors' old_policy objective, docs/method.md M4.5)")
     a("--clip_eps", type=float, default=0.2, help="the PPO ratio clip ε of grpo, dr_grpo, reinforce_pp and ppo, and "
-      "dapo's lower one")
-    a("--clip_eps_high", type=float, default=0.28, help="dapo's upper ratio clip (clip-higher)")
+      "dapo's lower one; flowrl_token(_old): the token weight's lower bound 1 − ε (the authors' 0.2)")
+    a("--clip_eps_high", type=float, default=0.28, help="dapo's upper ratio clip (clip-higher); flowrl_token(_old): "
+      "the token weight's upper bound 1 + ε (the authors' 0.28)")
+    a("--gflowrl_beta", type=float, default=8.0, help="gflowrl's β (GFlowRL's value for 0/1 rewards; --reward_beta "
+      "stays the target p* the evaluation measures against)")
+    a("--gap_clip", default="0.2,0.28", help="gflowrl's flow-gap clip 'ε_low,ε_high' (Eq. 7: g clipped to [−ε_low, "
+      "ε_high]; default: the clip values of GFlowRL's hyper-parameter table), or 'none'")
+    a("--weight_cap", type=float, default=1.28, help="gflowrl's importance-weight cap (Eq. 8: w = min(ρ, cap), "
+      "detached; default 1 + 0.28, the table's upper clip)")
+    a("--gflowrl_z", default="mean", choices=["mean", "sum"], help="gflowrl's Eq. 4 log Z estimate over token-mean "
+      "log-probs (an independent reading's choice, as in Eq. 6) or summed ones (Eq. 4 as printed)")
+    a("--gflowrl_ratio", default="geometric", choices=["geometric", "sequence"], help="gflowrl's ρ: the "
+      "geometric-mean (length-normalized) ratio, after the paper's 'ratio scaling: geometric', or π_θ(y)/π_old(y)")
     a("--gspo_clip", default="3e-4,4e-4", help="gspo's sequence-ratio clip 'lo,hi': s clipped to [1 − lo, 1 + hi]")
     a("--length_norm", action=argparse.BooleanOptionalAction, default=None,
       help="FlowRL's length-normalized log-probs (default: on for flowrl, off for flowrl_exact)")
@@ -121,7 +135,8 @@ def add_rl_flags(a):
     a("--grad_clip", type=float, default=1.0, help="gradient-norm clip; 0 turns it off")
     a("--drop_flat_groups", action=argparse.BooleanOptionalAction, default=None,
       help="dynamic sampling (DAPO): drop the groups whose rewards are all equal and sample new prompts, up to "
-           "--refill_rounds more batches, until the batch is full (default: on for dapo, off for the others)")
+           "--refill_rounds more batches, until the batch is full (default: on for dapo and gflowrl, off for the "
+           "others)")
     a("--refill_rounds", type=int, default=10, help="--drop_flat_groups: extra sampling rounds per step at most")
     a("--stale", type=int, default=0, metavar="K", help="train each step on rollouts sampled K optimizer steps "
       "earlier (asynchronous RL's lag; π_old = the policy that sampled them); 0: on-policy sampling")
@@ -165,7 +180,11 @@ def add_run_flags(a):
     a("--out_dir", default="out", help="where runs are written")
     a("--tag", default="", help="suffix of the run directory: out_dir/<algo><tag> (to keep variants apart)")
     a("--resume", action="store_true", help="continue each algorithm from out_dir/<algo><tag>/ckpt.pt")
-    a("--bf16", action=argparse.BooleanOptionalAction, default=True, help="bf16 autocast on CUDA (ignored on CPU)")
+    a("--bf16", action=argparse.BooleanOptionalAction, default=None, help="bf16 matmuls with fp32 master weights "
+      "and AdamW state. CUDA: bf16 autocast (default: on). CPU: a bf16 copy of the policy, refreshed from the fp32 "
+      "weights after each optimizer step, samples, trains and evaluates, and π_ref is kept in bf16 (model.bf16_twin); "
+      "default: on for --init_from checkpoints where the CPU multiplies bf16 in hardware (AVX512-BF16 or AMX), off "
+      "for the from-scratch GPT (too small to gain; its exact metrics stay fp32); --no-bf16: fp32 throughout")
     a("--grad_checkpoint", action="store_true", help="activation checkpointing: less memory for one more forward")
     a("--compile", action="store_true", help="the rollout's decode step compiled with static shapes (torch.compile; "
       "CUDA graphs on CUDA); evaluation and training stay eager")
@@ -237,6 +256,13 @@ def parse_args(argv=None):
     for k, v in {**PRESETS["small"], **DEFAULTS, **PRESETS[args.preset], **larger}.items():
         if getattr(args, k) is None:            # the preset's value, else the defaults (small's model shape)
             setattr(args, k, v)
+    if args.bf16 is None:                       # CPU: bf16 for real checkpoints where the hardware has it
+        args.bf16 = dev.type == "cuda" or (args.init_from is not None and cpu_has_bf16())
+    elif args.bf16 and dev.type == "cpu" and not cpu_has_bf16():
+        raise UserError("--bf16: this CPU has no bf16 matrix instructions (AVX512-BF16 or AMX), where bf16 runs "
+                        "slower than fp32; use --no-bf16")
+    if args.bf16 and dev.type == "cpu" and args.fsdp:
+        raise UserError("--fsdp shards fp32 weights only on the CPU: add --no-bf16")
     if args.max_new_tokens is None:
         args.max_new_tokens = MAX_NEW_TOKENS[args.task] if args.init_from is None else 256
     if args.init_from is not None and args.init_from.lower().endswith(".gguf"):
@@ -256,6 +282,16 @@ def parse_args(argv=None):
             raise UserError(f"--clip must be 'lo,hi' (e.g. 0.8,1.2) or 'none', got {args.clip!r}")
         if len(args.clip_bounds) != 2 or not 0 <= args.clip_bounds[0] <= args.clip_bounds[1]:
             raise UserError(f"--clip needs 'lo,hi' with 0 <= lo <= hi, got {args.clip!r}")
+    args.gap_bounds = None
+    if args.gap_clip.strip().lower() != "none":
+        try:
+            args.gap_bounds = tuple(float(x) for x in args.gap_clip.split(","))
+        except ValueError:
+            raise UserError(f"--gap_clip must be 'ε_low,ε_high' (e.g. 0.2,0.28) or 'none', got {args.gap_clip!r}")
+        if len(args.gap_bounds) != 2 or min(args.gap_bounds) < 0:
+            raise UserError(f"--gap_clip needs 'ε_low,ε_high' with both >= 0, got {args.gap_clip!r}")
+    if args.weight_cap <= 0 or args.gflowrl_beta < 0:
+        raise UserError("--weight_cap must be > 0 and --gflowrl_beta >= 0")
     try:
         args.gspo_bounds = tuple(float(x) for x in args.gspo_clip.split(","))
     except ValueError:

@@ -55,6 +55,13 @@ VARIANTS = {
     "flowrl_exact_wfree": ("flowrl_exact", ["--clip", "none"]),
     "flowrl_exact_group_wfree": ("flowrl_exact", ["--logz", "group", "--clip", "none"]),
     "flowrl_exact_logz0_wfree": ("flowrl_exact", ["--logz", "none", "--clip", "none"]),
+    # after the paper (docs/method.md M10): GFlowRL as read (filtering on by default, or off; the gap clip
+    # off) and the authors' token-level objectives
+    "gflowrl": ("gflowrl", []),
+    "gflowrl_nofilter": ("gflowrl", ["--no-drop_flat_groups"]),
+    "gflowrl_noclip": ("gflowrl", ["--gap_clip", "none"]),
+    "flowrl_token_old": ("flowrl_token_old", []),
+    "flowrl_token": ("flowrl_token", []),
 }
 
 

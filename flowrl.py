@@ -392,3 +392,77 @@ def ppo_loss(logprobs, old_logprobs, mask, advantages, values, returns, *, clip_
     v_loss = 0.5 * ((values - returns.detach()).pow(2) * mask).sum() / n
     return pg_loss + vf_coef * v_loss, {"value_loss": v_loss.item(),
                                         "clip_frac": ((clipped.to(mask.dtype) * mask).sum() / mask.sum()).item()}
+
+
+# ---------------------------------------------------------------------------------------------
+# M10 After the paper: GFlowRL (as read from its text by an independent implementation) and the
+# authors' own token-level objectives (Xuekai-Zhu/verl_FlowRL, branches async-flowrl and no-log-z)
+
+def gflowrl_loss(logprobs, old_logprobs, ref_logprobs, mask, rewards, *, group_size, beta=8.0,
+                 gap_clip=(0.2, 0.28), weight_cap=1.28, z_length_norm=True, ratio="geometric"):
+    """GFlowRL ("Scaling Distribution-Matching RL to Large Language Models", arXiv 2607.13394), its Eq. 4,
+    6, 7, 8 as an independent reading gives them (docs/method.md M10; its own code is not published):
+
+        log Z(x) = (1/G) Σ_j [β·r_j + ℓ_ref(y_j) − ℓ_old(y_j)]          Eq. 4, detached (a group estimate)
+        g_i      = log Z(x) + ℓ_old(y_i) − ℓ_ref(y_i) − β·r_i             Eq. 6, the flow gap (a constant)
+        g̃_i      = clip(g_i, −ε_low, +ε_high)                             Eq. 7
+        L        = (1/N) Σ_i w_i·(g̃_i + ℓ_θ(y_i) − ℓ_old(y_i))²           Eq. 8
+        w_i      = min(ρ_i, weight_cap), detached; ρ_i = exp(ℓ_θ − ℓ_old) (ratio="geometric": ℓ the token
+                   mean, the geometric-mean ratio) or π_θ(y_i)/π_old(y_i) (ratio="sequence": summed log-probs)
+
+    ℓ is the token mean of the log-probs over the mask in Eq. 6 and 8 (the paper's 1/|y|); z_length_norm:
+    the same in Eq. 4 (the reading's choice; the paper's Eq. 4 has no 1/|y|), else summed there. Unclipped,
+    g_i + ℓ_θ − ℓ_old is FlowRL's δ with a group log Z; on-policy (ℓ_θ = ℓ_old, w = 1) the gradient is
+    2·g̃_i·∇ℓ_θ(y_i)/N. rewards: raw (0/1 here; the paper's β = 8 is for 0/1 rewards). gap_clip: (ε_low,
+    ε_high) or None (no clip). All (N, T) / (N,); gradients reach logprobs only. Returns (loss, stats):
+    log_z (mean Eq. 4 estimate), tb_residual (mean squared unclipped residual), is_weight (mean w),
+    clip_frac (share of w capped), gap_abs (mean |g|), gap_clip_frac (share of g clipped)."""
+    if ratio not in ("geometric", "sequence"):
+        raise ValueError(f"ratio must be 'geometric' or 'sequence', got {ratio!r}")
+    m = mask.to(logprobs.dtype)
+    l_theta = masked_mean(logprobs, m)                                                # (N,)
+    l_old, l_ref = masked_mean(old_logprobs.detach(), m), masked_mean(ref_logprobs.detach(), m)
+    z_old = l_old if z_length_norm else masked_sum(old_logprobs.detach(), m)
+    z_ref = l_ref if z_length_norm else masked_sum(ref_logprobs.detach(), m)
+    r = rewards.detach().to(l_theta.dtype)
+    log_z = (beta * r + z_ref - z_old).view(-1, group_size).mean(1).repeat_interleave(group_size)   # Eq. 4
+    gap = log_z + l_old - l_ref - beta * r                                            # Eq. 6, (N,)
+    gap_c = gap if gap_clip is None else gap.clamp(-gap_clip[0], gap_clip[1])         # Eq. 7
+    log_rho = (l_theta if ratio == "geometric" else masked_sum(logprobs, m)).detach() - \
+        (l_old if ratio == "geometric" else masked_sum(old_logprobs.detach(), m))
+    rho = log_rho.exp()
+    w = rho.clamp(max=weight_cap)                                                     # (N,)
+    loss = (w * (gap_c + l_theta - l_old).pow(2)).mean()                              # Eq. 8
+    d = (gap + l_theta - l_old).detach()
+    stats = {"log_z": log_z.mean(), "tb_residual": d.pow(2).mean(), "is_weight": w.mean(),
+             "clip_frac": (rho > weight_cap).float().mean(), "gap_abs": gap.abs().mean(),
+             "gap_clip_frac": (gap != gap_c).float().mean()}
+    return loss, dict(zip(stats, torch.stack([v.float() for v in stats.values()]).tolist()))
+
+
+def flowrl_token_loss(logprobs, old_logprobs, mask, advantages, *, beta=15.0, clip=(0.8, 1.28), old_prior=True,
+                      token_count=None):
+    """The authors' token-level objectives (Xuekai-Zhu/verl_FlowRL, recipe/flowrl/flowrl_objectives.py::
+    compute_flowrl_old_policy_no_log_z_token_level; docs/method.md M10), a squared residual per token:
+
+        e_t = log π_θ(y_t) − β·A − log π_old(y_t)     old_prior=True  (branch async-flowrl: flowrl_token_old)
+        e_t = log π_θ(y_t) − β·A                      old_prior=False (branch no-log-z: flowrl_token)
+        L   = Σ_t w_t·e_t² / (tokens in the batch),   w_t = clamp(π_θ(y_t)/π_old(y_t), *clip), detached
+
+    with A = r − mean_group(r) per sequence (group_center, no std), no log Z and no π_ref. On-policy
+    (π_θ = π_old, w = 1) the gradient is −2β·A·∇log π_θ(y_t) per token with old_prior (token-level
+    REINFORCE with a group-mean baseline), and adds 2·log π_θ(y_t)·∇log π_θ(y_t) without it: a push of
+    every sampled token's probability toward 1 (A = 0 in all-equal groups leaves that term alone).
+    advantages: (N,); token_count: the divisor of the token mean (default: mask.sum()). Returns (loss,
+    stats): clip_frac (share of tokens whose weight is clamped), is_weight (mean w), residual (mean e_t)."""
+    m = mask.to(logprobs.dtype)
+    e = logprobs - beta * advantages.detach()[:, None].to(logprobs.dtype)             # (N, T)
+    if old_prior:
+        e = e - old_logprobs.detach()
+    ratio = (logprobs.detach() - old_logprobs.detach()).clamp(-20.0, 20.0).exp()      # (N, T)
+    w = ratio.clamp(clip[0], clip[1])
+    n = m.sum() if token_count is None else token_count
+    loss = (w * e.pow(2) * m).sum() / n
+    stats = {"clip_frac": ((w != ratio).float() * m).sum() / m.sum(), "is_weight": (w * m).sum() / m.sum(),
+             "residual": (e.detach() * m).sum() / m.sum()}
+    return loss, dict(zip(stats, torch.stack([v.float() for v in stats.values()]).tolist()))

@@ -239,15 +239,21 @@ def sequence_logprobs(model, rollout, temperature=1.0, return_hidden=False, with
     last, h_prompt = model(rollout.prompt[first], valid=rollout.prompt_mask[first], prefix=prefix,
                            return_hidden=True, logits_from=Tp - 1)                   # (P, 1, V), (P, Tp, C)
     logits, h = model(rollout.response, prefix=prefix.select(inverse), return_hidden=True)  # (N, T, V), (N, T, C)
-    logits = torch.cat([last.index_select(0, inverse), logits[:, :-1]], dim=1)   # (N, T, V): predicts response
-    if temperature > 0 and temperature != 1.0:   # x / 1.0 is x: no (N, T, V) copy in the graph at T = 1
-        logits = logits / temperature
-    logp_all = F.log_softmax(logits, dim=-1)                                         # (N, T, V)
-    logprobs = logp_all.gather(2, rollout.response[..., None])[..., 0] * rollout.mask   # (N, T)
-    entropy = None
-    if with_entropy:                            # H = −Σ_v p·log p, 8 rows at a time: no extra (N, T, V) tensor
-        with torch.no_grad():
-            entropy = torch.cat([-(lp.exp() * lp).sum(-1) for lp in logp_all.split(8)]) * rollout.mask  # (N, T)
+    # the first response token is predicted by the prompt's last position, the others by the response's own:
+    # two pieces, scored apart (a cat of the (N, T, V) logits would copy them all once more)
+    pieces = (last.index_select(0, inverse), logits[:, :-1])                         # (N, 1, V), (N, T-1, V)
+    targets = (rollout.response[:, :1], rollout.response[:, 1:])                     # (N, 1), (N, T-1)
+    logprobs, entropy = [], []
+    for x, y in zip(pieces, targets):
+        if temperature > 0 and temperature != 1.0:   # x / 1.0 is x: no (N, T, V) copy in the graph at T = 1
+            x = x / temperature
+        logp_all = F.log_softmax(x, dim=-1)                                          # (N, t, V)
+        logprobs.append(logp_all.gather(2, y[..., None])[..., 0])                    # (N, t)
+        if with_entropy:                        # H = −Σ_v p·log p, 8 rows at a time: no extra (N, t, V) tensor
+            with torch.no_grad():
+                entropy.append(torch.cat([-(lp.exp() * lp).sum(-1) for lp in logp_all.split(8)]))
+    logprobs = torch.cat(logprobs, dim=1) * rollout.mask                             # (N, T)
+    entropy = torch.cat(entropy, dim=1) * rollout.mask if with_entropy else None     # (N, T)
     if not return_hidden:
         return logprobs, entropy
     return logprobs, entropy, torch.cat([h_prompt.index_select(0, inverse), h], dim=1)   # h: (N, Tp+T, C)

@@ -20,30 +20,36 @@ from config import UserError
 from gguf_io import ARCHITECTURES as GGUF_ARCHITECTURES
 from gguf_io import is_gguf, load_gguf, save_tokenizer
 from hf import architecture, from_pretrained, save_pretrained
-from model import GPT, GPTConfig, autocast
+from model import GPT, GPTConfig, autocast, bf16_twin, grads_to_master, refresh_twin
 from rewards import ALPHABET, get_task
 from rollout import from_tokens, sequence_logprobs
 from tokenizer import CheckpointError, Tokenizer
 
 
-def supervised(model, tok, draw, steps, lr, batch, warmup, device, name):
+def supervised(model, tok, draw, steps, lr, batch, warmup, device, name, cpu_bf16=False):
     """Next-token prediction on the responses of `batch` (prompt text, response text) pairs a step, drawn
     by draw(); the prompt in the model's format (tok.encode_prompt), the response ended by eos; AdamW
-    with linear warm-up and cosine decay, gradient norm clipped at 1."""
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
+    with linear warm-up and cosine decay, gradient norm clipped at 1. cpu_bf16: the forward and backward
+    in a bf16 twin of model, which stays the fp32 master AdamW steps (model.bf16_twin, train.py --bf16)."""
+    twin = bf16_twin(model).train() if cpu_bf16 else model
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0, fused=True if cpu_bf16 else None)
     t0 = time.time()
     for step in range(steps):
         pairs = [draw() for _ in range(batch)]
         batch_t = from_tokens([tok.encode_prompt(p) for p, _ in pairs],
                               [tok.encode(a) + [tok.eos_id] for _, a in pairs], tok.eos_id, device)
-        logprobs, _ = sequence_logprobs(model, batch_t)                               # (B, T)
+        logprobs, _ = sequence_logprobs(twin, batch_t, with_entropy=False)            # (B, T)
         loss = -(logprobs.sum() / batch_t.mask.sum())
         opt.zero_grad(set_to_none=True)
         loss.backward()
+        if cpu_bf16:
+            grads_to_master(twin, model)
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         for g in opt.param_groups:
             g["lr"] = lr * min(1.0, (step + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * step / steps))
         opt.step()
+        if cpu_bf16:
+            refresh_twin(model, twin)
         if step % max(1, steps // 4) == 0 or step == steps - 1:
             print(f"{name} {step:5d}/{steps} loss {loss.item():.4f} ({time.time() - t0:.0f}s)", flush=True)
     return model
@@ -91,6 +97,9 @@ def cold_start(args, task, tok, model, device):
     key = {"init_from": src, "size": sum(os.path.getsize(os.path.join(r, f)) for r, _, fs in os.walk(src) for f in fs)
            if os.path.isdir(src) else os.path.getsize(src),
            **{k: getattr(args, k) for k in ("task", "seed", "warm_steps", "warm_noise", "warm_lr")}}
+    cpu_bf16 = device.type == "cpu" and args.bf16
+    if cpu_bf16:                        # made in bf16 (the twin), so not the fp32 cold start of the same settings
+        key["precision"] = "bf16"
     if os.path.exists(path):
         ck = load_checkpoint(path)
         if ck.get("key") == key:
@@ -104,7 +113,7 @@ def cold_start(args, task, tok, model, device):
     model.train()
     with autocast(device, args.bf16):
         supervised(model, tok, draw, args.warm_steps, args.warm_lr, COLD_BATCH, max(1, args.warm_steps // 8), device,
-                   "cold start")
+                   "cold start", cpu_bf16)
     model.eval()
     os.makedirs(args.out_dir, exist_ok=True)
     save_atomic({"model": model.state_dict(), "key": key}, path)

@@ -23,6 +23,7 @@ Outputs: out/<algo>/{metrics.jsonl, samples.jsonl, ckpt.pt, hf/}, out/summary.js
 out/compare.png; a warm start out/warmstart.pt, or a checkpoint's cold start out/coldstart.pt.
 """
 
+import copy
 import gc
 import json
 import os
@@ -36,7 +37,7 @@ import flowrl
 from checkpoint import (Sampled, append_jsonl, log_record, new_run, open_wandb, resume, save_checkpoint, truncate_log,
                         write_summary)
 from config import UserError, drops_flat_groups, parse_args, runs
-from evaluate import decode_responses, eval_problems, evaluate, final_table, summarize
+from evaluate import decode_responses, enumerable, eval_problems, evaluate, final_table, summarize
 from model import GPT, autocast
 from parallel import (all_sum, full_states, gather_objects, gather_rows, gathered, mean_over_ranks,
                       setup_distributed)
@@ -56,6 +57,7 @@ class Batch:
     ref_logprobs: torch.Tensor  # (N, T) under π_ref (zeros with --no_ref)
     old_logprobs: torch.Tensor  # (N, T) under π_old, the policy before this step's updates (None: update sets it)
     entropy: torch.Tensor      # (N, T) token entropy of π_old (a metric; None: update sets it)
+    old_from_update: bool      # the first minibatch's π_old (and entropy) is the first update's own forward
     adv: torch.Tensor = None   # (N, T) per-token advantages (reinforce_pp, ppo)
     returns: torch.Tensor = None  # (N, T) value targets (ppo)
     keys: torch.Tensor = None  # (N,) prompt keys of the log Z table (--logz table)
@@ -80,9 +82,10 @@ def rollout_policy_pass(args, run, ro, row_sets):
     """π_old as the training forward computes it (docs/method.md M4.3): the log-probs the importance
     weights divide by, recomputed without gradients before any update, minibatch by minibatch as the
     first epoch will run them, so that on-policy w = 1 exactly (the sampler's cached decode differs
-    in rounding, in bf16 by far more). Also the token entropy (a metric) and PPO's old values. Needed
-    only where a batch gets more than one update or a target needs π_old before the update
-    (REINFORCE++'s KL reward, PPO's values); otherwise the update's own forward is π_old."""
+    in rounding, in bf16 by far more). Also the token entropy (a metric) and PPO's old values, on the
+    rows of row_sets (zeros elsewhere). Needed for the minibatches after the first where a batch gets
+    more than one update, and for every row where a target needs π_old before the update (REINFORCE++'s
+    KL reward, PPO's values); the first update's own forward is π_old for its rows."""
     old, entropy = torch.zeros_like(ro.logprobs), torch.zeros_like(ro.logprobs)          # (N, T)
     values = torch.zeros_like(ro.logprobs) if run.algo == "ppo" else None
     for rows in row_sets:
@@ -165,16 +168,22 @@ def prepare(args, run, task, problems, ro, scores, step, world, behaviour=None, 
     P, G = len(problems), args.group_size
     rewards = torch.tensor([s["reward"] for s in scores], device=ro.mask.device)          # (N,)
     old = entropy = old_values = None           # one on-policy update: update() takes π_old from its own forward
+    from_update = behaviour is None
+    sets = minibatches(args, P, step, 0, ro.mask.device)                                  # the first epoch's
     if behaviour is not None:
         old, entropy, old_values = behaviour
-    elif args.epochs > 1 or args.minibatches > 1 or run.algo in ("reinforce_pp", "ppo"):
-        old, entropy, old_values = rollout_policy_pass(args, run, ro, minibatches(args, P, step, 0, ro.mask.device))
+    elif run.algo in ("reinforce_pp", "ppo"):   # their targets need every row's π_old before the update
+        old, entropy, old_values = rollout_policy_pass(args, run, ro, sets)
+        from_update = False
+    elif args.epochs > 1 or args.minibatches > 1:   # the later minibatches' π_old, taken before any update
+        old, entropy, old_values = rollout_policy_pass(args, run, ro, sets[1:])
     ref_logprobs, _ = chunked_logprobs(run.ref, ro, args.temperature, rows_per_chunk(args, world),
                                        with_entropy=False)                                        # (N, T)
     if args.no_ref:
         ref_logprobs = torch.zeros_like(ref_logprobs)
-    b = Batch(problems, ro, scores, rewards, flowrl.group_normalize(rewards, G), ref_logprobs, old, entropy)
-    if run.algo.startswith("flowrl") and flowrl.FORMS[run.algo]["init_log_z"] and step == 0 and run.head is not None:
+    b = Batch(problems, ro, scores, rewards, flowrl.group_normalize(rewards, G), ref_logprobs, old, entropy,
+              from_update)
+    if run.algo in flowrl.FORMS and flowrl.FORMS[run.algo]["init_log_z"] and step == 0 and run.head is not None:
         everyone = gather_rows(rewards if init_rewards is None else init_rewards.to(rewards.device), world)
         # log Z starts at log E_ref[exp(β·r)], docs/method.md M6
         init = flowrl.log_partition_init(everyone, len(everyone), args.reward_beta).item()
@@ -186,7 +195,7 @@ def prepare(args, run, task, problems, ro, scores, step, world, behaviour=None, 
     if run.algo == "ppo":
         kl_reward = -args.kl_coef * (old - ref_logprobs) * ro.mask                        # KL in the reward
         b.adv, b.returns = flowrl.gae(rewards, old_values, ro.mask, token_rewards=kl_reward)
-    if run.algo.startswith("flowrl") and args.logz == "table":
+    if run.algo in flowrl.FORMS and args.logz == "table":
         b.keys = torch.tensor([prompt_key(task, problems[i // G]) for i in range(len(scores))], device=rewards.device)
     return b
 
@@ -195,7 +204,7 @@ def algo_loss(args, run, b, rows, mb, logprobs, h):
     """The loss of one minibatch (the rows of b in mb), where the algorithms differ
     (docs/method.md M4, M6, M7). logprobs: (n, T) under π_θ with gradients; h: (n, Tp + T, C)."""
     Tp, G = mb.prompt.shape[1], args.group_size
-    if run.algo.startswith("flowrl"):
+    if run.algo in flowrl.FORMS:
         form = flowrl.flowrl_form(run.algo, args.length_norm)
         r = b.r_hat[rows] if form["reward"] == "group_normalized" else b.rewards[rows]
         prior = (b.old_logprobs if args.prior == "old" else b.ref_logprobs)[rows]      # (n, T): π_old or π_ref
@@ -223,6 +232,15 @@ def algo_loss(args, run, b, rows, mb, logprobs, h):
     count, total = None, None                   # token means and whitening over the global batch
     if run.world > 1:
         count, total = all_sum(mb.mask.sum()) / run.world, all_sum
+    if run.algo == "gflowrl":                   # docs/method.md M10: Eq. 4, 6, 7, 8 as read
+        return flowrl.gflowrl_loss(logprobs, b.old_logprobs[rows], b.ref_logprobs[rows], mb.mask, b.rewards[rows],
+                                   group_size=G, beta=args.gflowrl_beta, gap_clip=args.gap_bounds,
+                                   weight_cap=args.weight_cap, z_length_norm=args.gflowrl_z == "mean",
+                                   ratio=args.gflowrl_ratio)
+    if run.algo in ("flowrl_token_old", "flowrl_token"):   # the authors' token-level objectives (M10)
+        return flowrl.flowrl_token_loss(logprobs, b.old_logprobs[rows], mb.mask, flowrl.group_center(b.rewards[rows], G),
+                                        beta=args.reward_beta, clip=(1 - args.clip_eps, 1 + args.clip_eps_high),
+                                        old_prior=run.algo == "flowrl_token_old", token_count=count)
     if run.algo == "dapo":
         return flowrl.dapo_loss(logprobs, b.old_logprobs[rows], mb.mask, b.r_hat[rows], clip_eps=args.clip_eps,
                                 clip_eps_high=args.clip_eps_high, token_count=count)
@@ -251,17 +269,20 @@ def update(args, run, b, step, world):
     Returns the loss stats of every applied minibatch and their gradient norms."""
     stats, grad_norms, skipped = {}, [], False
     for epoch in range(args.epochs):
-        for rows in minibatches(args, len(b.problems), step, epoch, b.rewards.device):
+        for i, rows in enumerate(minibatches(args, len(b.problems), step, epoch, b.rewards.device)):
             mb = b.ro.select(rows)
-            on_policy = b.old_logprobs is None          # the one update of the step: π_old is this forward's π_θ
+            first = b.old_from_update and epoch == 0 and i == 0   # before any update: this forward's π_θ is π_old
             logprobs, entropy, h = sequence_logprobs(run.train_policy, mb, args.temperature, return_hidden=True,
-                                                     with_entropy=on_policy)
-            if on_policy:
+                                                     with_entropy=first)
+            if first and b.old_logprobs is None:        # the one update of the step: every row's π_old
                 b.old_logprobs, b.entropy = logprobs.detach(), entropy
+            elif first:                                 # the first of several: its rows' (prepare took the rest)
+                b.old_logprobs[rows], b.entropy[rows] = logprobs.detach(), entropy
             loss, st = algo_loss(args, run, b, rows, mb, logprobs, h)
             st = {**st, **ratio_spread(logprobs.detach(), b.old_logprobs[rows], mb.mask)}
             run.opt.zero_grad(set_to_none=True)
             loss.backward()
+            run.after_backward()                        # CPU bf16: the twin's gradients onto the fp32 master
             gn = torch.nn.utils.clip_grad_norm_(run.params, args.grad_clip if args.grad_clip > 0 else float("inf"))
             gn = gn.full_tensor() if hasattr(gn, "full_tensor") else gn                   # FSDP: a DTensor
             if not (torch.isfinite(loss) and torch.isfinite(gn)):
@@ -269,6 +290,7 @@ def update(args, run, b, step, world):
                 skipped = True
                 continue
             run.opt.step()
+            run.after_step()                            # CPU bf16: the twin refreshed, one cast per weight
             grad_norms.append(gn.item())
             for k, v in st.items():
                 stats.setdefault(k, []).append(v)
@@ -300,12 +322,18 @@ def train_record(args, run, b, upd, dt, world, device):
     if device.type == "cuda":                   # the step's peak, then reset for the next step
         rec["memory/peak_gb"] = torch.cuda.max_memory_allocated(device) / 1e9
         torch.cuda.reset_peak_memory_stats(device)
-    if run.algo.startswith("flowrl"):
+    if run.algo in flowrl.FORMS:
         rec.update({"log_z/mean": mean("log_z"), "tb_residual/mean": mean("tb_residual"),
                     "is_weight/mean": mean("is_weight"),       # δ's terms and the equal-reward groups' part
                     "delta/logp_minus_ref": mean("logp_minus_ref"), "delta/beta_reward_abs": mean("beta_reward"),
                     "flat_groups/grad_share": mean("flat_grad_share"),
                     "flat_groups/delta_abs": mean("flat_delta_abs")})
+    if run.algo == "gflowrl":
+        rec.update({"log_z/mean": mean("log_z"), "tb_residual/mean": mean("tb_residual"),
+                    "is_weight/mean": mean("is_weight"), "gflowrl/gap_abs": mean("gap_abs"),
+                    "gflowrl/gap_clip_frac": mean("gap_clip_frac")})
+    if run.algo in ("flowrl_token_old", "flowrl_token"):
+        rec.update({"is_weight/mean": mean("is_weight"), "token/residual": mean("residual")})
     rec["clip_frac"] = mean("clip_frac")
     rec["is_ratio/token_std"], rec["is_ratio/seq_std"] = mean("ratio_token_std"), mean("ratio_seq_std")
     if drops_flat_groups(args, run.algo):
@@ -350,12 +378,34 @@ def learned_log_z(args, run, tok, task, problems):
     return z
 
 
-def run_eval(args, run, tok, task, problems, step, device, run_dir, wb, write=True):
+def run_eval(args, run, tok, task, problems, step, device, run_dir, wb, write=True, start_evals=None):
     """Evaluate, append the record to metrics.jsonl and a few prompts' completions to samples.jsonl.
-    Under FSDP every process evaluates (its forwards are collective) and rank 0 alone writes."""
+    Under FSDP every process evaluates (its forwards are collective) and rank 0 alone writes.
+    start_evals: a dict shared by the algorithms of one train.py command. Their step-0 policies are the
+    same start, and an evaluation draws from its own seeded stream, so the first algorithm's step-0
+    records are every algorithm's: kept there and reused (not where the record holds a learned log Z)."""
     log_z = None
-    if run.algo.startswith("flowrl") and run.head is not None:
+    if run.algo in flowrl.FORMS and run.head is not None:
         log_z = lambda ps: learned_log_z(args, run, tok, task, ps)
+    share = start_evals is not None and step == 0 and not (log_z is not None and enumerable(task, tok))
+    if share and "records" in start_evals:
+        rec, paper = copy.deepcopy(start_evals["records"])
+    else:
+        rec, paper = evaluate_now(args, run, tok, task, problems, step, device, log_z)
+        if share:
+            start_evals["records"] = copy.deepcopy((rec, paper))
+    if not write:
+        return
+    for sample in rec.pop("samples"):
+        append_jsonl(os.path.join(run_dir, "samples.jsonl"), sample)
+    log_record(os.path.join(run_dir, "metrics.jsonl"), {"algo": run.algo, **rec}, wb)
+    if paper is not None:
+        log_record(os.path.join(run_dir, "metrics.jsonl"), {"algo": run.algo, **paper}, wb)
+
+
+def evaluate_now(args, run, tok, task, problems, step, device, log_z):
+    """The eval record at T = 1 and, with --paper_eval at the start and the end, the one at the paper's
+    setting (T = 0.6, top-p 0.95; else None)."""
     with autocast(device, args.bf16), gathered(run.policy), gathered(run.ref):
         rec = evaluate(run.policy, tok, task, problems, k=args.eval_k, max_new_tokens=args.max_new_tokens,
                        seed=args.seed, step=step, chunk_rows=rows_per_chunk(args), beta=args.reward_beta,
@@ -367,16 +417,10 @@ def run_eval(args, run, tok, task, problems, step, device, run_dir, wb, write=Tr
                              seed=args.seed, step=step, chunk_rows=rows_per_chunk(args), beta=args.reward_beta,
                              temperature=0.6, top_p=0.95)
         paper["kind"] = "eval_paper"
-    if not write:
-        return
-    for sample in rec.pop("samples"):
-        append_jsonl(os.path.join(run_dir, "samples.jsonl"), sample)
-    log_record(os.path.join(run_dir, "metrics.jsonl"), {"algo": run.algo, **rec}, wb)
-    if paper is not None:
-        log_record(os.path.join(run_dir, "metrics.jsonl"), {"algo": run.algo, **paper}, wb)
+    return rec, paper
 
 
-def train_algo(args, algo, warm, tok, task, device, rank=0, world=1):
+def train_algo(args, algo, warm, tok, task, device, rank=0, world=1, start_evals=None):
     run_dir = os.path.join(args.out_dir, algo + args.tag)
     metrics, ckpt = os.path.join(run_dir, "metrics.jsonl"), os.path.join(run_dir, "ckpt.pt")
     is_main = rank == 0                                       # rank 0 alone writes files
@@ -394,7 +438,7 @@ def train_algo(args, algo, warm, tok, task, device, rank=0, world=1):
     problems_eval = eval_problems(task, args.eval_prompts, args.seed)
     wb = open_wandb(args, algo + args.tag) if is_main else None
     if start == 0 and (is_main or args.fsdp):
-        run_eval(args, run, tok, task, problems_eval, 0, device, run_dir, wb, write=is_main)
+        run_eval(args, run, tok, task, problems_eval, 0, device, run_dir, wb, write=is_main, start_evals=start_evals)
     t_run = time.time()
     for step in range(start, args.steps):
         t0 = time.time()
@@ -425,7 +469,7 @@ def train_algo(args, algo, warm, tok, task, device, rank=0, world=1):
             if is_main:
                 save_checkpoint(ckpt, run, s, args, samplers, states)
     if is_main:                                 # the trained policy in the format every other tool reads
-        policy = run.policy
+        policy = run.weights
         if args.fsdp:                           # one process's full copy, from the last checkpoint's state
             policy = GPT(run.policy.config)
             policy.load_state_dict(states[0])
@@ -460,9 +504,9 @@ def main(argv=None):
     t_start = time.time() - t0                  # loading, and the warm or cold start
     warm.grad_checkpointing = args.grad_checkpoint
     print(f"model: {warm.num_params() / 1e6:.2f}M parameters on {device}")
-    summary = {}
+    summary, start_evals = {}, {}
     for algo, tag, run_args in specs:
-        run_dir = train_algo(run_args, algo, warm, tok, task, device, rank, world)
+        run_dir = train_algo(run_args, algo, warm, tok, task, device, rank, world, start_evals)
         if world > 1:
             torch.distributed.barrier()
         summary[algo + tag] = summarize(run_dir)

@@ -39,7 +39,8 @@ def read(path):
 @pytest.mark.parametrize("algo", config.ALGOS)
 def test_tiny_end_to_end_run(tmp_path, algo):
     out = str(tmp_path)
-    summary = train.main(TINY + ["--algo", algo, "--out_dir", out])
+    extra = ["--no-drop_flat_groups"] if algo == "gflowrl" else []    # its loss on every step (dapo: the refills)
+    summary = train.main(TINY + ["--algo", algo, "--out_dir", out] + extra)
     rows = read(os.path.join(out, algo, "metrics.jsonl"))
     tr = [r for r in rows if r["kind"] == "train"]
     ev = [r for r in rows if r["kind"] == "eval"]
@@ -49,8 +50,11 @@ def test_tiny_end_to_end_run(tmp_path, algo):
         assert all("reward/mean" not in r for r in tr if r["dynamic/kept_groups"] == 0)
         tr = [r for r in tr if r["dynamic/kept_groups"] > 0]
     for r in tr:
-        flowrl_keys = ["log_z/mean", "tb_residual/mean", "is_weight/mean"] if algo.startswith("flowrl") else []
-        for k in TRAIN_KEYS + flowrl_keys:
+        own = {"gflowrl": ["log_z/mean", "tb_residual/mean", "is_weight/mean", "gflowrl/gap_abs",
+                           "gflowrl/gap_clip_frac"], "flowrl_token_old": ["is_weight/mean", "token/residual"],
+               "flowrl_token": ["is_weight/mean", "token/residual"]}
+        own_keys = ["log_z/mean", "tb_residual/mean", "is_weight/mean"] if algo in flowrl.FORMS else own.get(algo, [])
+        for k in TRAIN_KEYS + own_keys:
             assert k in r, k
             assert not isinstance(r[k], float) or math.isfinite(r[k]), (k, r[k])
     for r in ev:
