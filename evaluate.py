@@ -243,14 +243,22 @@ def summarize(run_dir):
 
 def final_table(summary, k, n_prompts, grad_clip):
     """The table train.py prints at the end: one row per run, each number once; the last column, where
-    every run has it, is the accuracy at the paper's sampling setting (T=0.6, top-p 0.95)."""
-    paper = all("paper_accuracy" in s for s in summary.values())
+    every run has it, is the accuracy at the paper's sampling setting (T=0.6, top-p 0.95). A column whose
+    value is the same for every one of several runs is said once, under the table, instead."""
+    cols = [("accuracy", "accuracy", 9, ".3f"), (f"pass@{k}", "pass@k", 8, ".3f"),
+            ("distinct", "distinct_correct", 9, ".2f"), ("effective", "effective_correct", 10, ".2f"),
+            ("entropy", "entropy", 8, ".3f")]
+    if all("paper_accuracy" in s for s in summary.values()):
+        cols.append(("acc T=0.6", "paper_accuracy", 10, ".3f"))
+    same = {c[0] for c in cols if len(summary) > 1 and len({format(s[c[1]], c[3]) for s in summary.values()}) == 1}
+    shown = [c for c in cols if c[0] not in same]
     lines = [f"\nfinal eval ({n_prompts} prompts x {k} samples at T=1; grad clip {grad_clip}); accuracy = "
              f"mean over the samples = pass@1; effective = exp(entropy of π over correct answers):",
-             f"{'algo':14s} {'accuracy':>9s} {'pass@' + str(k):>8s} {'distinct':>9s} {'effective':>10s} "
-             f"{'entropy':>8s}" + (f" {'acc T=0.6':>10s}" if paper else "")]
+             f"{'algo':14s}" + "".join(f" {h:>{w}s}" for h, _, w, _ in shown)]
     for algo, s in summary.items():
-        lines.append(f"{algo:14s} {s['accuracy']:9.3f} {s['pass@k']:8.3f} {s['distinct_correct']:9.2f} "
-                     f"{s['effective_correct']:10.2f} {s['entropy']:8.3f}"
-                     + (f" {s['paper_accuracy']:10.3f}" if paper else ""))
+        lines.append(f"{algo:14s}" + "".join(f" {s[key]:{w}{f}}" for _, key, w, f in shown))
+    if same:
+        first = next(iter(summary.values()))
+        lines.append("the same for every run: " + ", ".join(f"{h} {first[key]:{f}}" for h, key, _, f in cols
+                                                             if h in same))
     return "\n".join(lines)
