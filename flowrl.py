@@ -119,7 +119,7 @@ def flowrl_loss(logprobs, old_logprobs, ref_logprobs, mask, rewards, log_z, *, b
     (M6, FORMS). Gradients reach logprobs and log_z only; old_logprobs, ref_logprobs and rewards are
     constants. clip: (lo, hi) bounds of w, or None (the paper writes 1 ± ε without a value; [0.8, 1.2] is
     our default). weight="one": w ≡ 1 on whatever rows were sampled, trajectory balance as GFlowNets train
-    it off-policy (docs/method.md M4.3); "ratio": the weight above. The prior in δ is whatever log-probs
+    it off-policy (docs/method.md M4.5); "ratio": the weight above. The prior in δ is whatever log-probs
     come as ref_logprobs: π_ref's, or π_old's for the authors' `old_policy` objective (--prior old).
     The official code takes the reward term as the token mean of the (constant per token)
     advantage, which equals r̂ here.

@@ -212,7 +212,7 @@ def algo_loss(args, run, b, rows, mb, logprobs, h):
             log_z = flowrl.group_log_z(logprobs, prior, mb.mask, r, args.reward_beta, G, form["length_norm"])
         elif args.logz == "table":
             log_z = run.train_head(b.keys[rows])
-        elif args.logz == "none":               # δ without a log Z term (docs/method.md M5)
+        elif args.logz == "none":               # δ without a log Z term (docs/method.md M4.4)
             log_z = torch.zeros(len(rows), device=logprobs.device)
         else:
             log_z = run.train_head(h[:, :Tp], mb.prompt_mask)
