@@ -15,7 +15,7 @@ from rewards import TASKS
 ALGOS = ("flowrl", "flowrl_exact", "grpo", "grpo_kl", "dr_grpo", "dapo", "gspo", "reinforce_pp", "ppo", "gflowrl",
          "flowrl_token_old", "flowrl_token")
 DROPS_FLAT = ("dapo", "gflowrl")   # dynamic sampling by default: DAPO's, and GFlowRL's "filter groups: accuracy-based"
-GRPO_KL = 0.04    # grpo_kl's KL coefficient where --kl_coef is 0 (DeepSeekMath's β; table.py's grpo_kl0.04)
+GRPO_KL = 0.04    # grpo_kl's KL coefficient where --kl_coef is 0 (DeepSeekMath's β; experiments/table.py's grpo_kl0.04)
 MAX_NEW_TOKENS = {"make_n": 6, "add": 5, "countdown": 16}   # per-task default response budget
 PRESETS = {
     # the CPU default: a 2-layer, 64-wide GPT, 2,000 steps: long enough to see practical FlowRL narrow

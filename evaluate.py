@@ -201,7 +201,7 @@ def evaluate(model, tok, task, problems, *, k, max_new_tokens, seed, step, chunk
     for j in sorted({2 ** i for i in range(k.bit_length()) if 2 ** i <= k} | {k}):
         out[f"pass@{j}"] = sum(pass_at_k(k, c, j) for c in n_correct) / len(problems)
     out["pass@k"], out["k"] = out[f"pass@{k}"], k
-    out["correct_counts"] = n_correct            # per prompt, of k: pass@j for any j <= k (passk.py)
+    out["correct_counts"] = n_correct            # per prompt, of k: pass@j for any j <= k (experiments/passk.py)
     out["distinct_correct"] = sum(len(c) for c in correct) / len(correct)
     out["entropy"] = (ent.sum() / ro.mask.sum()).item()
     if enumerable(task, tok):                     # exact, from the policy's probabilities (and π_ref's)

@@ -8,7 +8,7 @@ and the size of each term of FlowRL's δ.
     python plot.py out/flowrl out/flowrl_exact out/grpo_kl out/grpo --seeds_table docs/table.json -o compare.png
     python plot.py out/flowrl out/grpo --windows 100 400 1000 2000   # the mechanism as a table instead
 
-Reads each run's metrics.jsonl (and table.py's table.json where given); no imports from the rest of the project.
+Reads each run's metrics.jsonl (and experiments/table.py's table.json where given); no imports from the rest of the project.
 """
 
 import argparse
@@ -72,13 +72,13 @@ def finite(xs):
     return [x if x is not None and not math.isnan(x) else float("nan") for x in xs]
 
 
-# a run directory's row in table.py's 3-seed table where the names differ (the main job's grpo_kl is KL 0.04)
+# a run directory's row in experiments/table.py's 3-seed table where the names differ (the main job's grpo_kl is KL 0.04)
 SEED_ROWS = {"grpo_kl": "grpo_kl0.04"}
 
 
 def seed_bars(path):
     """{variant: (step, mean, sample std, seeds)} of the final effective number of correct answers in
-    table.py's table.json (the main job's setting, several seeds), drawn as error bars beside the curves."""
+    experiments/table.py's table.json (the main job's setting, several seeds), drawn as error bars beside the curves."""
     with open(path) as f:
         d = json.load(f)
     return {n: (d["steps"], *row["final"]["effective_correct"]) for n, row in d["table"].items()}
@@ -203,7 +203,7 @@ def main():
                    "markdown file to write the table to (default: print only)")
     p.add_argument("--title", default=None, help="figure title")
     p.add_argument("--seeds_table", default=None, metavar="TABLE_JSON",
-                   help="table.py's table.json: draw each run's 3-seed final effective number as an error bar")
+                   help="experiments/table.py's table.json: draw each run's 3-seed final effective number as an error bar")
     p.add_argument("--windows", type=int, nargs="+", default=None, metavar="END",
                    help="instead of a figure: print the mechanism's means over the step windows ending at each END")
     args = p.parse_args()

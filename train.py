@@ -530,7 +530,7 @@ def main(argv=None):
             wb.log({"compare": wandb.Image(fig)})
             wb.finish()
     wall = time.time() - t0
-    if not args.no_summary:                     # beside summary.json (realmodel.py reads it)
+    if not args.no_summary:                     # beside summary.json (experiments/realmodel.py reads it)
         with open(os.path.join(args.out_dir, "timing.json"), "w") as f:
             json.dump({"total_wall_time_s": wall, "start_s": t_start, "runs": list(summary), "device": str(device),
                        "threads": torch.get_num_threads(), "seed": args.seed}, f, indent=2)

@@ -1,4 +1,4 @@
-"""bench.py's GPU suite runs end to end on the CPU with tiny shapes (so that on a GPU it runs the first
+"""benchmarks/bench.py's GPU suite runs end to end on the CPU with tiny shapes (so that on a GPU it runs the first
 time), writing each part's table to its own file; the real-lengths checkpoint stops at many lengths."""
 
 import os
@@ -9,7 +9,7 @@ import tempfile
 import pytest
 import torch
 
-import bench
+from benchmarks import bench
 from hf import from_pretrained
 from rollout import generate
 from conftest import HANG
@@ -34,7 +34,7 @@ def test_stopping_checkpoint_gives_a_spread_of_lengths():
 @pytest.mark.slow
 def test_gpu_suite_smoke_run_on_the_cpu(tmp_path):
     out = str(tmp_path / "suite")
-    p = subprocess.run([sys.executable, os.path.join(ROOT, "bench.py"), "--gpu_suite", "--tiny", "--out", out],
+    p = subprocess.run([sys.executable, "-m", "benchmarks.bench", "--gpu_suite", "--tiny", "--out", out],
                        capture_output=True, text=True, timeout=HANG, cwd=ROOT,
                        env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert p.returncode == 0, p.stderr[-3000:]

@@ -11,11 +11,7 @@ import re
 import pytest
 
 import evaluate
-import figure1
-import offpolicy
-import passk
-import realmodel
-import table
+from experiments import figure1, offpolicy, passk, realmodel, table
 from rewards import get_task
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -1,4 +1,4 @@
-"""staleness.py, the sweep of issue 32: which variants run at which K, that each parses as train.py flags,
+"""experiments/staleness.py, the sweep of issue 32: which variants run at which K, that each parses as train.py flags,
 and the table it writes from finished runs (fake metrics here: the sweep itself takes hours)."""
 
 import json
@@ -7,8 +7,7 @@ import os
 import pytest
 
 import config
-import experiments
-import staleness
+from experiments import common as experiments, staleness
 
 
 def test_the_sweep_runs_every_factor_at_every_k_and_the_rest_where_asked():

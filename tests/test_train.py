@@ -10,7 +10,7 @@ import torch
 import config
 import evaluate
 import flowrl
-import passk
+from experiments import passk
 import train
 from conftest import HANG
 

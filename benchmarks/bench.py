@@ -1,12 +1,12 @@
 """
 Throughput, side by side: rollout.generate against transformers' generate on identical weights, the
 machine's matmul rate at the decode step's shapes, and the FlowRL training step against GRPO's; then
-the rollout with real response lengths. Other modes: --trl (bench_trl.py), --smollm2 (bench_real.py),
+the rollout with real response lengths. Other modes: --trl (benchmarks/bench_trl.py), --smollm2 (benchmarks/bench_real.py),
 --gpu_suite, --qwen05b, --cache_vs_nocache, --memory_table, --make_checkpoint (docs/performance.md,
 docs/scaling.md).
 
-    python bench.py                 # CPU, fp32 (about 9 minutes on 2 cores)
-    python bench.py --device cuda --dtype bf16
+    python -m benchmarks.bench                 # CPU, fp32 (about 9 minutes on 2 cores)
+    python -m benchmarks.bench --device cuda --dtype bf16
 
 Both samplers load the same random weights, saved in the Hugging Face layout. Repetitions are
 interleaved (ours, theirs, ours, ...) after a warm-up, and medians are reported.
@@ -26,6 +26,7 @@ import time
 import torch
 
 import flowrl
+from benchmarks.common import peak_mb, raise_eos, sync, timed
 from hf import from_pretrained
 from model import autocast
 from rollout import generate, sequence_logprobs
@@ -39,17 +40,6 @@ SHAPES = {
 }
 
 
-def sync(device):
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-
-
-def timed(fn, device):
-    sync(device)
-    t0 = time.perf_counter()
-    out = fn()
-    sync(device)
-    return time.perf_counter() - t0, out
 
 
 def save_random(kind, cfg, path):
@@ -82,11 +72,6 @@ def matmul_rate(shapes, rows, device, dtype, reps):
     times = [timed(run, device)[0] for _ in range(reps * 5)]
     return flops / statistics.median(times)
 
-
-def peak_mb(device):
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated() / 2 ** 20
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 10      # process peak RSS (Linux: KiB)
 
 
 QWEN25 = {  # the Qwen2.5 family's config.json values: hidden, layers, heads, KV heads, MLP, vocab, tied
@@ -278,14 +263,6 @@ def save_stopping(path, eos, p_stop=1 / 60, seed=0):
     return transformers.AutoModelForCausalLM.from_pretrained(path)
 
 
-def raise_eos(gpt2, eos, p_stop):
-    """In place: the final LayerNorm's bias 2 along axis 0 and the tied EOS embedding along it, raising
-    EOS's logit by log(p_stop·V) on average."""
-    with torch.no_grad():
-        gpt2.transformer.ln_f.bias.zero_()[0] = 2.0
-        gpt2.transformer.wte.weight[eos] = 0.0
-        gpt2.transformer.wte.weight[eos, 0] = math.log(p_stop * gpt2.config.vocab_size) / 2.0
-
 
 REAL_LENGTH_SAMPLERS = {   # our sampler with and without its two savings, on the same rows
     "ours": {},
@@ -436,14 +413,14 @@ def make_checkpoint(path, shape, cfg=None):
 
 
 def gpu_suite(args, out_dir):
-    """Every GPU figure in one command (python bench.py --gpu_suite --out DIR; --tiny: tiny shapes, for a
+    """Every GPU figure in one command (python -m benchmarks.bench --gpu_suite --out DIR; --tiny: tiny shapes, for a
     smoke run on the CPU), each part written to DIR/<part>.md as it ends and timed into DIR/suite.md:
     the 0.5B-shaped rollout against transformers and the card's limits, the real-lengths rollout, the
     per-part profile of a real-scale RL step, the RL step against TRL (skipped where trl is missing)."""
     os.makedirs(out_dir, exist_ok=True)
     device = torch.device(args.device)
     dev = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({os.cpu_count()} cores)"
-    lines = [f"bench.py --gpu_suite on {dev}, {args.dtype}, torch {torch.__version__}"
+    lines = [f"benchmarks/bench.py --gpu_suite on {dev}, {args.dtype}, torch {torch.__version__}"
              f"{' (--tiny: smoke-run shapes, no figure to read)' if args.tiny else ''}", "",
              "| part | file | wall (s) |", "|---|---|---|"]
 
@@ -467,11 +444,11 @@ def gpu_suite(args, out_dir):
     with tempfile.TemporaryDirectory() as d:
         with contextlib.redirect_stdout(io.StringIO()):
             make_checkpoint(d, "qwen2.5-0.5b", tiny_qwen25() if args.tiny else None)
-        from bench_real import rl_step_profile
+        from benchmarks.bench_real import rl_step_profile
         run("rl_step", lambda: rl_step_profile(args, d))
     try:
         import trl  # noqa: F401
-        from bench_trl import trl_table
+        from benchmarks.bench_trl import trl_table
         args.real_lengths, args.reps = True, (1 if args.tiny else 10)
         run("trl_step", lambda: trl_table(args))
     except ImportError:
@@ -539,7 +516,7 @@ def main():
     if args.make_checkpoint:
         return make_checkpoint(args.make_checkpoint, args.shape)
     if args.trl:
-        from bench_trl import trl_table
+        from benchmarks.bench_trl import trl_table
         return trl_table(args)
     if args.memory_table:
         return memory_table()
@@ -548,7 +525,7 @@ def main():
     if args.qwen05b:
         return bench_qwen05b(args)
     if args.smollm2:
-        from bench_real import bench_smollm2
+        from benchmarks.bench_real import bench_smollm2
         return bench_smollm2(args)
     device = torch.device(args.device)
     dtype = torch.float32 if args.dtype == "fp32" else torch.bfloat16

@@ -4,8 +4,8 @@ FlowRL (both forms), the reward maximizers and the ablations from one warm start
 exactly how far each policy ends from the target p* ∝ π_ref·exp(β·r) (raw 0/1 reward, β of the
 run: 15 unless the variant says otherwise), and how close FlowRL's learned log Z comes to the true one.
 
-    python figure1.py                       # every variant below, 2 at a time (2-core CPU: about 9 minutes)
-    python figure1.py --only flowrl_exact grpo --steps 400
+    python -m experiments.figure1                       # every variant below, 2 at a time (2-core CPU: about 9 minutes)
+    python -m experiments.figure1 --only flowrl_exact grpo --steps 400
 
 Writes out_fig1/<variant>/metrics.jsonl (with kl_to_target, kl_from_target, log_z_abs_err over
 steps), out_fig1/figure1.json (the summary), out_fig1/figure1.md (its table) and out_fig1/figure1.png.
@@ -20,7 +20,7 @@ import time
 
 import torch
 
-from experiments import VARIANTS, read_evals, run_all, wall_record
+from experiments.common import VARIANTS, read_evals, run_all, wall_record
 
 MAIN = ["flowrl_exact", "flowrl", "grpo", "grpo_kl0.04", "reinforce_pp", "ppo"]
 ABLATIONS = ["flowrl_exact_no_ref", "flowrl_no_ref", "flowrl_exact_beta5", "flowrl_exact_beta2", "flowrl_beta5",
@@ -102,7 +102,7 @@ def draw(out_dir, summary, dists, prompts_n, path):
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
     fig.suptitle("Figure 1 trained for real: make_n, a 2-layer GPT, exact enumeration of every answer "
-                 "(python figure1.py; 2 CPU cores)")
+                 "(python -m experiments.figure1; 2 CPU cores)")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)

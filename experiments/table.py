@@ -4,9 +4,9 @@ The README's results table: the main job's settings (make_n, the small preset: 2
 and the causal test of FlowRL's recovery (the "_dyn" rows: the all-equal-reward groups dropped), several seeds;
 mean ± std of the final eval and of the eval at matched accuracy (the first eval with accuracy >= 0.9).
 
-    python table.py                          # 15 runs x 3 seeds, 2 at a time (2-core CPU: about 70 minutes)
-    python table.py --seeds 0 --steps 200
-    python table.py --warm_skew 2 --names flowrl flowrl_exact grpo grpo_kl0.04 --out_dir out_skew
+    python -m experiments.table                          # 15 runs x 3 seeds, 2 at a time (2-core CPU: about 70 minutes)
+    python -m experiments.table --seeds 0 --steps 200
+    python -m experiments.table --warm_skew 2 --names flowrl flowrl_exact grpo grpo_kl0.04 --out_dir out_skew
 
 Writes <out_dir>/seed<S>/<variant>/..., <out_dir>/table.json and <out_dir>/table.md.
 """
@@ -15,7 +15,7 @@ import os
 import time
 
 from evaluate import summarize
-from experiments import experiment_parser, mean_std, read_evals, run_all, wall_record, write_results
+from experiments.common import experiment_parser, mean_std, read_evals, run_all, wall_record, write_results
 
 NAMES = ["flowrl", "flowrl_exact", "grpo", "grpo_kl0.01", "grpo_kl0.04", "grpo_kl0.1", "dr_grpo", "dapo", "gspo",
          "reinforce_pp", "ppo", "flowrl_no_ref", "flowrl_dyn", "flowrl_exact_dyn", "grpo_kl0.04_dyn"]

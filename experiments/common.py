@@ -1,5 +1,5 @@
 """
-The runner shared by the experiment scripts (figure1.py, table.py): named variants of train.py's
+The runner shared by the experiment scripts (experiments/figure1.py, experiments/table.py): named variants of train.py's
 flags, the warm start made once per seed before anything runs in parallel, a pool of runs side by
 side (one thread each), and one reader of a run's metrics. Runs side by side write only their own
 run directory (--no_summary: never the shared summary.json).
@@ -44,7 +44,7 @@ VARIANTS = {
     "flowrl_dyn": ("flowrl", ["--drop_flat_groups"]),
     "flowrl_exact_dyn": ("flowrl_exact", ["--drop_flat_groups"]),
     "grpo_kl0.04_dyn": ("grpo", ["--kl_coef", "0.04", "--drop_flat_groups"]),
-    # off-policy (offpolicy.py): log Z learned by the head (the names above), the group's estimate, or none;
+    # off-policy (experiments/offpolicy.py): log Z learned by the head (the names above), the group's estimate, or none;
     # the importance weight clipped (the names above) or not ("_wfree")
     "flowrl_group": ("flowrl", ["--logz", "group"]),
     "flowrl_logz0": ("flowrl", ["--logz", "none"]),
@@ -122,8 +122,8 @@ def experiment_parser(doc, names, steps, out_dir):
 def wall_record(times, t0, root):
     """The wall time of an experiment's runs, for its json: the total since t0, each run's (run_all's
     {(name, out_dir): seconds}, keyed "<out_dir relative to root>/<name>") and the command that ran them."""
-    return {"total_s": round(time.time() - t0, 1), "command": " ".join(["python", os.path.basename(sys.argv[0])]
-                                                                       + sys.argv[1:]),
+    module = "experiments." + os.path.splitext(os.path.basename(sys.argv[0]))[0]      # run as python -m <module>
+    return {"total_s": round(time.time() - t0, 1), "command": " ".join(["python", "-m", module] + sys.argv[1:]),
             "runs_s": {f"{os.path.relpath(d, root)}/{n}": round(t, 1) for (n, d), t in times.items()}}
 
 

@@ -16,8 +16,8 @@ effective # correct, KL(π‖p*) (exact, over the answer tree, p* ∝ π_ref·ex
 100 training steps the spread of the importance ratio (std over rows of π_θ(y)/π_old(y)) and the clip
 fraction (of weights, tokens or sequences, each algorithm's own).
 
-    python offpolicy.py                          # 15 + 8 + 8 variants x 3 seeds, 500 steps, 2 at a time: 72 min
-    python offpolicy.py --setting updates --seeds 0 --steps 200 --names flowrl flowrl_logz0 grpo
+    python -m experiments.offpolicy                          # 15 + 8 + 8 variants x 3 seeds, 500 steps, 2 at a time: 72 min
+    python -m experiments.offpolicy --setting updates --seeds 0 --steps 200 --names flowrl flowrl_logz0 grpo
 
 Writes <out_dir>/<setting>/seed<S>/<variant>/..., <out_dir>/offpolicy.json and <out_dir>/offpolicy.md.
 """
@@ -26,7 +26,7 @@ import os
 import time
 
 from evaluate import summarize
-from experiments import experiment_parser, mean_std, read_evals, run_all, wall_record, write_results
+from experiments.common import experiment_parser, mean_std, read_evals, run_all, wall_record, write_results
 
 SETTINGS = {"updates": ["--minibatches", "4", "--epochs", "2"], "stale": ["--stale", "4"], "onpolicy": []}
 WHAT = {"updates": "4 minibatches x 2 epochs per batch", "stale": "rollouts 4 optimizer steps stale",

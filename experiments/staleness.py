@@ -7,8 +7,8 @@ size (at K = 4 the policy's and the head's learning rates divided by 3 and 10, "
 the same rates on-policy). The authors' later objective with π_old in place of π_ref and no log Z
 ("_old", verl_FlowRL's compute_flowrl_old_policy_no_log_z) runs at K = 0 and 4; grpo and dr_grpo beside.
 
-    python staleness.py          # every variant below x 3 seeds, 500 steps, 2 at a time: 348 runs, ~2.3 h on 2 cores
-    python staleness.py --seeds 0 --steps 100 --ks 0 4 --names flowrl flowrl_w1 grpo
+    python -m experiments.staleness          # every variant below x 3 seeds, 500 steps, 2 at a time: 348 runs, ~2.3 h on 2 cores
+    python -m experiments.staleness --seeds 0 --steps 100 --ks 0 4 --names flowrl flowrl_w1 grpo
 
 Writes <out_dir>/K<k>/seed<S>/<variant>/..., <out_dir>/staleness.{json,md,png}.
 """
@@ -16,9 +16,8 @@ Writes <out_dir>/K<k>/seed<S>/<variant>/..., <out_dir>/staleness.{json,md,png}.
 import os
 import time
 
-import experiments
-import offpolicy
-from experiments import experiment_parser, read_evals, run_all, wall_record, write_results
+from experiments import common, offpolicy
+from experiments.common import experiment_parser, read_evals, run_all, wall_record, write_results
 
 KS = [0, 1, 2, 4, 8]
 LOGZ = {"": [], "_group": ["--logz", "group"], "_logz0": ["--logz", "none"]}
@@ -29,7 +28,7 @@ SWEEP |= {"grpo": ("grpo", []), "dr_grpo": ("dr_grpo", [])}
 OLD = {f + "_old": (f, ["--prior", "old", "--logz", "none"]) for f in ("flowrl", "flowrl_exact")}
 STEP = {f + s: (f, ["--lr", f"{3e-4 / d:.6g}", "--logz_lr", f"{0.1 / d:.6g}"])
         for f in ("flowrl", "flowrl_exact", "grpo") for s, d in LR.items()}
-experiments.VARIANTS.update(SWEEP | OLD | STEP)   # module level: the spawned workers import it too
+common.VARIANTS.update(SWEEP | OLD | STEP)   # module level: the spawned workers import it too
 FINAL, TRAIN, HEAD = offpolicy.FINAL, offpolicy.TRAIN, offpolicy.HEAD
 SEED_KEYS = ["accuracy", "format", "correct_mass", "effective_correct", "kl_to_target", "log_z/learned",
              "log_z_true"]
@@ -141,7 +140,7 @@ def draw(table, ks, seeds, path, finals):
         row[2].set_yscale("log")
         row[0].legend(fontsize=7)
     fig.suptitle(f"FlowRL with stale rollouts (make_n, 500 steps; lines: mean ± std over seeds {seeds}, dots: each "
-                 f"seed; python staleness.py)")
+                 f"seed; python -m experiments.staleness)")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

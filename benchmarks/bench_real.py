@@ -1,7 +1,7 @@
 """
 The real model (docs/performance.md, "A real model on the CPU"): SmolLM2-135M-Instruct's rollout against
 transformers' generate, and where one RL step of train.py's time goes (rl_step_profile, also a part of
---gpu_suite). `python bench.py --smollm2` runs it.
+--gpu_suite). `python -m benchmarks.bench --smollm2` runs it.
 """
 
 import contextlib
@@ -13,7 +13,7 @@ import time
 
 import torch
 
-from bench import peak_mb, timed
+from benchmarks.common import peak_mb, timed
 from model import autocast, bf16_twin, cpu_has_bf16
 from rollout import chunked_logprobs, generate
 

@@ -6,8 +6,8 @@ incentivize reasoning capacity beyond the base model?" (Yue et al., 2025): does 
 raise pass@1 but fall below the warm start at large k, and does FlowRL keep the large-k coverage?
 Beside it, answer length over training (flowrl with and without --length_norm, beside grpo).
 
-    python passk.py                          # 7 variants x 3 seeds, 2 at a time (2-core CPU: about 33 minutes)
-    python passk.py --seeds 0 --steps 100    # a quick look
+    python -m experiments.passk                          # 7 variants x 3 seeds, 2 at a time (2-core CPU: about 33 minutes)
+    python -m experiments.passk --seeds 0 --steps 100    # a quick look
 
 Writes out_passk/seed<S>/<variant>/..., out_passk/passk.json, out_passk/passk.md, out_passk/passk.png.
 """
@@ -18,7 +18,7 @@ import time
 
 from config import drops_flat_groups, parse_args
 from evaluate import pass_at_k
-from experiments import VARIANTS, experiment_parser, mean_std, previous_wall, read_evals, run_all, wall_record
+from experiments.common import VARIANTS, experiment_parser, mean_std, previous_wall, read_evals, run_all, wall_record
 from plot import smooth
 
 NAMES = ["flowrl", "flowrl_nolen", "flowrl_exact", "grpo", "dr_grpo", "dapo", "gspo"]
@@ -109,7 +109,7 @@ def draw(curves, series, seeds, path):
         a.grid(alpha=0.3)
         a.legend(fontsize=8)
     fig.suptitle(f"countdown: does training keep the warm start's large-k coverage? "
-                 f"(lines: mean over seeds {seeds}; bands: their range; python passk.py)")
+                 f"(lines: mean over seeds {seeds}; bands: their range; python -m experiments.passk)")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

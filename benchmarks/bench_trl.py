@@ -1,6 +1,6 @@
 """
 One RL step of ours against TRL's GRPOTrainer on the same checkpoint, prompts, reward and lengths
-(docs/performance.md, "One RL step against TRL"): `python bench.py --trl [--real_lengths]` runs it.
+(docs/performance.md, "One RL step against TRL"): `python -m benchmarks.bench --trl [--real_lengths]` runs it.
 """
 
 import contextlib
@@ -13,7 +13,7 @@ import time
 
 import torch
 
-from bench import raise_eos, sync
+from benchmarks.common import raise_eos, sync
 
 
 def tiny_qwen2(path, problems_text, real_lengths=False):
