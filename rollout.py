@@ -112,6 +112,9 @@ def generate(model, prompts, *, num_samples, max_new_tokens, temperature=1.0, to
     G = num_samples
     ids, valid = left_pad(prompts, eos_id, device)                                  # (P, Tp)
     P, Tp = ids.shape
+    if Tp + max_new_tokens > model.config.block_size:
+        raise ValueError(f"a prompt of {Tp} tokens plus max_new_tokens={max_new_tokens} exceeds the model's "
+                         f"block_size={model.config.block_size}: lower --max_new_tokens")
     stops = torch.tensor(tuple(stop_ids) if stop_ids else (eos_id,), device=device)
     N = P * G
     if share_prompt is None:

@@ -544,3 +544,8 @@ if __name__ == "__main__":
     except UserError as e:
         print(f"train.py: error: {e}", file=sys.stderr)
         sys.exit(2)
+    except ValueError as e:                     # a prompt longer than the model takes (rollout.generate)
+        if "exceeds the model's block_size" not in str(e):
+            raise
+        print(f"train.py: error: {e}", file=sys.stderr)
+        sys.exit(2)

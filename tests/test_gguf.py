@@ -279,6 +279,7 @@ def test_real_smollm2_file_equals_transformers(tmp_path):
 def test_train_from_a_gguf_file_cold_starts_and_exports(tmp_path):
     """--init_from FILE.gguf with a cold start: flowrl and grpo_kl train from it, the paper-setting evals are
     written, and each policy exports as a directory transformers loads with the GGUF file's tokenizer."""
+    import checkpoint
     import hf
     import train
     tokenizer = bpe()
@@ -295,7 +296,7 @@ def test_train_from_a_gguf_file_cold_starts_and_exports(tmp_path):
     assert [r["step"] for r in paper] == [0, 2] and paper[0]["temperature"] == 0.6 and paper[0]["top_p"] == 0.95
     assert all(0 <= r["format"] <= 1 and r["length"] > 0 for r in rows if r["kind"].startswith("eval"))
     assert any(r["kind"] == "train" and r["kl_ref"] >= 0 for r in rows)
-    ck = torch.load(os.path.join(out, "grpo_kl", "ckpt.pt"), weights_only=False)
+    ck = checkpoint.load_checkpoint(os.path.join(out, "grpo_kl", "ckpt.pt"))         # as the project loads it
     assert ck["config"]["kl_coef"] == 0.04 and ck["config"]["tag"] == "_kl"
     timing = json.load(open(os.path.join(out, "timing.json")))
     assert timing["runs"] == ["flowrl", "grpo_kl"] and timing["total_wall_time_s"] > timing["start_s"] > 0

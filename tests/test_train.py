@@ -154,6 +154,16 @@ def test_bad_input_exits_2_with_one_line(argv, needle):
     assert len(lines) == 1 and needle in lines[0] and "Traceback" not in p.stderr, p.stderr
 
 
+def test_a_prompt_longer_than_the_model_takes_exits_2_with_one_line(tmp_path):
+    """make_n's prompt plus 100 new tokens exceeds the small GPT's 64 positions: one line naming the flag."""
+    p = subprocess.run([sys.executable, os.path.join(ROOT, "train.py"), "--max_new_tokens", "100", "--warm_steps", "1",
+                        "--steps", "1", "--algo", "grpo", "--no_plot", "--out_dir", str(tmp_path)],
+                       capture_output=True, text=True, cwd=ROOT, timeout=HANG)
+    assert p.returncode == 2, p.stderr
+    lines = p.stderr.strip().splitlines()
+    assert len(lines) == 1 and "block_size=64" in lines[0] and "--max_new_tokens" in lines[0], p.stderr
+
+
 def test_preset_follows_the_device(monkeypatch):
     """No --preset: the small one on a CPU (2,000 steps), the large one where CUDA is the device; an
     explicit --preset or flag wins."""
