@@ -9,3 +9,10 @@ torch.set_num_threads(min(2, torch.get_num_threads()))
 # a subprocess's timeout catches a hang, never the pace of the code: a loaded 2-core machine runs these
 # several times slower than an idle one, and the whole suite must still pass there
 HANG = 1800
+
+# Hypothesis draws the same examples on every run (derandomized) and keeps no example database between runs,
+# so that a run's result depends on the code alone
+from hypothesis import settings  # noqa: E402
+
+settings.register_profile("repeatable", derandomize=True, database=None)
+settings.load_profile("repeatable")

@@ -296,6 +296,23 @@ def test_grpo_hand_computed():
     assert lp.grad[0, 1].item() == pytest.approx(0.5 * (-1.0 + 0.1 * (1 - 0.5)) / 2)
 
 
+def test_dr_grpo_kl_term_is_the_k3_token_sum_over_the_budget():
+    """dr_grpo_loss with a KL coefficient adds c·Σ_t k3_t / budget per row (then the row mean), k3_t = e^q − q − 1,
+    q = log π_ref − log π_θ: by hand on two rows of different lengths, and its gradient c·(1 − e^q)/budget/N."""
+    lp = torch.tensor([[math.log(0.5), math.log(0.25)], [math.log(0.6), 0.0]], requires_grad=True)
+    ref = torch.tensor([[math.log(0.25), math.log(0.5)], [math.log(0.3), 0.0]])
+    mask = torch.tensor([[1, 1], [1, 0]], dtype=torch.bool)
+    adv = torch.zeros(2)                                       # the policy-gradient term is zero: only the KL is left
+    c, budget = 0.1, 4
+    loss, st = dr_grpo_loss(lp, lp.detach(), ref, mask, adv, budget=budget, kl_coef=c)
+    k3 = lambda pi, pr: pr / pi - math.log(pr / pi) - 1
+    want = ((k3(0.5, 0.25) + k3(0.25, 0.5)) / budget + k3(0.6, 0.3) / budget) / 2 * c
+    assert loss.item() == pytest.approx(want, rel=1e-12)
+    loss.backward()
+    assert lp.grad[0, 1].item() == pytest.approx(c * (1 - 0.5 / 0.25) / budget / 2, rel=1e-12)
+    assert lp.grad[1, 1].item() == 0.0                         # masked
+
+
 def test_group_center_and_dr_grpo_hand_computed():
     assert group_center(torch.tensor([1.0, 0.0, 0.0, 1.0, 1.0, 1.0]), 3).tolist() == pytest.approx(
         [2 / 3, -1 / 3, -1 / 3, 0.0, 0.0, 0.0])

@@ -1,6 +1,5 @@
 import math
 import random
-import time
 from fractions import Fraction
 
 import pytest
@@ -32,15 +31,17 @@ HOSTILE = [
 
 @pytest.mark.parametrize("expr", HOSTILE)
 def test_hostile_inputs_never_break_anything(expr):
-    v = safe_eval(expr)
-    assert v is None or isinstance(v, Fraction)
+    """Each hostile input's expected value is None (a power, a name, a unary minus, a leading zero, a
+    non-ASCII digit, a value or a length past the bounds...), and no task scores it: make_n and countdown
+    need a value, add a reversed sum of digits; the reward is a float in {0, 1} for every task and style."""
+    assert safe_eval(expr) is None
     for name in TASKS:
         for style in ("raw", "instruct"):
             task = get_task(name, style=style)
             p = task.sample(random.Random(0))
             for completion in (expr, f"<answer>{expr}</answer>"):
                 r = task.reward(p, completion)
-                assert isinstance(r, float) and 0.0 <= r <= 1.0
+                assert isinstance(r, float) and r == 0.0, (name, style, completion[:20])
 
 
 def test_hostile_inputs_are_rejected():
@@ -53,13 +54,11 @@ def test_hostile_inputs_are_rejected():
     assert safe_eval(ok) == 1 and len("1+1" * 40) <= MAX_EXPR_CHARS
 
 
-def test_never_slow_in_bulk():
-    worst = ["(" * 10000 + "1" + ")" * 10000, "9" * 10 ** 6, "1+" * 10 ** 5, "((" * 127 + "1"]
-    t0 = time.perf_counter()
-    for _ in range(100):
-        for w in worst:
-            safe_eval(w)
-    assert (time.perf_counter() - t0) / 400 < 5e-3    # about a millisecond per call, bulk average
+def test_oversized_inputs_are_refused_before_the_tokenizer():
+    """Inputs past MAX_EXPR_CHARS return None without being read (the parser's own work is bounded in
+    test_parser_work_is_linear_in_the_input, by counting calls)."""
+    for w in ["(" * 10000 + "1" + ")" * 10000, "9" * 10 ** 6, "1+" * 10 ** 5]:
+        assert len(w) > MAX_EXPR_CHARS and safe_eval(w) is None
 
 
 @pytest.mark.parametrize("name", list(TASKS))
@@ -188,13 +187,9 @@ def test_raw_prompts_and_answers_fit_the_tokenizer():
             assert tok.decode(tok.encode(prompt + answer)) == prompt + answer
 
 
-FUZZ = {"n": 0}
-
-
 @settings(max_examples=3000, deadline=None, suppress_health_check=list(HealthCheck))
 @given(st.text(alphabet=ALPHABET, max_size=40), st.sampled_from(sorted(TASKS)), st.sampled_from(["raw", "instruct"]))
 def test_fuzz_task_alphabet(text, name, style):
-    FUZZ["n"] += 1
     v = safe_eval(text)
     assert v is None or isinstance(v, Fraction)
     task = get_task(name, style=style)
@@ -207,7 +202,6 @@ def test_fuzz_task_alphabet(text, name, style):
 @settings(max_examples=3000, deadline=None, suppress_health_check=list(HealthCheck))
 @given(st.text(max_size=300), st.sampled_from(sorted(TASKS)))
 def test_fuzz_arbitrary_unicode(text, name):
-    FUZZ["n"] += 1
     assert safe_eval(text) is None or isinstance(safe_eval(text), Fraction)
     task = get_task(name, style="instruct")
     p = task.sample(random.Random(0))
@@ -215,18 +209,20 @@ def test_fuzz_arbitrary_unicode(text, name):
     assert 0.0 <= get_task(name).reward(p, text) <= 1.0
 
 
-def test_fuzz_volume_was_run_in_bounded_time():
-    # runs after the two fuzz tests (file order): they made thousands of calls
-    t0 = time.perf_counter()
+def test_fuzz_volume():
+    """20,000 random strings of the tasks' characters and tag fragments, counted here (not by the tests above):
+    every reward is 0 or 1, and some are 1 (the generator does hit correct answers' shapes)."""
     rng = random.Random(0)
-    task = get_task("countdown")
-    p = task.sample(rng)
+    task = get_task("make_n", style="instruct")
+    p = task.problem({"n": 5})
     chars = ALPHABET + "<>/answer\n\x00٣"
+    rewards, n = [], 0
     for _ in range(20000):
         s = "".join(rng.choice(chars) for _ in range(rng.randint(0, 60)))
-        assert 0.0 <= task.reward(p, s) <= 1.0
-    assert time.perf_counter() - t0 < 20
-    assert FUZZ["n"] >= 6000 or FUZZ["n"] == 0   # 0 when run alone (-k)
+        rewards.append(task.reward(p, s))
+        n += 1
+    assert n == 20000 and set(rewards) <= {0.0, 1.0}
+    assert task.reward(p, "<answer>2+3</answer>") == 1.0
 
 
 
@@ -252,3 +248,58 @@ def test_worked_demonstrations_score_as_their_answers_and_vary_in_length():
         assert len(lengths) >= 4 and wrong > 0, (name, lengths, wrong)
         raw = get_task(name)
         assert raw.worked_demo(random.Random(0), noise=0.3) == raw.demo(random.Random(0), noise=0.3)
+
+
+# ---- independent oracles (no call into the task's own is_correct) ----
+
+@pytest.mark.parametrize("n_terms,targets", [(2, range(5, 14)), (3, (0, 1, 14, 27)), (2, (0, 18))])
+def test_make_n_solutions_equal_an_arithmetic_enumeration(n_terms, targets):
+    """Every way to write N as n_terms single digits, listed by itertools over the digits and summed as
+    integers, is make_n's solution list, and nothing else is."""
+    import itertools
+    task = get_task("make_n", n_terms=n_terms, targets=tuple(targets))
+    for n in targets:
+        want = {"+".join(map(str, ds)) for ds in itertools.product(range(10), repeat=n_terms) if sum(ds) == n}
+        got = task.solutions(task.problem({"n": n}))
+        assert set(got) == want and len(got) == len(want)
+        assert all(task.reward(task.problem({"n": n}), a) == 1.0 for a in want)
+
+
+def test_add_answer_is_the_reversed_decimal_sum():
+    """add: the only correct raw answer is str(a + b) read backwards, computed here with Python ints."""
+    task = get_task("add")
+    rng = random.Random(3)
+    for _ in range(50):
+        p = task.sample(rng)
+        a, b = p.data["a"], p.data["b"]
+        want = str(a + b)[::-1]
+        assert task.solutions(p) == [want]
+        assert task.reward(p, want) == 1.0
+        assert task.reward(p, str(a + b + 1)[::-1]) == 0.0
+
+
+def test_parser_work_is_linear_in_the_input():
+    """An operation count, not a clock: for inputs that reach the parser (at most MAX_EXPR_CHARS characters),
+    the recursive-descent calls stay within a small multiple of the tokens, nesting included."""
+    import rewards
+    calls = {"n": 0}
+    real = {name: getattr(rewards, name) for name in ("_parse_expr", "_parse_term", "_parse_factor")}
+
+    def counted(fn):
+        def wrapper(*a):
+            calls["n"] += 1
+            return fn(*a)
+        return wrapper
+    inputs = ["(" * MAX_DEPTH + "1" + ")" * MAX_DEPTH, "1+" * 127 + "1", "9*" * 127 + "9", "((" * 60 + "1",
+              "(1+(2*(3-(4/5))))" * 14, "1" + "+1" * 120]
+    try:
+        for name, fn in real.items():
+            setattr(rewards, name, counted(fn))
+        for w in inputs:
+            assert len(w) <= MAX_EXPR_CHARS
+            calls["n"] = 0
+            safe_eval(w)
+            assert 0 < calls["n"] <= 3 * len(w) + 3, (w[:20], calls["n"])
+    finally:
+        for name, fn in real.items():
+            setattr(rewards, name, fn)

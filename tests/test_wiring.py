@@ -157,6 +157,7 @@ def test_logz_table_group_and_none(out, monkeypatch, logz):
 def test_no_ref_zeroes_the_reference_in_the_loss(out, monkeypatch):
     calls = record_calls(monkeypatch, "flowrl_loss")
     train.main(TINY + ["--algo", "flowrl", "--no_ref", "--out_dir", out])
+    assert len(calls) == 2                                          # one update per step, two steps
     assert all(torch.count_nonzero(a[2]) == 0 for a, _ in calls)
 
 
