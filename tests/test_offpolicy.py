@@ -127,7 +127,7 @@ def test_dapo_samples_dynamically_by_default_and_flowrl_on_request(tmp_path):
     train.main(TINY + ["--algo", "dapo", "flowrl", "--drop_flat_groups", "--out_dir", out])
     for algo in ("dapo", "flowrl"):
         recs = [r for r in read(os.path.join(out, algo, "metrics.jsonl")) if r["kind"] == "train"]
-        assert len(recs) == 2 and all("dynamic/prompts_drawn" in r for r in recs)
+        assert len(recs) == 4 and all("dynamic/prompts_drawn" in r for r in recs)        # one per step
         kept = [r for r in recs if "accuracy" in r]
         assert kept and all(r["frac_reward_zero_std"] == 0 for r in kept)
 
