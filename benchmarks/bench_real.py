@@ -62,6 +62,7 @@ def rl_step_profile(args, path, steps=4, argv=None, what=None):
                 times[-1]["update"], _ = timed(lambda: train.update(a, run, b, step, 1), device)
             times[-1]["step"] = time.perf_counter() - t0
             times[-1]["tokens"] = int(b.ro.mask.sum())
+            times[-1]["positions"] = b.ro.response.numel() + len(b.problems) * b.ro.prompt.shape[1]   # N·T + P·Tp
         t_eval, _ = timed(lambda: train.run_eval(a, run, tok, task, problems, steps, device, out_dir, None,
                                                  write=False), device)
     finally:
@@ -136,6 +137,38 @@ def bench_smollm2(args):
     print(f"| rollout (generated tokens/s) | {rate('fp32'):.1f} | {rate('bf16'):.1f} | {rate('bf16') / rate('fp32'):.2f}x |")
     print(f"\nour rollout / transformers' generate, generated tokens per second: fp32 {tps['fp32']:.2f}x, "
           f"bf16 {tps['bf16']:.2f}x")
+    matmul_bound(warm, profiles["bf16"], a.minibatches, a.batch_prompts * a.group_size // a.minibatches)
+
+
+def matmul_bound(model, steps, minibatches, rows):
+    """What the bf16 step would take if it did nothing but its matmuls at this CPU's bf16 rate: each step's
+    matmul FLOPs (2 per weight of every linear layer, the tied LM head included, per position computed: the
+    reference once, π_old for minibatches − 1 of them, the update's forward and backward 3 times, the rollout
+    once per generated token and prompt position), over the rate measured at the training forward's shape
+    (a minibatch's rows x 45 positions, 576 -> 1536) and at the LM head's. Prints a table."""
+    W = sum(m.weight.numel() for m in model.modules() if isinstance(m, torch.nn.Linear))
+    rate = {}
+    for name, (M, K, N) in {"block (576 -> 1536)": (rows * 45, 576, 1536), "LM head (576 -> 49,152)": (rows * 45, 576,
+                                                                                                     49152)}.items():
+        for dtype in (torch.float32, torch.bfloat16):
+            x, w = torch.randn(M, K, dtype=dtype), torch.randn(N, K, dtype=dtype)
+            torch.nn.functional.linear(x, w)
+            t, _ = timed(lambda: [torch.nn.functional.linear(x, w) for _ in range(10)], torch.device("cpu"))
+            rate[name, dtype] = 2 * M * K * N * 10 / t
+    print(f"\nThe matmul rate here ({rows} rows x 45 positions), GFLOP/s:\n")
+    print("| shape | fp32 | bf16 | bf16 / fp32 |")
+    print("|---|---|---|---|")
+    for name in ("block (576 -> 1536)", "LM head (576 -> 49,152)"):
+        f, b = rate[name, torch.float32] / 1e9, rate[name, torch.bfloat16] / 1e9
+        print(f"| {name} | {f:.0f} | {b:.0f} | {b / f:.2f}x |")
+    r = rate["block (576 -> 1536)", torch.bfloat16]
+    pos = statistics.median(t["positions"] for t in steps)
+    gen = statistics.median(t["tokens"] for t in steps)
+    flops = 2 * W * (pos + pos * (minibatches - 1) / minibatches + 3 * pos + gen)
+    step = statistics.median(t["step"] for t in steps)
+    print(f"\nThe bf16 step's matmuls: {W / 1e6:.1f}M weights x 2 FLOPs x the positions computed (median {pos:,.0f} "
+          f"per pass, {gen:,.0f} generated) = {flops / 1e12:.2f} TFLOP, {flops / r:.1f} s at the bf16 block rate; "
+          f"the bf16 step took {step:.1f} s (median)")
 
 
 def cpu_name():

@@ -187,3 +187,21 @@ def test_successors_train_on_policy_with_weight_one(tmp_path, warm_dir):
             tr = [json.loads(line) for line in f if '"train"' in line]
         assert len(tr) == 2
         assert all(t["is_weight/mean"] == 1.0 and t["clip_frac"] == 0.0 for t in tr)   # one update: π_old = π_θ
+
+
+def test_flowrl_token_without_advantage_is_an_entropy_bonus_in_expectation():
+    """Exact enumeration over a 5-token softmax: with A = 0 and π_old = π_θ, the expectation over y ~ π of
+    flowrl_token's gradient is −2·∇H(π): descent raises the entropy (docs/method.md M10)."""
+    theta = torch.tensor([1.5, 0.2, -0.7, 0.0, -2.0], requires_grad=True)
+    logp = torch.log_softmax(theta, 0)
+    probs = logp.exp().detach()
+    expected = torch.zeros(5)
+    for v in range(5):
+        lp = torch.log_softmax(theta, 0)[v].view(1, 1)                 # one row, one token: y = v
+        loss, _ = flowrl_token_loss(lp, lp.detach(), torch.ones(1, 1, dtype=torch.bool), torch.zeros(1),
+                                    old_prior=False)
+        g, = torch.autograd.grad(loss, theta)
+        expected += probs[v] * g
+    entropy = -(logp.exp() * logp).sum()
+    grad_h, = torch.autograd.grad(entropy, theta)
+    assert torch.allclose(expected, -2 * grad_h, atol=1e-12)
