@@ -487,6 +487,20 @@ def cpu_has_bf16():
     return has("_is_avx512_bf16_supported") or has("_is_amx_tile_supported")
 
 
+def cpu_description():
+    """This machine's CPU as the timings name it: the model name (Linux: /proc/cpuinfo), the cores torch
+    uses, and torch's CPU capability (the vector instructions its kernels use), e.g. "AMD EPYC, 2 threads,
+    AVX512, bf16 matrix instructions"."""
+    name = "unknown CPU"
+    try:
+        with open("/proc/cpuinfo") as f:
+            name = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), name)
+    except OSError:
+        pass
+    return (f"{name}, {torch.get_num_threads()} threads, {torch.backends.cpu.get_cpu_capability()}"
+            + (", bf16 matrix instructions" if cpu_has_bf16() else ""))
+
+
 # Mixed precision on the CPU (train.py --bf16). On CUDA, autocast casts each fp32 weight to bf16 inside every
 # matmul, which costs little there; on the CPU the same cast is a separate pass over the weight on every call
 # and ate most of the bf16 gain (measured: SmolLM2-135M forward + backward 6.36 s fp32, 4.26 s autocast,

@@ -38,7 +38,7 @@ from checkpoint import (Sampled, append_jsonl, log_record, new_run, open_wandb, 
                         write_summary)
 from config import UserError, drops_flat_groups, parse_args, runs
 from evaluate import decode_responses, enumerable, eval_problems, evaluate, final_table, summarize
-from model import GPT, autocast
+from model import GPT, autocast, cpu_description
 from parallel import (all_sum, full_states, gather_objects, gather_rows, gathered, mean_over_ranks,
                       setup_distributed)
 from rollout import Rollout, chunked_logprobs, concat_rollouts, generate, left_pad, sequence_logprobs
@@ -533,7 +533,8 @@ def main(argv=None):
     if not args.no_summary:                     # beside summary.json (experiments/realmodel.py reads it)
         with open(os.path.join(args.out_dir, "timing.json"), "w") as f:
             json.dump({"total_wall_time_s": wall, "start_s": t_start, "runs": list(summary), "device": str(device),
-                       "threads": torch.get_num_threads(), "seed": args.seed}, f, indent=2)
+                       "threads": torch.get_num_threads(), "cpu": cpu_description(), "bf16": args.bf16,
+                       "seed": args.seed}, f, indent=2)
     print(f"total wall time {wall:.0f}s")
     return summary
 

@@ -14,7 +14,7 @@ import time
 import torch
 
 from benchmarks.common import peak_mb, timed
-from model import autocast, bf16_twin, cpu_has_bf16
+from model import autocast, bf16_twin, cpu_description
 from rollout import chunked_logprobs, generate
 
 
@@ -104,10 +104,8 @@ def bench_smollm2(args):
     warm.eval()
     problems = train.eval_problems(task, a.eval_prompts, a.seed)
     prompts = [tok.encode_prompt(p.prompt) for p in problems]
-    print(f"SmolLM2-135M-Instruct, the cold start of {a.out_dir}; {cpu_name()}, torch {torch.__version__} "
-          f"(CPU capability {torch.backends.cpu.get_cpu_capability()}, bf16 matrix instructions: "
-          f"{'yes' if cpu_has_bf16() else 'no'}), {args.device}, {torch.get_num_threads()} threads; run alone on the "
-          f"machine")
+    print(f"SmolLM2-135M-Instruct, the cold start of {a.out_dir}; {cpu_description()}, torch {torch.__version__}, "
+          f"{args.device}; run alone on the machine")
     bf16_numerics(warm, tok, prompts, args, device)
     tps = {}
     with tempfile.TemporaryDirectory() as d:
@@ -169,15 +167,6 @@ def matmul_bound(model, steps, minibatches, rows):
     print(f"\nThe bf16 step's matmuls: {W / 1e6:.1f}M weights x 2 FLOPs x the positions computed (median {pos:,.0f} "
           f"per pass, {gen:,.0f} generated) = {flops / 1e12:.2f} TFLOP, {flops / r:.1f} s at the bf16 block rate; "
           f"the bf16 step took {step:.1f} s (median)")
-
-
-def cpu_name():
-    """The CPU's model name (Linux: /proc/cpuinfo), for the tables."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            return next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), "unknown CPU")
-    except OSError:
-        return "unknown CPU"
 
 
 @torch.no_grad()

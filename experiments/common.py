@@ -123,19 +123,22 @@ def wall_record(times, t0, root):
     """The wall time of an experiment's runs, for its json: the total since t0, each run's (run_all's
     {(name, out_dir): seconds}, keyed "<out_dir relative to root>/<name>") and the command that ran them."""
     module = "experiments." + os.path.splitext(os.path.basename(sys.argv[0]))[0]      # run as python -m <module>
+    from model import cpu_description
     return {"total_s": round(time.time() - t0, 1), "command": " ".join(["python", "-m", module] + sys.argv[1:]),
+            "cpu": cpu_description(),
             "runs_s": {f"{os.path.relpath(d, root)}/{n}": round(t, 1) for (n, d), t in times.items()}}
 
 
 def merge_walls(previous, new):
     """The wall record of an out_dir filled in parts (some seeds or settings per command): the parts of the
     previous record that this command did not rerun, then this command's; runs_s merged, total_s the
-    parts' sum. A record without parts counts as one part."""
+    parts' sum, each part with the CPU it ran on. A record without parts counts as one part."""
     parts = [] if previous is None else previous.get("parts") or [
         {"command": previous.get("command"), "total_s": previous["total_s"], "runs": sorted(previous["runs_s"])}]
     kept = [p for p in parts if not set(p["runs"]) & set(new["runs_s"])]
     runs = {k: v for k, v in (previous or {}).get("runs_s", {}).items() if any(k in p["runs"] for p in kept)}
-    parts = kept + [{"command": new.get("command"), "total_s": new["total_s"], "runs": sorted(new["runs_s"])}]
+    parts = kept + [{"command": new.get("command"), "total_s": new["total_s"], "runs": sorted(new["runs_s"])}
+                    | ({"cpu": new["cpu"]} if "cpu" in new else {})]
     return {"total_s": round(sum(p["total_s"] for p in parts), 1), "runs_s": runs | new["runs_s"], "parts": parts}
 
 
