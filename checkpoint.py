@@ -157,10 +157,14 @@ def new_run(args, algo, warm, task, device, rank, world=1):
 # the flags that define an experiment: a resumed run must keep them (--steps may grow, logging may change)
 EXPERIMENT_FLAGS = ("task", "seed", "preset", "batch_prompts", "group_size", "max_new_tokens", "temperature", "lr",
                     "logz_lr", "value_lr", "weight_decay", "reward_beta", "kl_coef", "clip", "clip_eps",
-                    "clip_eps_high", "gspo_clip", "gflowrl_beta", "gap_clip", "weight_cap", "gflowrl_z", "gflowrl_ratio", "weight", "prior", "length_norm", "logz", "drop_flat_groups",
+                    "clip_eps_high", "gspo_clip", "gflowrl_beta", "gap_clip", "weight_cap", "gflowrl_z",
+                    "gflowrl_ratio", "weight", "prior", "length_norm", "logz", "drop_flat_groups",
                     "refill_rounds", "stale", "no_ref", "grad_clip", "epochs", "minibatches", "n_layer", "n_embd",
                     "n_head", "n_kv_head", "warm_steps", "warm_noise", "warm_skew", "warm_lr", "init_from", "eval_k",
                     "eval_prompts", "bf16")
+
+
+PARSED = ("clip_bounds", "gspo_bounds", "gap_bounds")      # flags parsed into tuples: the flags themselves are kept
 
 
 def save_checkpoint(path, run, step, args, samplers, states=None):
@@ -174,7 +178,7 @@ def save_checkpoint(path, run, step, args, samplers, states=None):
                  "rng": {"python": python_rng, "samplers": samplers, "torch": torch.get_rng_state(),
                          "cuda": cuda_rng},
                  "pending": [sampled_state(s) for s in run.pending],       # --stale: batches not yet trained on
-                 "config": {k: v for k, v in vars(args).items() if k not in ("clip_bounds", "gspo_bounds", "gap_bounds")},
+                 "config": {k: v for k, v in vars(args).items() if k not in PARSED},
                  "model_config": asdict(run.weights.config)}, path)
 
 
@@ -238,7 +242,7 @@ def open_wandb(args, name):
     if not args.wandb:
         return None
     import wandb
-    config = {k: v for k, v in vars(args).items() if k not in ("clip_bounds", "gspo_bounds", "gap_bounds")}
+    config = {k: v for k, v in vars(args).items() if k not in PARSED}
     return wandb.init(project=args.wandb, name=name, group=os.path.basename(os.path.abspath(args.out_dir)),
                       config=config, dir=args.out_dir, reinit="create_new")
 

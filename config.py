@@ -15,7 +15,7 @@ from rewards import TASKS
 ALGOS = ("flowrl", "flowrl_exact", "grpo", "grpo_kl", "dr_grpo", "dapo", "gspo", "reinforce_pp", "ppo", "gflowrl",
          "flowrl_token_old", "flowrl_token")
 DROPS_FLAT = ("dapo", "gflowrl")   # dynamic sampling by default: DAPO's, and GFlowRL's "filter groups: accuracy-based"
-GRPO_KL = 0.04    # grpo_kl's KL coefficient where --kl_coef is 0 (DeepSeekMath's β; experiments/table.py's grpo_kl0.04)
+GRPO_KL = 0.04    # grpo_kl's KL coefficient where --kl_coef is 0 (DeepSeekMath's β; experiments.table's grpo_kl0.04)
 MAX_NEW_TOKENS = {"make_n": 6, "add": 5, "countdown": 16}   # per-task default response budget
 PRESETS = {
     # the CPU default: a 2-layer, 64-wide GPT, 2,000 steps: long enough to see practical FlowRL narrow
@@ -117,8 +117,8 @@ def add_rl_flags(a):
       "the token weight's upper bound 1 + ε (the authors' 0.28)")
     a("--gflowrl_beta", type=float, default=8.0, help="gflowrl's β (GFlowRL's value for 0/1 rewards; --reward_beta "
       "stays the target p* the evaluation measures against)")
-    a("--gap_clip", default="0.2,0.28", help="gflowrl's flow-gap clip 'ε_low,ε_high' (Eq. 7: g clipped to [−ε_low, "
-      "ε_high]; default: the clip values of GFlowRL's hyper-parameter table), or 'none'")
+    a("--gap_clip", default="0.2,0.28", help="gflowrl's flow-gap clip 'ε_low,ε_high' (Eq. 7: g clipped to "
+      "[−ε_low, ε_high]; default: the clip values of GFlowRL's hyper-parameter table), or 'none'")
     a("--weight_cap", type=float, default=1.28, help="gflowrl's importance-weight cap (Eq. 8: w = min(ρ, cap), "
       "detached; default 1 + 0.28, the table's upper clip)")
     a("--gflowrl_z", default="mean", choices=["mean", "sum"], help="gflowrl's Eq. 4 log Z estimate over token-mean "

@@ -8,7 +8,8 @@ and the size of each term of FlowRL's δ.
     python plot.py out/flowrl out/flowrl_exact out/grpo_kl out/grpo --seeds_table docs/table.json -o compare.png
     python plot.py out/flowrl out/grpo --windows 100 400 1000 2000   # the mechanism as a table instead
 
-Reads each run's metrics.jsonl (and experiments/table.py's table.json where given); no imports from the rest of the project.
+Reads each run's metrics.jsonl (and experiments.table's table.json where given); no imports from the rest of
+the project.
 """
 
 import argparse
@@ -72,7 +73,7 @@ def finite(xs):
     return [x if x is not None and not math.isnan(x) else float("nan") for x in xs]
 
 
-# a run directory's row in experiments/table.py's 3-seed table where the names differ (the main job's grpo_kl is KL 0.04)
+# a run directory's row in experiments.table's 3-seed table where the names differ (the main job's grpo_kl: KL 0.04)
 SEED_ROWS = {"grpo_kl": "grpo_kl0.04"}
 
 
@@ -203,7 +204,7 @@ def main():
                    "markdown file to write the table to (default: print only)")
     p.add_argument("--title", default=None, help="figure title")
     p.add_argument("--seeds_table", default=None, metavar="TABLE_JSON",
-                   help="experiments/table.py's table.json: draw each run's 3-seed final effective number as an error bar")
+                   help="experiments.table's table.json: draw each run's 3-seed final effective number as an error bar")
     p.add_argument("--windows", type=int, nargs="+", default=None, metavar="END",
                    help="instead of a figure: print the mechanism's means over the step windows ending at each END")
     args = p.parse_args()

@@ -238,7 +238,8 @@ def algo_loss(args, run, b, rows, mb, logprobs, h):
                                    weight_cap=args.weight_cap, z_length_norm=args.gflowrl_z == "mean",
                                    ratio=args.gflowrl_ratio)
     if run.algo in ("flowrl_token_old", "flowrl_token"):   # the authors' token-level objectives (M10)
-        return flowrl.flowrl_token_loss(logprobs, b.old_logprobs[rows], mb.mask, flowrl.group_center(b.rewards[rows], G),
+        advantages = flowrl.group_center(b.rewards[rows], G)
+        return flowrl.flowrl_token_loss(logprobs, b.old_logprobs[rows], mb.mask, advantages,
                                         beta=args.reward_beta, clip=(1 - args.clip_eps, 1 + args.clip_eps_high),
                                         old_prior=run.algo == "flowrl_token_old", token_count=count)
     if run.algo == "dapo":

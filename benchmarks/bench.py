@@ -1,7 +1,8 @@
 """
 Throughput, side by side: rollout.generate against transformers' generate on identical weights, the
 machine's matmul rate at the decode step's shapes, and the FlowRL training step against GRPO's; then
-the rollout with real response lengths. Other modes: --trl (benchmarks/bench_trl.py), --smollm2 (benchmarks/bench_real.py),
+the rollout with real response lengths. Other modes: --trl (benchmarks/bench_trl.py), --smollm2
+(benchmarks/bench_real.py),
 --gpu_suite, --qwen05b, --cache_vs_nocache, --memory_table, --make_checkpoint (docs/performance.md,
 docs/scaling.md).
 
@@ -15,9 +16,7 @@ interleaved (ours, theirs, ours, ...) after a warm-up, and medians are reported.
 import argparse
 import contextlib
 import io
-import math
 import os
-import resource
 import statistics
 import sys
 import tempfile
@@ -26,7 +25,7 @@ import time
 import torch
 
 import flowrl
-from benchmarks.common import peak_mb, raise_eos, sync, timed
+from benchmarks.common import peak_mb, raise_eos, timed
 from hf import from_pretrained
 from model import autocast
 from rollout import generate, sequence_logprobs

@@ -119,7 +119,8 @@ def bench_smollm2(args):
     profiles = {}
     for name in ("fp32", "bf16"):
         profiles[name] = rl_step_profile(
-            args, args.run_dir, steps=args.reps, argv=argv + ["--no-paper_eval", f"--{'' if name == 'bf16' else 'no-'}bf16"],
+            args, args.run_dir, steps=args.reps,
+            argv=argv + ["--no-paper_eval", "--bf16" if name == "bf16" else "--no-bf16"],
             what=f"train.py --preset smollm2 (flowrl, make_n, {a.batch_prompts} prompts x {a.group_size} samples x up "
                  f"to {a.max_new_tokens} new tokens, {a.minibatches} minibatches")
     print(f"\nfp32 against bf16, medians over the {args.reps} steps above (the rollout's rate: generated tokens per "
@@ -132,7 +133,8 @@ def bench_smollm2(args):
         f, b = med("fp32", part), med("bf16", part)
         print(f"| {label} | {f:.2f} | {b:.2f} | {f / b:.2f}x |" if b > 0 else f"| {label} | {f:.2f} | {b:.2f} | |")
     rate = lambda name: statistics.median(t["tokens"] / t["rollout"] for t in profiles[name])
-    print(f"| rollout (generated tokens/s) | {rate('fp32'):.1f} | {rate('bf16'):.1f} | {rate('bf16') / rate('fp32'):.2f}x |")
+    f, b = rate("fp32"), rate("bf16")
+    print(f"| rollout (generated tokens/s) | {f:.1f} | {b:.1f} | {b / f:.2f}x |")
     print(f"\nour rollout / transformers' generate, generated tokens per second: fp32 {tps['fp32']:.2f}x, "
           f"bf16 {tps['bf16']:.2f}x")
     matmul_bound(warm, profiles["bf16"], a.minibatches, a.batch_prompts * a.group_size // a.minibatches)

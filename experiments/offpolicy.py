@@ -16,7 +16,7 @@ effective # correct, KL(π‖p*) (exact, over the answer tree, p* ∝ π_ref·ex
 100 training steps the spread of the importance ratio (std over rows of π_θ(y)/π_old(y)) and the clip
 fraction (of weights, tokens or sequences, each algorithm's own).
 
-    python -m experiments.offpolicy                          # 15 + 8 + 8 variants x 3 seeds, 500 steps, 2 at a time: 72 min
+    python -m experiments.offpolicy            # 15 + 8 + 8 variants x 3 seeds, 500 steps, 2 at a time: 72 min
     python -m experiments.offpolicy --setting updates --seeds 0 --steps 200 --names flowrl flowrl_logz0 grpo
 
 Writes <out_dir>/<setting>/seed<S>/<variant>/..., <out_dir>/offpolicy.json and <out_dir>/offpolicy.md.

@@ -6,7 +6,7 @@ incentivize reasoning capacity beyond the base model?" (Yue et al., 2025): does 
 raise pass@1 but fall below the warm start at large k, and does FlowRL keep the large-k coverage?
 Beside it, answer length over training (flowrl with and without --length_norm, beside grpo).
 
-    python -m experiments.passk                          # 7 variants x 3 seeds, 2 at a time (2-core CPU: about 33 minutes)
+    python -m experiments.passk              # 7 variants x 3 seeds, 2 at a time (2-core CPU: about 33 minutes)
     python -m experiments.passk --seeds 0 --steps 100    # a quick look
 
 Writes out_passk/seed<S>/<variant>/..., out_passk/passk.json, out_passk/passk.md, out_passk/passk.png.

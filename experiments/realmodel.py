@@ -4,7 +4,7 @@ demonstrations in its own chat format, then trained with flowrl, grpo and grpo_k
 of the paper's GRPO) from that start on the same prompts, as `python train.py --preset smollm2` does.
 
     python train.py --preset smollm2 --out_dir out_smollm2      # the runs (about 90 minutes on 2 CPU cores)
-    python -m experiments.realmodel --run_dir out_smollm2                   # docs/smollm2/{report.json, report.md, curves.png}
+    python -m experiments.realmodel --run_dir out_smollm2     # docs/smollm2/{report.json, report.md, curves.png}
 
 Reads the runs' metrics.jsonl and timing.json only; writes the before/after table (the start is each
 run's step-0 evaluation, the same model), at T = 1 and at the paper's evaluation setting (T = 0.6,

@@ -7,7 +7,7 @@ size (at K = 4 the policy's and the head's learning rates divided by 3 and 10, "
 the same rates on-policy). The authors' later objective with π_old in place of π_ref and no log Z
 ("_old", verl_FlowRL's compute_flowrl_old_policy_no_log_z) runs at K = 0 and 4; grpo and dr_grpo beside.
 
-    python -m experiments.staleness          # every variant below x 3 seeds, 500 steps, 2 at a time: 348 runs, ~2.3 h on 2 cores
+    python -m experiments.staleness    # every variant below x 3 seeds, 500 steps, 2 at a time: 348 runs
     python -m experiments.staleness --seeds 0 --steps 100 --ks 0 4 --names flowrl flowrl_w1 grpo
 
 Writes <out_dir>/K<k>/seed<S>/<variant>/..., <out_dir>/staleness.{json,md,png}.

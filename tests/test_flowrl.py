@@ -297,8 +297,9 @@ def test_grpo_hand_computed():
 
 
 def test_dr_grpo_kl_term_is_the_k3_token_sum_over_the_budget():
-    """dr_grpo_loss with a KL coefficient adds c·Σ_t k3_t / budget per row (then the row mean), k3_t = e^q − q − 1,
-    q = log π_ref − log π_θ: by hand on two rows of different lengths, and its gradient c·(1 − e^q)/budget/N."""
+    """dr_grpo_loss with a KL coefficient adds c·Σ_t k3_t / budget per row (then the row mean),
+    k3_t = e^q − q − 1, q = log π_ref − log π_θ: by hand on two rows of different lengths, and its gradient
+    c·(1 − e^q)/budget/N."""
     lp = torch.tensor([[math.log(0.5), math.log(0.25)], [math.log(0.6), 0.0]], requires_grad=True)
     ref = torch.tensor([[math.log(0.25), math.log(0.5)], [math.log(0.3), 0.0]])
     mask = torch.tensor([[1, 1], [1, 0]], dtype=torch.bool)

@@ -307,7 +307,7 @@ def test_train_from_a_gguf_file_cold_starts_and_exports(tmp_path):
     assert diff < 1e-4 * max(1.0, scale)
     hf_tok = transformers.AutoTokenizer.from_pretrained(hf_dir)
     assert hf_tok("Write 7 as a sum", add_special_tokens=False).input_ids == tokenizer[0].encode("Write 7 as a sum").ids
-    from experiments import realmodel                            # its report: the start and each run's last eval, both settings
+    from experiments import realmodel              # its report: the start and each run's last eval, both settings
     realmodel.main(["--run_dir", out, "--out", str(tmp_path / "report")])
     md = open(tmp_path / "report" / "report.md").read()
     assert "| cold start (step 0) |" in md and "| flowrl (step 2) |" in md and "| grpo_kl (step 2) |" in md
