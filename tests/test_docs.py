@@ -88,7 +88,7 @@ def test_no_numeric_table_in_docs_is_hand_copied(page):
 
 
 def test_results_files_equal_what_their_scripts_compute_from_the_json():
-    for name in ("table", "skew"):
+    for name in ("table", "skew", "successors"):
         d = json.loads(read(f"docs/{name}.json"))
         names = list(d["table"])
         assert read(f"docs/{name}.md") == table.markdown(d["table"], names, d["steps"], d["seeds"],
