@@ -233,6 +233,20 @@ def check_args(a):
     ]
 
 
+def pair(text, flag, form, example, ok, rule, none=True):
+    """A flag's 'a,b' as a tuple of two floats that satisfy ok(a, b), or None for 'none' (where none is
+    allowed); otherwise a UserError naming the flag, its form and the rule."""
+    if none and text.strip().lower() == "none":
+        return None
+    try:
+        bounds = tuple(float(x) for x in text.split(","))
+    except ValueError:
+        raise UserError(f"{flag} must be '{form}' (e.g. {example}){' or none' if none else ''}, got {text!r}")
+    if len(bounds) != 2 or not ok(*bounds):
+        raise UserError(f"{flag} needs '{form}' with {rule}, got {text!r}")
+    return bounds
+
+
 def parse_args(argv=None):
     args = build_parser().parse_args(argv)
     if args.device == "auto":
@@ -274,30 +288,13 @@ def parse_args(argv=None):
     for ok, msg in check_args(args):
         if not ok:
             raise UserError(msg)
-    args.clip_bounds = None
-    if args.clip.strip().lower() != "none":
-        try:
-            args.clip_bounds = tuple(float(x) for x in args.clip.split(","))
-        except ValueError:
-            raise UserError(f"--clip must be 'lo,hi' (e.g. 0.8,1.2) or 'none', got {args.clip!r}")
-        if len(args.clip_bounds) != 2 or not 0 <= args.clip_bounds[0] <= args.clip_bounds[1]:
-            raise UserError(f"--clip needs 'lo,hi' with 0 <= lo <= hi, got {args.clip!r}")
-    args.gap_bounds = None
-    if args.gap_clip.strip().lower() != "none":
-        try:
-            args.gap_bounds = tuple(float(x) for x in args.gap_clip.split(","))
-        except ValueError:
-            raise UserError(f"--gap_clip must be 'ε_low,ε_high' (e.g. 0.2,0.28) or 'none', got {args.gap_clip!r}")
-        if len(args.gap_bounds) != 2 or min(args.gap_bounds) < 0:
-            raise UserError(f"--gap_clip needs 'ε_low,ε_high' with both >= 0, got {args.gap_clip!r}")
+    args.clip_bounds = pair(args.clip, "--clip", "lo,hi", "0.8,1.2", lambda lo, hi: 0 <= lo <= hi, "0 <= lo <= hi")
+    args.gap_bounds = pair(args.gap_clip, "--gap_clip", "ε_low,ε_high", "0.2,0.28", lambda lo, hi: min(lo, hi) >= 0,
+                           "both >= 0")
     if args.weight_cap <= 0 or args.gflowrl_beta < 0:
         raise UserError("--weight_cap must be > 0 and --gflowrl_beta >= 0")
-    try:
-        args.gspo_bounds = tuple(float(x) for x in args.gspo_clip.split(","))
-    except ValueError:
-        raise UserError(f"--gspo_clip must be 'lo,hi' (e.g. 3e-4,4e-4), got {args.gspo_clip!r}")
-    if len(args.gspo_bounds) != 2 or not 0 < args.gspo_bounds[0] < 1 or args.gspo_bounds[1] <= 0:
-        raise UserError(f"--gspo_clip needs 'lo,hi' with 0 < lo < 1 and hi > 0, got {args.gspo_clip!r}")
+    args.gspo_bounds = pair(args.gspo_clip, "--gspo_clip", "lo,hi", "3e-4,4e-4", lambda lo, hi: 0 < lo < 1 and hi > 0,
+                            "0 < lo < 1 and hi > 0", none=False)
     if args.wandb:
         try:
             importlib.import_module("wandb")
