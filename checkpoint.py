@@ -15,7 +15,7 @@ import torch
 
 import flowrl
 from config import UserError
-from model import bf16_twin, grads_to_master, refresh_twin
+from precision import bf16_twin, grads_to_master, refresh_twin
 from parallel import data_parallel, load_full_optimizer_state, load_full_state, shard
 from rewards import Problem
 from rollout import Rollout
@@ -124,7 +124,7 @@ def new_run(args, algo, warm, task, device, rank, world=1):
     policy = copy.deepcopy(warm).train()
     ref = copy.deepcopy(warm).eval().requires_grad_(False)
     master = None
-    if device.type == "cpu" and args.bf16:      # the fp32 master and its bf16 twin (model.bf16_twin); π_ref in bf16
+    if device.type == "cpu" and args.bf16:      # the fp32 master and its bf16 twin (precision.bf16_twin); π_ref in bf16
         master, policy, ref = policy, bf16_twin(policy).train(), ref.to(torch.bfloat16)
     elif device.type == "cuda" and args.bf16 and args.init_from is not None:
         ref = ref.to(torch.bfloat16)    # run under bf16 autocast only (the toy tasks keep fp32 for the exact metrics)

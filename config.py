@@ -9,7 +9,7 @@ import os
 
 import torch
 
-from model import cpu_has_bf16
+from precision import cpu_has_bf16
 from rewards import TASKS
 
 ALGOS = ("flowrl", "flowrl_exact", "grpo", "grpo_kl", "dr_grpo", "dapo", "gspo", "reinforce_pp", "ppo", "gflowrl",
@@ -182,7 +182,7 @@ def add_run_flags(a):
     a("--resume", action="store_true", help="continue each algorithm from out_dir/<algo><tag>/ckpt.pt")
     a("--bf16", action=argparse.BooleanOptionalAction, default=None, help="bf16 matmuls with fp32 master weights "
       "and AdamW state. CUDA: bf16 autocast (default: on). CPU: a bf16 copy of the policy, refreshed from the fp32 "
-      "weights after each optimizer step, samples, trains and evaluates, and π_ref is kept in bf16 (model.bf16_twin); "
+      "weights after each optimizer step, samples, trains and evaluates, and π_ref is kept in bf16 (precision.bf16_twin); "
       "default: on for --init_from checkpoints where the CPU multiplies bf16 in hardware (AVX512-BF16 or AMX), off "
       "for the from-scratch GPT (too small to gain; its exact metrics stay fp32); --no-bf16: fp32 throughout")
     a("--grad_checkpoint", action="store_true", help="activation checkpointing: less memory for one more forward")

@@ -20,7 +20,8 @@ from config import UserError
 from gguf_io import ARCHITECTURES as GGUF_ARCHITECTURES
 from gguf_io import is_gguf, load_gguf, save_tokenizer
 from hf import architecture, from_pretrained, save_pretrained
-from model import GPT, GPTConfig, autocast, bf16_twin, grads_to_master, refresh_twin
+from model import GPT, GPTConfig, autocast
+from precision import bf16_twin, grads_to_master, refresh_twin
 from rewards import ALPHABET, get_task
 from rollout import from_tokens, sequence_logprobs
 from tokenizer import CheckpointError, Tokenizer
@@ -30,7 +31,7 @@ def supervised(model, tok, draw, steps, lr, batch, warmup, device, name, cpu_bf1
     """Next-token prediction on the responses of `batch` (prompt text, response text) pairs a step, drawn
     by draw(); the prompt in the model's format (tok.encode_prompt), the response ended by eos; AdamW
     with linear warm-up and cosine decay, gradient norm clipped at 1. cpu_bf16: the forward and backward
-    in a bf16 twin of model, which stays the fp32 master AdamW steps (model.bf16_twin, train.py --bf16)."""
+    in a bf16 twin of model, which stays the fp32 master AdamW steps (precision.bf16_twin, train.py --bf16)."""
     twin = bf16_twin(model).train() if cpu_bf16 else model
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0, fused=True if cpu_bf16 else None)
     t0 = time.time()

@@ -14,7 +14,8 @@ import time
 import torch
 
 from benchmarks.common import peak_mb, timed
-from model import autocast, bf16_twin, cpu_description
+from model import autocast
+from precision import bf16_twin, cpu_description
 from rollout import chunked_logprobs, generate
 
 

@@ -123,7 +123,7 @@ def wall_record(times, t0, root):
     """The wall time of an experiment's runs, for its json: the total since t0, each run's (run_all's
     {(name, out_dir): seconds}, keyed "<out_dir relative to root>/<name>") and the command that ran them."""
     module = "experiments." + os.path.splitext(os.path.basename(sys.argv[0]))[0]      # run as python -m <module>
-    from model import cpu_description
+    from precision import cpu_description
     return {"total_s": round(time.time() - t0, 1), "command": " ".join(["python", "-m", module] + sys.argv[1:]),
             "cpu": cpu_description(),
             "runs_s": {f"{os.path.relpath(d, root)}/{n}": round(t, 1) for (n, d), t in times.items()}}
