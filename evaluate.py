@@ -16,6 +16,7 @@ from collections import Counter
 import torch
 
 import flowrl
+from rewards import in_heldout
 from rollout import chunked_logprobs, enumerate_responses, from_tokens, generate, sequence_logprobs
 
 
@@ -35,9 +36,25 @@ def decode_responses(tok, rollout):
 
 
 def eval_problems(task, n_prompts, seed):
-    """The eval prompts: make_n's whole (small) prompt set, the same prompts it trains on (the question is
-    how the policy spreads over each prompt's answers); other tasks: held-out prompts from a stream apart
-    from training's."""
+    """The eval prompts. With held-out prompts (task.heldout > 0): n_prompts distinct prompts of the
+    evaluation split (make_n: every held-out target), the same for every seed, none of them ever trained on.
+    Without: make_n's whole (small) prompt set, the same prompts it trains on (the question is how the
+    policy spreads over each prompt's answers); other tasks: prompts from a stream apart from training's."""
+    if task.heldout > 0:
+        if hasattr(task, "targets"):
+            return [task.problem({"n": n}) for n in task.targets if in_heldout({"n": n}, task.heldout)]
+        rng, out, seen = random.Random(10 ** 6), [], set()
+        for _ in range(100 * n_prompts):
+            if len(out) == n_prompts:
+                break
+            p = task.sample(rng, split="eval")
+            if p.prompt not in seen:
+                seen.add(p.prompt)
+                out.append(p)
+        if len(out) < n_prompts:
+            raise ValueError(f"the {task.name} evaluation split holds fewer than {n_prompts} distinct prompts: "
+                             "lower --eval_prompts or raise --heldout")
+        return out
     if hasattr(task, "targets"):
         return [task.problem({"n": n}) for n in task.targets]
     rng = random.Random(10 ** 6 + seed)

@@ -11,11 +11,17 @@ Tasks (TASKS, get_task):
              5..13), and the whole answer space (100 well-formed answers) can be enumerated.
 - countdown: "3,5,7=22:" -> an expression using each number exactly once with + - * / and
              parentheses that equals the target, e.g. "3*5+7".
+- countdown_small: countdown with numbers 1..5 and targets up to 20 (the real model's task, docs/smollm2).
 Each task has two prompt styles: "raw" (above, for from-scratch models; the completion is the
 answer) and "instruct" (an instruction for chat models; the answer is read from the last
 <answer>...</answer> in the completion).
+Held-out prompts (a task's `heldout` share, train.py --heldout): a stable hash of a prompt's data puts it in
+the evaluation split or the training split, so the prompts trained on and the prompts evaluated on are
+disjoint on every machine and run (in_heldout).
 """
 
+import hashlib
+import json
 import re
 from dataclasses import dataclass, field
 from fractions import Fraction
@@ -130,6 +136,17 @@ def canonical(answer):
 _ANSWER_TAG = re.compile(r"<answer>(.*?)</answer>", re.DOTALL)
 
 
+def in_heldout(data, share):
+    """Whether the prompt with this data is in the evaluation split: the first 8 bytes of the SHA-256 of its
+    data (JSON, sorted keys), read as a fraction of 2**64, below `share`. The same on every machine and run
+    (Python's own hash() is salted per process)."""
+    digest = hashlib.sha256(json.dumps(data, sort_keys=True).encode()).digest()
+    return int.from_bytes(digest[:8], "big") < share * 2 ** 64
+
+
+MAX_SPLIT_DRAWS = 10_000    # draws before sample() gives up on a split that holds (almost) no prompt
+
+
 @dataclass
 class Problem:
     prompt: str                 # what the model is given, in the task's style
@@ -142,14 +159,22 @@ class Task:
     worked(data, answer) -> (the answer's expression, the value it is meant to reach)."""
 
     name = ""
+    heldout = 0.0           # the share of prompts held out for evaluation (0: train and evaluate on one stream)
 
     def __init__(self, style="raw"):
         if style not in ("raw", "instruct"):
             raise ValueError(f"style must be 'raw' or 'instruct', got {style!r}")
         self.style = style
 
-    def sample(self, rng):
-        return self.problem(self.make(rng))
+    def sample(self, rng, split="train"):
+        """A problem drawn by rng. With held-out prompts (heldout > 0), drawn again until it lies in `split`
+        ("train" or "eval"); without, every prompt is in both."""
+        for _ in range(MAX_SPLIT_DRAWS):
+            data = self.make(rng)
+            if self.heldout == 0 or in_heldout(data, self.heldout) == (split == "eval"):
+                return self.problem(data)
+        raise ValueError(f"no {self.name} prompt of the {split} split in {MAX_SPLIT_DRAWS} draws: "
+                         f"--heldout {self.heldout} leaves it (nearly) empty")
 
     def problem(self, data):
         """The Problem for given data (e.g. {"n": 7} for make_n), its prompt in the task's style."""
@@ -413,7 +438,17 @@ class CountdownTask(Task):
         return items[0][1]
 
 
-TASKS = {cls.name: cls for cls in (AddTask, MakeNTask, CountdownTask)}
+class SmallCountdownTask(CountdownTask):
+    """countdown with three numbers from 1 to 5 and targets up to 20: easier for a small pretrained model, with
+    several correct answers a prompt (a candidate for the real model's task: experiments/realmodel.py --pilot)."""
+
+    name = "countdown_small"
+
+    def __init__(self, style="raw"):
+        super().__init__(style, n_numbers=3, lo=1, hi=5, max_target=20)
+
+
+TASKS = {cls.name: cls for cls in (AddTask, MakeNTask, CountdownTask, SmallCountdownTask)}
 
 
 def get_task(name, style="raw", **kwargs):

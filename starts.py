@@ -56,16 +56,24 @@ def supervised(model, tok, draw, steps, lr, batch, warmup, device, name, cpu_bf1
     return model
 
 
+def start_key(args, names):
+    """What a saved start was made with: these flags, its seed (--start_seed) and, where prompts are held out,
+    the held-out share (the start's demonstrations come from the training split). A start is reused while
+    its key matches."""
+    return {**{k: getattr(args, k) for k in names}, "seed": args.start_seed} | (
+        {"heldout": args.heldout} if args.heldout else {})
+
+
 def warm_start(args, task, tok, device):
     """Train the start policy by next-token prediction on (prompt, answer) demonstrations, the answer
     over the correct ones (uniform, or skewed by --warm_skew) or, with probability --warm_noise, a random
     well-formed answer.
     Saved to out_dir/warmstart.pt and reused while its settings match."""
     path = os.path.join(args.out_dir, "warmstart.pt")
-    key = {k: getattr(args, k) for k in ("task", "seed", "warm_steps", "warm_noise", "warm_skew", "warm_lr", "n_layer",
-                                         "n_embd", "n_head", "n_kv_head")}
+    key = start_key(args, ("task", "warm_steps", "warm_noise", "warm_skew", "warm_lr", "n_layer", "n_embd", "n_head",
+                           "n_kv_head"))
     cfg = GPTConfig(vocab_size=tok.vocab_size, n_layer=args.n_layer, n_head=args.n_head, n_kv_head=args.n_kv_head,
-                    n_embd=args.n_embd, block_size=64 if args.task != "countdown" else 96)
+                    n_embd=args.n_embd, block_size=96 if args.task.startswith("countdown") else 64)
     if os.path.exists(path):
         ck = load_checkpoint(path)
         if ck.get("key") == key:
@@ -74,9 +82,9 @@ def warm_start(args, task, tok, device):
             print(f"warm start: reusing {path}")
             return model
         print(f"warm start: {path} was made with other settings; training a new one")
-    torch.manual_seed(args.seed)
+    torch.manual_seed(args.start_seed)
     model = GPT(cfg).to(device)
-    rng = random.Random(args.seed + 12345)
+    rng = random.Random(args.start_seed + 12345)
     draw = lambda: task.demo(rng, noise=args.warm_noise, skew=args.warm_skew)
     supervised(model, tok, draw, args.warm_steps, args.warm_lr, 64, 100, device, "warm start")
     os.makedirs(args.out_dir, exist_ok=True)
@@ -97,7 +105,7 @@ def cold_start(args, task, tok, model, device):
     src = os.path.abspath(args.init_from)
     key = {"init_from": src, "size": sum(os.path.getsize(os.path.join(r, f)) for r, _, fs in os.walk(src) for f in fs)
            if os.path.isdir(src) else os.path.getsize(src),
-           **{k: getattr(args, k) for k in ("task", "seed", "warm_steps", "warm_noise", "warm_lr")}}
+           **start_key(args, ("task", "warm_steps", "warm_noise", "warm_lr"))}
     cpu_bf16 = device.type == "cpu" and args.bf16
     if cpu_bf16:                        # made in bf16 (the twin), so not the fp32 cold start of the same settings
         key["precision"] = "bf16"
@@ -108,8 +116,8 @@ def cold_start(args, task, tok, model, device):
             print(f"cold start: reusing {path}")
             return model
         print(f"cold start: {path} was made with other settings; training a new one")
-    torch.manual_seed(args.seed)
-    rng = random.Random(args.seed + 12345)
+    torch.manual_seed(args.start_seed)
+    rng = random.Random(args.start_seed + 12345)
     draw = lambda: task.worked_demo(rng, noise=args.warm_noise)
     model.train()
     with autocast(device, args.bf16):
@@ -137,6 +145,7 @@ def load_start(args, rank, world, device):
     file (then its cold start where --warm_steps asks for one)."""
     if args.init_from is None:
         tok, task = Tokenizer.for_chars(ALPHABET), get_task(args.task)
+        task.heldout = args.heldout
         if rank != 0:
             torch.distributed.barrier()          # rank 0 makes (or checks) the warm start; the others load it
         warm = warm_start(args, task, tok, device)
@@ -152,6 +161,7 @@ def load_start(args, rank, world, device):
         raise UserError(f"--init_from: {e}")
     warm = warm.to(device)
     task = get_task(args.task, style="instruct" if tok.chat else "raw")
+    task.heldout = args.heldout
     print(f"loaded {args.init_from}: {warm.config.n_layer} layers, {warm.config.n_embd} wide, "
           f"prompts in the {task.style} style{' (its chat template)' if tok.chat else ''}")
     if args.warm_steps > 0:

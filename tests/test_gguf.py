@@ -307,13 +307,6 @@ def test_train_from_a_gguf_file_cold_starts_and_exports(tmp_path):
     assert diff < 1e-4 * max(1.0, scale)
     hf_tok = transformers.AutoTokenizer.from_pretrained(hf_dir)
     assert hf_tok("Write 7 as a sum", add_special_tokens=False).input_ids == tokenizer[0].encode("Write 7 as a sum").ids
-    from experiments import realmodel              # its report: the start and each run's last eval, both settings
-    realmodel.main(["--run_dir", out, "--out", str(tmp_path / "report")])
-    md = open(tmp_path / "report" / "report.md").read()
-    assert "| cold start (step 0) |" in md and "| flowrl (step 2) |" in md and "| grpo_kl (step 2) |" in md
-    data = json.load(open(tmp_path / "report" / "report.json"))
-    assert md == realmodel.report_md(data) + "\n" and data["runs"]["grpo_kl"]["paper"][-1]["step"] == 2
-    assert os.path.getsize(tmp_path / "report" / "curves.png") > 10000
     # a second run reuses the cold start
     import contextlib
     import io
@@ -321,3 +314,48 @@ def test_train_from_a_gguf_file_cold_starts_and_exports(tmp_path):
     with contextlib.redirect_stdout(buf):
         train.main(argv[:3] + ["flowrl"] + argv[5:] + ["--tag", "_again"])
     assert "cold start: reusing" in buf.getvalue()
+
+
+def test_realmodel_sweep_resumes_skips_and_aggregates(tmp_path, monkeypatch, capsys):
+    """experiments.realmodel's sweep on a tiny GGUF file, two seeds of two algorithms from one cold start:
+    interrupted inside a run, run again it resumes that run from its last checkpoint (each step logged
+    once), skips the finished runs (their files untouched) and writes the report: each run's algo, seed,
+    final step and held-out prompt count, the missing list emptied, the table's rows and the curves."""
+    import train
+    from experiments import realmodel
+    path = write_gguf(str(tmp_path / "m.gguf"), hf_model("llama", 64, True), "llama", tokenizer=bpe())
+    out, report = str(tmp_path / "runs"), str(tmp_path / "report")
+    argv = ["--seeds", "0", "1", "--algos", "flowrl", "grpo", "--out_dir", out, "--out", report, "--",
+            "--init_from", path, "--steps", "2", "--batch_prompts", "2", "--group_size", "2", "--minibatches", "1",
+            "--max_new_tokens", "8", "--eval_k", "2", "--eval_prompts", "4", "--eval_every", "1", "--warm_steps", "2",
+            "--warm_lr", "1e-3", "--ckpt_every", "1"]
+    real, calls = train.train_record, []
+
+    def interrupt(*a, **k):                      # the 8th training step (grpo_s1's 2nd) never finishes
+        calls.append(1)
+        if len(calls) == 8:
+            raise KeyboardInterrupt
+        return real(*a, **k)
+    monkeypatch.setattr(train, "train_record", interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        realmodel.main(argv)
+    monkeypatch.setattr(train, "train_record", real)
+    done = {n: open(os.path.join(out, n, "metrics.jsonl")).read() for n in ("flowrl_s0", "grpo_s0", "flowrl_s1")}
+    partial = json.load(open(os.path.join(report, "report.json")))
+    assert partial["missing"] == ["grpo_s1"] and len(partial["runs"]) == 3       # written after each finished run
+    capsys.readouterr()
+    data = realmodel.main(argv)
+    printed = capsys.readouterr().out
+    assert all(f"{n}: finished, skipped" in printed for n in done) and "grpo: resumed from" in printed
+    assert {n: open(os.path.join(out, n, "metrics.jsonl")).read() for n in done} == done
+    rows = [json.loads(line) for line in open(os.path.join(out, "grpo_s1", "metrics.jsonl"))]
+    assert [r["step"] for r in rows if r["kind"] == "train"] == [1, 2]
+    assert [r["step"] for r in rows if r["kind"] == "eval"] == [0, 1, 2]
+    assert data["missing"] == [] and sorted((r["algo"], r["seed"]) for r in data["runs"]) == [
+        ("flowrl", 0), ("flowrl", 1), ("grpo", 0), ("grpo", 1)]
+    assert all(r["step"] == 2 and r["eval_prompts"] == 4 and r["wall_s"] > 0 for r in data["runs"])
+    assert json.load(open(os.path.join(report, "report.json"))) == data
+    md = open(os.path.join(report, "report.md")).read()
+    assert "| cold start (step 0) | 1 |" in md and "| flowrl (step 2) | 2 |" in md and "| grpo (step 2) | 2 |" in md
+    assert os.path.getsize(os.path.join(report, "curves.png")) > 10000
+    assert os.listdir(out).count("coldstart.pt") == 1                            # one cold start for every seed

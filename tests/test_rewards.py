@@ -303,3 +303,45 @@ def test_parser_work_is_linear_in_the_input():
     finally:
         for name, fn in real.items():
             setattr(rewards, name, fn)
+
+
+@pytest.mark.parametrize("name", ["countdown", "countdown_small", "make_n"])
+def test_heldout_prompts_are_never_trained_on(name):
+    """With a held-out share, training draws (and the cold start's demonstrations) come only from the training
+    split and the eval prompts only from the held-out one, by an independent SHA-256 of the data; the share
+    held out is near the one asked for; the eval prompts are distinct and the same for every seed; without a
+    share, the draws are the stream they always were."""
+    import hashlib
+    import json
+    from evaluate import eval_problems
+    held = lambda d: int(hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16], 16) / 2 ** 64 < 0.25
+    task = get_task(name, style="instruct")
+    plain = [task.sample(random.Random(7)).data for _ in range(1)] + [task.sample(random.Random(7 + i)).data
+                                                                     for i in range(1, 50)]
+    draws = [task.make(random.Random(7 + i)) for i in range(50)]
+    assert plain == draws                                       # heldout 0: one make() per sample, as before
+    share = sum(held(task.make(random.Random(i))) for i in range(4000)) / 4000
+    assert 0.18 < share < 0.32 if name != "make_n" else share > 0
+    task.heldout = 0.25
+    rng = random.Random(1)
+    train = [task.sample(rng) for _ in range(300)]
+    demos = [task.demo_answer(rng)[0] for _ in range(100)]
+    assert not any(held(p.data) for p in train + demos)
+    n = 32 if name != "make_n" else None
+    evals = eval_problems(task, n or 32, seed=0)
+    assert evals and all(held(p.data) for p in evals)
+    assert len({p.prompt for p in evals}) == len(evals) == (n or len([t for t in task.targets if held({"n": t})]))
+    assert [p.prompt for p in eval_problems(task, n or 32, seed=5)] == [p.prompt for p in evals]
+
+
+def test_an_empty_split_is_an_error_not_a_hang():
+    task = get_task("make_n")
+    task.heldout = 0.999999
+    with pytest.raises(ValueError, match="split"):
+        task.sample(random.Random(0))
+    from evaluate import eval_problems
+    task = get_task("add", digits=1)                 # 100 prompts, about 25 of them held out
+    task.heldout = 0.25
+    assert len(eval_problems(task, 20, 0)) == 20
+    with pytest.raises(ValueError, match="fewer than 40 distinct prompts"):
+        eval_problems(task, 40, 0)
