@@ -24,7 +24,7 @@ TEMPLATE = ("{% for message in messages %}{{'<|im_start|>' + message['role'] + '
             "'<|im_end|>\n'}}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}")
 
 
-def bpe():
+def bpe(words=("Write", "as", "a", "sum", "of", "digits", "7", "answer", "the", "  ", "\n", "<", ">", "+")):
     """A small byte-level BPE (tokens in id order, merges, specials) trained by the tokenizers library."""
     from tokenizers import Tokenizer as HFTok, decoders, models, pre_tokenizers, trainers
     tok = HFTok(models.BPE())
@@ -33,7 +33,6 @@ def bpe():
     trainer = trainers.BpeTrainer(vocab_size=300, special_tokens=["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
     rng = random.Random(0)
-    words = ["Write", "as", "a", "sum", "of", "digits", "7", "answer", "the", "  ", "\n", "<", ">", "+"]
     tok.train_from_iterator([" ".join(rng.choice(words) for _ in range(20)) for _ in range(200)], trainer)
     spec = json.loads(tok.to_str())
     vocab = spec["model"]["vocab"]
@@ -78,8 +77,11 @@ def raw_k_quant(rows, cols, kind, rng):
     return b.reshape(rows, -1)
 
 
-def write_gguf(path, m, arch, kind="F32", tokenizer=None, pre="gpt-2", template=TEMPLATE, seed=0):
-    """m (a transformers model) as a GGUF file in llama.cpp's naming, its 2-D weights in `kind`."""
+def write_gguf(path, m, arch, kind="F32", tokenizer=None, pre="gpt-2", template=TEMPLATE, seed=0, edit=None,
+               tensor=None, eos=True):
+    """m (a transformers model) as a GGUF file in llama.cpp's naming, its 2-D weights in `kind`. For the
+    refusal tests: edit(writer) adds metadata before the tensors, tensor(name, array) returns the array to
+    write (None: leave it out), eos=False names no end-of-sequence token."""
     c = m.config
     w = gguf.GGUFWriter(path, arch)
     w.add_context_length(c.max_position_embeddings)
@@ -103,9 +105,12 @@ def write_gguf(path, m, arch, kind="F32", tokenizer=None, pre="gpt-2", template=
     w.add_token_types([3 if t.startswith("<|") else 1 for t in tokens])
     w.add_token_merges(merges)
     w.add_bos_token_id(tokens.index("<|endoftext|>"))
-    w.add_eos_token_id(tokens.index("<|im_end|>"))
+    if eos:
+        w.add_eos_token_id(tokens.index("<|im_end|>"))
     if template:
         w.add_chat_template(template)
+    if edit is not None:
+        edit(w)
     names = {"model.embed_tokens.weight": "token_embd.weight", "model.norm.weight": "output_norm.weight",
              "lm_head.weight": "output.weight"}
     for i in range(c.num_hidden_layers):
@@ -126,6 +131,10 @@ def write_gguf(path, m, arch, kind="F32", tokenizer=None, pre="gpt-2", template=
             a = permute(a, c.num_attention_heads)
         if arch == "llama" and "k_proj" in name:
             a = permute(a, c.num_key_value_heads)
+        if tensor is not None:
+            a = tensor(names[name], a)
+            if a is None:
+                continue
         if a.ndim == 1 or kind == "F32":
             w.add_tensor(names[name], np.ascontiguousarray(a, dtype=np.float32))
         elif kind in K_QUANTS:
@@ -240,6 +249,67 @@ def test_bad_files_are_one_error_naming_them(tmp_path):
     open(q2, "wb").write(bytes(blob))
     with pytest.raises(CheckpointError, match="'blk.0.ffn_up.weight' has type Q2_K, which is not supported"):
         load_gguf(q2)
+
+
+@pytest.mark.parametrize("case,needle", [
+    ("rope", "rope scaling 'yarn' is not supported"),
+    ("missing", "tensor 'blk.1.ffn_up.weight' (for blocks.1.mlp.up_proj.weight, shape (96, 64)) is not in the file"),
+    ("shape", "tensor 'blk.0.attn_v.weight' has shape (16, 64); expected (32, 64) for blocks.0.attn.v_proj.weight"),
+    ("extra", "tensor 'blk.0.extra.weight' is not used by a llama of this config (1 unused tensors in all)"),
+    ("pre", "pre-tokenizer 'mystery' is not supported"),
+    ("merges", "does not follow the vocabulary's id order"),
+    ("eos", "no end-of-sequence token"),
+])
+def test_each_gguf_refusal_names_its_cause(tmp_path, case, needle):
+    """Every refusal load_gguf promises, each from a file that differs from a good one in that one respect."""
+    tok, tokens, merges = bpe()
+    kw = {}
+    if case == "rope":
+        kw["edit"] = lambda w: w.add_rope_scaling_type(gguf.RopeScalingType.YARN)
+    if case == "missing":
+        kw["tensor"] = lambda name, a: None if name == "blk.1.ffn_up.weight" else a
+    if case == "shape":
+        kw["tensor"] = lambda name, a: a[:16] if name == "blk.0.attn_v.weight" else a
+    if case == "extra":
+        kw["edit"] = lambda w: w.add_tensor("blk.0.extra.weight", np.zeros((2, 2), dtype=np.float32))
+    if case == "pre":
+        kw["pre"] = "mystery"
+    if case == "merges":
+        kw["tokenizer"] = (tok, tokens, merges[::-1])
+    if case == "eos":
+        kw["eos"] = False
+    path = write_gguf(str(tmp_path / f"{case}.gguf"), hf_model("llama", 64, True), "llama", **kw)
+    with pytest.raises(CheckpointError) as e:
+        load_gguf(path)
+    assert needle in str(e.value) and f"{case}.gguf" in str(e.value)
+    load_gguf(write_gguf(str(tmp_path / "good.gguf"), hf_model("llama", 64, True), "llama"))    # the good one loads
+
+
+@pytest.mark.parametrize("pre", ["qwen2", "llama-bpe", "smollm", "gpt-2"])
+def test_each_pre_tokenizer_splits_as_the_tokenizers_library(tmp_path, pre):
+    """A GGUF file's pre-tokenizer name picks the split pattern: our encoding of digit runs, contractions,
+    spaces and punctuation equals the tokenizers library's with the pre-tokenizer our export writes for it
+    (gguf_io._pre_tokenizer), on the same vocabulary and merges."""
+    from tokenizers import Tokenizer as HFTok
+    from gguf_io import _pre_tokenizer
+    tok, tokens, merges = bpe(words=("12345", "2024", "100", "it's", "the", "  ", "answer", "\n", "x", "!?"))
+    path = write_gguf(str(tmp_path / "m.gguf"), hf_model("llama", 64, True), "llama", pre=pre,
+                      tokenizer=(tok, tokens, merges))
+    _, ours = load_gguf(path)
+    spec = json.loads(tok.to_str())
+    spec["pre_tokenizer"] = _pre_tokenizer(pre)
+    ref = HFTok.from_str(json.dumps(spec))
+    texts = ["Write 12345 as a sum of 7 digits", "it's   the answer's  <answer>3+4</answer>\n\n  x", "a1b22c333 !?"]
+    for text in texts:
+        assert ours.encode(text) == ref.encode(text, add_special_tokens=False).ids, (pre, text)
+    digits = [ours.decode([t]) for t in ours.encode("12345")]        # the patterns differ on digit runs:
+    ends = {sum(map(len, digits[:i + 1])) for i in range(len(digits))}
+    if pre in ("qwen2", "smollm"):                                     # one digit a piece
+        assert digits == ["1", "2", "3", "4", "5"]
+    elif pre == "llama-bpe":                                           # runs of at most three digits
+        assert 3 in ends and max(map(len, digits)) <= 3 and len(digits) < 5
+    else:                                                              # the whole run, merged as trained
+        assert digits == ["12345"]
 
 
 def test_train_refuses_a_bad_gguf_in_one_line(tmp_path):
