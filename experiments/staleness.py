@@ -13,6 +13,7 @@ the same rates on-policy). The authors' later objective with π_old in place of 
 Writes <out_dir>/K<k>/seed<S>/<variant>/..., <out_dir>/staleness.{json,md,png}.
 """
 
+import json
 import os
 import time
 
@@ -112,44 +113,64 @@ def markdown(table, ks, names, steps, seeds, finals):
 
 
 def draw(table, ks, seeds, path, finals):
-    """Accuracy, effective # correct and KL(π‖p*) against K (mean ± std over seeds, and each seed as a faint
-    dot from finals, seed_finals' values): the practical form on the top row, the exact form below; colour:
-    where log Z comes from; line style: the weight; GRPO in green on every panel."""
+    """Small multiples: one panel per form (practical, exact) and log Z source (head, group estimate, none),
+    KL(π‖p*) (log scale) and accuracy against K. In each panel the three weights (clipped solid, raw
+    dashed, w = 1 dotted) and GRPO (gray, the same in every panel); lines: the mean over seeds; dots: each
+    seed (from finals, seed_finals' values); accuracy also with ± std bars (a log axis takes none)."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    colour = {"": "tab:blue", "_group": "tab:purple", "_logz0": "tab:gray"}
+    colour = {"": "tab:blue", "_wfree": "tab:red", "_w1": "tab:orange"}
     line = {"": "-", "_wfree": "--", "_w1": ":"}
     logz_name = {"": "log Z head", "_group": "group log Z", "_logz0": "no log Z"}
     weight_name = {"": "clipped w", "_wfree": "raw w", "_w1": "w = 1"}
-    fig, axes = plt.subplots(2, 3, figsize=(18, 9))
-    for row, form in zip(axes, ("flowrl", "flowrl_exact")):
-        runs = [(form + z + w, dict(color=colour[z], ls=line[w], label=f"{logz_name[z]}, {weight_name[w]}"))
-                for z in LOGZ for w in WEIGHT]
-        for n, kw in runs + [("grpo", dict(color="tab:green", ls="-", label="grpo"))]:
-            pts = [(k, table[f"K{k}/{n}"]) for k in ks if f"K{k}/{n}" in table]
-            for ax, m in zip(row, FINAL):
-                ok = [(k, c[m]) for k, c in pts if c[m] is not None]
-                dots = [(k, v) for k, _ in ok for v in finals[f"K{k}/{n}"][m] if v is not None]
-                ax.plot([k for k, _ in dots], [v for _, v in dots], ".", color=kw["color"], alpha=0.35, ms=4)
-                ax.errorbar([k for k, _ in ok], [v[0] for _, v in ok], yerr=[v[1] for _, v in ok], marker="o",
-                            ms=4, capsize=3, **kw)
-        for ax, title in zip(row, ["accuracy (T=1)", "effective # correct", "KL(π‖p*), nats (log scale)"]):
-            ax.set(title=f"{form}: {title}", xlabel="rollouts K optimizer steps stale", xticks=list(ks))
-            ax.grid(alpha=0.3)
-        row[2].set_yscale("log")
-        row[0].legend(fontsize=7)
-    fig.suptitle(f"FlowRL with stale rollouts (make_n, 500 steps; lines: mean ± std over seeds {seeds}, dots: each "
-                 f"seed; python -m experiments.staleness)")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    form_name = {"flowrl": "practical FlowRL", "flowrl_exact": "exact FlowRL"}
+    metrics = (("kl_to_target", "KL(π‖p*), nats"), ("accuracy", "accuracy (T=1)"))
+    fig, axes = plt.subplots(4, 3, figsize=(15, 14), sharex=True, sharey="row")     # one scale per row
+    for f, form in enumerate(("flowrl", "flowrl_exact")):
+        for m, (metric, label) in enumerate(metrics):
+            for c, z in enumerate(LOGZ):
+                ax = axes[2 * f + m, c]
+                series = [(form + z + w, dict(color=colour[w], ls=line[w], label=weight_name[w])) for w in WEIGHT]
+                for n, kw in series + [("grpo", dict(color="gray", ls="-", label="grpo", alpha=0.7))]:
+                    pts = [(k, table[f"K{k}/{n}"][metric]) for k in ks
+                           if f"K{k}/{n}" in table and table[f"K{k}/{n}"][metric] is not None]
+                    dots = [(k, v) for k, _ in pts for v in finals[f"K{k}/{n}"][metric] if v is not None]
+                    ax.plot([k for k, _ in dots], [v for _, v in dots], ".", color=kw["color"], alpha=0.45, ms=5)
+                    if metric == "accuracy":
+                        ax.errorbar([k for k, _ in pts], [v[0] for _, v in pts], yerr=[v[1] for _, v in pts],
+                                    marker="o", ms=3, capsize=2, **kw)
+                    else:
+                        ax.plot([k for k, _ in pts], [v[0] for _, v in pts], marker="o", ms=3, **kw)
+                if metric == "kl_to_target":
+                    ax.set_yscale("log")
+                ax.set(title=f"{form_name[form]}, {logz_name[z]}", ylabel=label, xticks=list(ks))
+                ax.grid(alpha=0.3)
+    for ax in axes[-1]:
+        ax.set_xlabel("rollouts K optimizer steps stale")
+    handles, labels = axes[0, 0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=4, fontsize=10, frameon=False)
+    fig.suptitle(f"FlowRL with stale rollouts (make_n, 500 steps): lines the mean over seeds {seeds}, dots each "
+                 f"seed; python -m experiments.staleness")
+    fig.tight_layout(rect=(0, 0.03, 1, 0.98))
+    fig.savefig(path, dpi=90)
     plt.close(fig)
+
+
+def redraw(json_path, png_path):
+    """The figure again from a staleness.json this script wrote (its table and seed finals)."""
+    with open(json_path) as f:
+        d = json.load(f)
+    draw(d["table"], d["ks"], d["seeds"], png_path, d["seed_finals"])
 
 
 def main():
     p = experiment_parser(__doc__, None, 500, "out_staleness")
     p.add_argument("--ks", type=int, nargs="+", default=KS, help="staleness values K (--stale K)")
+    p.add_argument("--redraw", metavar="JSON", help="only redraw the figure from a staleness.json, beside it")
     args = p.parse_args()
+    if args.redraw:
+        return redraw(args.redraw, os.path.splitext(args.redraw)[0] + ".png")
     t0 = time.time()
     common = lambda k, seed: ["--steps", str(args.steps), "--seed", str(seed), "--eval_every", "100",
                               "--stale", str(k), "--out_dir", os.path.join(args.out_dir, f"K{k}", f"seed{seed}")]
