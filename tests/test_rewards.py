@@ -345,3 +345,50 @@ def test_an_empty_split_is_an_error_not_a_hang():
     assert len(eval_problems(task, 20, 0)) == 20
     with pytest.raises(ValueError, match="fewer than 40 distinct prompts"):
         eval_problems(task, 40, 0)
+
+
+def brute_force_countdown(numbers, target):
+    """Every expression tree over the numbers (each once, any order, + - * /, any shape), evaluated with
+    Python's Fractions: the in-order token sequences (parentheses dropped) of those equal to the target."""
+    import itertools
+    from fractions import Fraction as Fr
+
+    def trees(items):                              # items: (value, tokens) in a fixed order
+        if len(items) == 1:
+            yield items[0]
+            return
+        for cut in range(1, len(items)):
+            for lv, lt in trees(items[:cut]):
+                for rv, rt in trees(items[cut:]):
+                    for op in "+-*/":
+                        if op == "/" and rv == 0:
+                            continue
+                        v = {"+": lambda: lv + rv, "-": lambda: lv - rv, "*": lambda: lv * rv, "/": lambda: lv / rv}[op]()
+                        yield v, lt + (op,) + rt
+    out = set()
+    for perm in set(itertools.permutations(numbers)):
+        for v, toks in trees([(Fr(x), (str(x),)) for x in perm]):
+            if v == target:
+                out.add(toks)
+    return out
+
+
+@pytest.mark.parametrize("name,kw", [("countdown", {}), ("countdown_small", {}),
+                                     ("countdown", dict(n_numbers=4, lo=1, hi=6, max_target=30))])
+def test_countdown_solutions_equal_a_brute_force(name, kw):
+    """CountdownTask.solutions against an enumeration of expression trees in plain Python: the same in-order
+    token sequences (every tree that reaches the target has its answer, and no answer without a tree), and
+    each answer's value by Python's own parser, over Fractions, is the target, each number used once."""
+    import re
+    from fractions import Fraction as Fr
+    task = get_task(name, **kw)
+    rng = random.Random(3)
+    for _ in range(12 if kw else 25):
+        p = task.sample(rng)
+        sols = task.solutions(p)
+        assert sols and len(set(sols)) == len(sols)
+        assert {tuple(re.findall(r"\d+|[-+*/]", s)) for s in sols} == brute_force_countdown(
+            p.data["numbers"], p.data["target"])
+        for s in sols:
+            assert eval(re.sub(r"\d+", lambda m: f"Fr({m.group()})", s), {"Fr": Fr}) == p.data["target"], s
+            assert sorted(map(int, re.findall(r"\d+", s))) == sorted(p.data["numbers"])

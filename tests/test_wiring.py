@@ -107,6 +107,39 @@ def test_baselines_get_their_advantages(out, monkeypatch):
     assert torch.allclose(adv, adv2, atol=1e-5) and torch.allclose(returns, ret2, atol=1e-5)
 
 
+def test_ppo_values_read_the_state_before_each_response_token(out, monkeypatch):
+    """PPO's old values by hand: a random (not zero-initialized) value head on the hidden state of each row
+    run alone, unpadded, at the position before each response token (the last prompt token for the
+    first). They are what gae received: returns − advantages on the response tokens."""
+    import copy
+    real_init = flowrl.ValueHead.__init__
+
+    def init(self, n_embd):
+        real_init(self, n_embd)
+        torch.nn.init.normal_(self.out.weight, std=0.5, generator=torch.Generator().manual_seed(0))
+        torch.nn.init.constant_(self.out.bias, 0.3)
+    monkeypatch.setattr(flowrl.ValueHead, "__init__", init)
+    ppo = record_calls(monkeypatch, "ppo_loss")
+    real_collect, seen = train.collect, []
+
+    def collect(args, run, *a, **k):
+        policy, head = copy.deepcopy(run.policy), copy.deepcopy(run.head)          # as they sample
+        seen.append((real_collect(args, run, *a, **k), policy, head))
+        return seen[-1][0]
+    monkeypatch.setattr(train, "collect", collect)
+    train.main(TINY + ["--algo", "ppo", "--steps", "1", "--kl_coef", "0.05", "--out_dir", out])
+    b, policy, head = seen[0]
+    a, _ = ppo[0]
+    old_values = a[5] - a[3]                                       # (N, T): returns − advantages
+    with torch.no_grad():
+        for i in range(b.ro.mask.shape[0]):
+            prompt, resp = b.ro.prompt[i][b.ro.prompt_mask[i]], b.ro.response[i][b.ro.mask[i]]
+            _, h = policy(torch.cat([prompt, resp])[None], return_hidden=True)       # (1, Tp + n, H)
+            by_hand = head(h[:, len(prompt) - 1:len(prompt) - 1 + len(resp)])[0]     # (n,)
+            assert torch.allclose(old_values[i, :len(resp)], by_hand, atol=1e-5), i
+    assert old_values.abs().max() > 0.1                            # a head that reads the state, not zeros
+
+
 def test_modern_reward_maximizers_get_their_advantages_and_clips(out, monkeypatch):
     dr, dapo, gspo = (record_calls(monkeypatch, n) for n in ("dr_grpo_loss", "dapo_loss", "gspo_loss"))
     batches = record_batches(monkeypatch)
