@@ -266,13 +266,21 @@ def test_log_partition_init_is_a_log_mean_exp():
 # ---- baselines ----
 
 def test_grpo_zero_gradient_for_equal_rewards():
+    """Two groups of 4: rewards all equal in the first, mixed in the second. The first group's advantages
+    are exactly 0, so its rows get only the KL term's gradient, by hand kl_coef·(1 − exp(ref − lp))/(T·N);
+    the second group's rows get a policy-gradient part beside it."""
     torch.manual_seed(0)
-    x = torch.randn(4, 3, requires_grad=True)
-    mask = torch.ones(4, 3, dtype=torch.bool)
-    adv = group_normalize(torch.ones(4), 4)
-    loss, _ = grpo_loss(x, x.detach() + 0.1 * torch.randn(4, 3), x.detach() - 0.3, mask, adv, kl_coef=0.0)
+    N, T, c = 8, 3, 0.1
+    x = torch.randn(N, T, requires_grad=True)
+    mask = torch.ones(N, T, dtype=torch.bool)
+    ref = x.detach() - 0.3
+    adv = group_normalize(torch.tensor([1.0, 1, 1, 1, 0, 1, 0, 1]), 4)
+    assert (adv[:4] == 0).all() and (adv[4:] != 0).all()
+    loss, _ = grpo_loss(x, x.detach() + 0.1 * torch.randn(N, T), ref, mask, adv, kl_coef=c)
     loss.backward()
-    assert (x.grad == 0).all()
+    kl_grad = c * (1 - torch.exp(ref - x.detach())) / (T * N)                      # d k3 / d lp, token mean
+    assert torch.allclose(x.grad[:4], kl_grad[:4], atol=1e-7)
+    assert (x.grad[4:] - kl_grad[4:]).abs().min() > 1e-3
 
 
 def test_grpo_hand_computed():

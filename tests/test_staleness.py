@@ -21,17 +21,28 @@ def test_the_sweep_runs_every_factor_at_every_k_and_the_rest_where_asked():
     assert staleness.names_at(4, ["flowrl_w1", "grpo_lr3"]) == ["flowrl_w1", "grpo_lr3"]
 
 
+def meaning(name):
+    """What a variant's name says, read from the name alone: (algo, logz, clip bounds, weight, prior, lr divisor)."""
+    algo = next(a for a in ("flowrl_exact", "flowrl", "dr_grpo", "grpo") if name.startswith(a))
+    rest = name[len(algo):]
+    logz = "group" if "_group" in rest else "none" if ("_logz0" in rest or "_old" in rest) else "head"
+    clip = None if "_wfree" in rest else (0.8, 1.2)
+    weight = "one" if "_w1" in rest else "ratio"
+    prior = "old" if "_old" in rest else "ref"
+    div = 10 if rest.endswith("_lr10") else 3 if rest.endswith("_lr3") else 1
+    return algo, logz, clip, weight, prior, div
+
+
 @pytest.mark.parametrize("name", sorted(set(staleness.SWEEP) | set(staleness.OLD) | set(staleness.STEP)))
-def test_every_variant_is_a_valid_train_command(name):
+def test_every_variant_is_the_train_command_its_name_says(name):
+    """Every flag a variant's name stands for, checked on the parsed train.py arguments: the form, the log Z
+    source, the clip bounds (none for _wfree), the weight, the prior, and the policy's and head's rates."""
     algo, flags = experiments.VARIANTS[name]
     args = config.parse_args(["--algo", algo, "--stale", "4"] + flags)
-    assert args.stale == 4
-    if name.endswith("_w1"):
-        assert args.weight == "one"
-    if name.endswith("_old"):
-        assert args.prior == "old" and args.logz == "none"
-    if name.endswith("_lr10"):
-        assert args.lr == pytest.approx(3e-5) and args.logz_lr == pytest.approx(0.01)
+    want_algo, logz, clip, weight, prior, div = meaning(name)
+    assert args.stale == 4 and algo == want_algo
+    assert (args.logz, args.clip_bounds, args.weight, args.prior) == (logz, clip, weight, prior)
+    assert args.lr == pytest.approx(3e-4 / div) and args.logz_lr == pytest.approx(0.1 / div)
 
 
 def test_table_and_figure_from_finished_runs(tmp_path):
