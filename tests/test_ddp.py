@@ -98,6 +98,8 @@ def records(path):
 
 @pytest.mark.slow
 def test_torchrun_writes_once_and_resume_equals_an_uninterrupted_run(tmp_path):
+    """Exact equality by construction: both are 2-process gloo runs on this CPU, whose all-reduce sums the
+    same two gradients in the same order, and the resumed one restores every process's streams."""
     a, b = str(tmp_path / "a"), str(tmp_path / "b")
     p = torchrun(a)
     assert p.stdout.count("final eval") == 1
@@ -113,6 +115,8 @@ def test_torchrun_writes_once_and_resume_equals_an_uninterrupted_run(tmp_path):
 
 @pytest.mark.slow
 def test_fsdp_run_writes_a_full_checkpoint_and_resumes(tmp_path):
+    """Exact equality by construction: both are 2-process gloo runs on this CPU, whose all-reduce sums the
+    same two gradients in the same order, and the resumed one restores every process's streams."""
     a, b = str(tmp_path / "a"), str(tmp_path / "b")
     torchrun(a, "--fsdp")
     ck = torch.load(os.path.join(a, "flowrl", "ckpt.pt"), weights_only=True)

@@ -166,6 +166,8 @@ def test_stale_zero_and_on_policy_give_ratio_one(tmp_path):
 
 
 def test_resume_with_stale_and_dynamic_sampling_gives_the_same_metrics(tmp_path):
+    """Exact equality by construction, as in test_train's resume test: one process, one CPU, every random
+    stream and the queue of stale batches restored from the checkpoint."""
     a, b = str(tmp_path / "a"), str(tmp_path / "b")
     args = TINY + ["--algo", "flowrl", "--stale", "2", "--drop_flat_groups", "--refill_rounds", "4",
                    "--warm_steps", "400"]

@@ -87,6 +87,9 @@ def test_tiny_end_to_end_run(tmp_path, algo):
 
 @pytest.mark.slow
 def test_resume_gives_the_same_metrics(tmp_path):
+    """Exact equality is right here, by construction: both runs execute in this process on the same CPU kernels,
+    and the checkpoint restores every random stream (torch's, the prompt stream's, each sampler's) with the
+    weights and AdamW state, so the resumed run performs the same float operations in the same order."""
     a, b = str(tmp_path / "a"), str(tmp_path / "b")
     args = TINY + ["--algo", "flowrl", "ppo", "--steps", "6", "--ckpt_every", "3", "--eval_every", "3",
                    "--warm_steps", "150", "--no_plot"]
