@@ -86,8 +86,10 @@ def sweep(a, extra):
                 continue
             resume = os.path.exists(os.path.join(run_dir, "ckpt.pt"))
             t0 = time.time()
-            train.main(train_argv(algo, seed, a.out_dir, extra) + (["--resume"] if resume else []))
-            add_wall(a.out_dir, run_name(algo, seed), time.time() - t0)
+            try:                                # an interrupted part's time counts too (SIGTERM: see main)
+                train.main(train_argv(algo, seed, a.out_dir, extra) + (["--resume"] if resume else []))
+            finally:
+                add_wall(a.out_dir, run_name(algo, seed), time.time() - t0)
             aggregate(a, steps)
 
 
@@ -371,7 +373,9 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
+    import signal
     from config import UserError
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))      # stopped: the running part's wall time is kept
     try:
         main()
     except UserError as e:
