@@ -153,9 +153,9 @@ def pilot_tasks_md(rows):
 def pilot_lrs(a, extra):
     """Each of PILOT_ALGOS at each of a.lrs for PILOT_STEPS steps from the sweep's cold start (seed 0, run
     directory out_dir/<algo>_lr<lr>), evaluated at the end on 16 held-out prompts x 8 samples: the training
-    accuracy's rise, the token entropy, the KL to π_ref, the format. The rule, fixed before the pilot ran:
-    per algorithm the larger rate, unless its held-out format rate at the end is below 0.9 or its held-out
-    accuracy below the smaller rate's (then the smaller); the log Z head's rate stays 1e-3 with either."""
+    accuracy's rise, the token entropy, the KL to π_ref, the format. The rule (chosen_lrs), fixed before the
+    pilot ran: per algorithm the larger rate, unless its held-out format rate at the end is below 0.9 or its
+    held-out accuracy below the smaller rate's (then the smaller); the log Z head's rate stays 1e-3 with either."""
     import train
     rows = []
     for algo in PILOT_ALGOS:
@@ -187,14 +187,30 @@ def pilot_lrs(a, extra):
     print(md)
 
 
+def chosen_lrs(rows):
+    """The pilot's rule, per algorithm: the largest rate whose held-out format rate at the end is >= 0.9 and
+    whose held-out accuracy is not below the next smaller rate's; else the smaller. {algo: lr}."""
+    out = {}
+    for algo in dict.fromkeys(r["algo"] for r in rows):
+        rs = sorted((r for r in rows if r["algo"] == algo), key=lambda r: r["lr"])
+        pick = rs[0]
+        for r in rs[1:]:
+            if r["format_end"] >= 0.9 and r["eval_end"] >= pick["eval_end"]:
+                pick = r
+        out[algo] = pick["lr"]
+    return out
+
+
 def pilot_lr_md(rows, steps=PILOT_STEPS):
+    chosen = chosen_lrs(rows)
     lines = [f"| algo | lr | train accuracy, first / last 5 steps | token entropy, last 5 | KL to π_ref, last 5 | "
-             f"held-out accuracy, step 0 / {steps} | format, step {steps} | effective correct, step {steps} |",
-             "|---" * 8 + "|"]
+             f"held-out accuracy, step 0 / {steps} | format, step {steps} | effective correct, step {steps} | "
+             "chosen |", "|---" * 9 + "|"]
     for r in rows:
         lines.append(f"| {r['algo']} | {r['lr']:g} | {r['train_accuracy_first5']:.3f} / {r['train_accuracy_last5']:.3f} "
                      f"| {r['entropy_last5']:.3f} | {r['kl_ref_last5']:.4f} | {r['eval_start']:.3f} / "
-                     f"{r['eval_end']:.3f} | {r['format_end']:.3f} | {r['effective_correct_end']:.2f} |")
+                     f"{r['eval_end']:.3f} | {r['format_end']:.3f} | {r['effective_correct_end']:.2f} | "
+                     f"{'yes' if chosen[r['algo']] == r['lr'] else ''} |")
     return "\n".join(lines)
 
 

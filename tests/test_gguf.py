@@ -429,3 +429,16 @@ def test_realmodel_sweep_resumes_skips_and_aggregates(tmp_path, monkeypatch, cap
     assert "| cold start (step 0) | 1 |" in md and "| flowrl (step 2) | 2 |" in md and "| grpo (step 2) | 2 |" in md
     assert os.path.getsize(os.path.join(report, "curves.png")) > 10000
     assert os.listdir(out).count("coldstart.pt") == 1                            # one cold start for every seed
+
+
+def test_the_lr_pilots_rule_picks_the_larger_rate_unless_it_does_worse():
+    from experiments.realmodel import chosen_lrs, pilot_lr_md
+    row = lambda algo, lr, acc, fmt: dict(algo=algo, lr=lr, eval_end=acc, format_end=fmt, train_accuracy_first5=0.1,
+                                          train_accuracy_last5=0.2, entropy_last5=0.1, kl_ref_last5=0.0,
+                                          eval_start=0.1, effective_correct_end=1.0)
+    rows = [row("a", 3e-6, 0.20, 1.0), row("a", 1e-5, 0.25, 0.95),      # better: the larger
+            row("b", 3e-6, 0.20, 1.0), row("b", 1e-5, 0.19, 1.0),       # less accurate: the smaller
+            row("c", 3e-6, 0.20, 1.0), row("c", 1e-5, 0.30, 0.85)]      # format lost: the smaller
+    assert chosen_lrs(rows) == {"a": 1e-5, "b": 3e-6, "c": 3e-6}
+    md = pilot_lr_md(rows, 20)
+    assert "| a | 1e-05 |" in md and md.count("| yes |") == 3
