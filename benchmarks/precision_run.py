@@ -2,8 +2,9 @@
 The same 40-step SmolLM2 run in fp32 and in CPU bf16 (fp32 master weights, a bf16 copy that samples and
 trains, π_ref in bf16: precision.py): do the curves tell the same story? Same seed, same cold-start
 recipe (each made in its own precision), same prompts; the two differ in every matmul's rounding, so
-sampled tokens part ways within the first steps and the comparison is of the story, not of the digits. Timings are not compared here (the runs shared the
-machine with other jobs): benchmarks.bench --smollm2 times the step alone.
+sampled tokens part ways within the first steps and the comparison is of the story, not of the digits.
+Timings are not compared here (the runs shared the machine with other jobs): benchmarks.bench --smollm2 times
+the step alone.
 
     python train.py --preset smollm2 --task make_n --heldout 0 --steps 40 --eval_every 20 --max_new_tokens 48 \\
         --lr 1e-5 --algo flowrl grpo grpo_kl --out_dir out_smollm2_fp32 --no-bf16      # and --bf16, out_smollm2_bf16
@@ -66,7 +67,8 @@ def table(data):
     start = {p: data[p]["flowrl"]["evals"][0] for p in ("fp32", "bf16")}
     lines += ["", "The cold start (step 0), each made in its own precision: " + "; ".join(
         f"{p} accuracy {start[p]['accuracy']:.3f}, pass@16 {start[p]['pass@16']:.3f}, effective correct "
-        f"{start[p]['effective_correct']:.2f}, token entropy {start[p]['entropy']:.3f}" for p in ("fp32", "bf16")) + "."]
+        f"{start[p]['effective_correct']:.2f}, token entropy {start[p]['entropy']:.3f}"
+        for p in ("fp32", "bf16")) + "."]
     return "\n".join(lines)
 
 

@@ -106,9 +106,12 @@ def test_results_files_equal_what_their_scripts_compute_from_the_json():
     assert all({"algo", "seed", "step", "eval_prompts"} <= set(r) for r in d["runs"])
     d = json.loads(read("docs/smollm2/pilot_tasks.json"))
     assert read("docs/smollm2/pilot_tasks.md") == realmodel.pilot_tasks_md(d["tasks"]) + "\n"
-    if os.path.exists(os.path.join(ROOT, "docs/smollm2/pilot_lr.json")):
-        d = json.loads(read("docs/smollm2/pilot_lr.json"))
-        assert read("docs/smollm2/pilot_lr.md") == realmodel.pilot_lr_md(d["rows"], d["steps"]) + "\n"
+    d = json.loads(read("docs/smollm2/pilot_lr.json"))
+    assert read("docs/smollm2/pilot_lr.md") == realmodel.pilot_lr_md(d["rows"], d["steps"]) + "\n"
+    import config                                 # the sweep runs at the rates the pilot chose
+    chosen = realmodel.chosen_lrs(d["rows"])
+    assert config.PRESETS["smollm2"]["lr"] == chosen["flowrl"] == chosen["grpo"]
+    assert float(realmodel.SWEEP_LR["gflowrl"]) == chosen["gflowrl"]
     from benchmarks import precision_run
     d = json.loads(read("docs/bf16_vs_fp32.json"))
     assert read("docs/bf16_vs_fp32.md") == precision_run.table(d) + "\n"

@@ -363,7 +363,8 @@ def brute_force_countdown(numbers, target):
                     for op in "+-*/":
                         if op == "/" and rv == 0:
                             continue
-                        v = {"+": lambda: lv + rv, "-": lambda: lv - rv, "*": lambda: lv * rv, "/": lambda: lv / rv}[op]()
+                        v = {"+": lambda: lv + rv, "-": lambda: lv - rv, "*": lambda: lv * rv,
+                             "/": lambda: lv / rv}[op]()
                         yield v, lt + (op,) + rt
     out = set()
     for perm in set(itertools.permutations(numbers)):
