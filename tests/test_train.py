@@ -184,9 +184,9 @@ def test_help_names_each_preset_default_and_every_loadable_architecture():
     import hf
     text = " ".join(config.build_parser().format_help().split())
     assert "default: None" not in text
-    assert "RL steps per algorithm (default: 2000 (small) / 1000 (large) / 40 (smollm2))" in text
-    assert "policy learning rate, AdamW (default: 0.0003 (small) / 0.0001 (large) / 1e-05 (smollm2))" in text
-    assert "(default: flowrl grpo grpo_kl (smollm2) / flowrl flowrl_exact grpo_kl grpo (otherwise))" in text
+    assert "RL steps per algorithm (default: 2000 (small) / 1000 (large) / 200 (smollm2))" in text
+    assert "policy learning rate, AdamW (default: 0.0003 (small) / 0.0001 (large) / 3e-06 (smollm2))" in text
+    assert "(default: flowrl grpo grpo_kl gflowrl (smollm2) / flowrl flowrl_exact grpo_kl grpo (otherwise))" in text
     for arch in (*hf.ARCHITECTURES, *gguf_io.ARCHITECTURES):
         assert arch in text, arch
 
@@ -306,11 +306,12 @@ def test_smollm2_preset_finds_its_file_or_says_how_to_install_it(monkeypatch, tm
     f.write_bytes(b"")
     monkeypatch.setattr(gguf_io, "find_smollm2", lambda: str(f))
     a = config.parse_args(["--preset", "smollm2", "--device", "cpu"])
-    assert (a.init_from, a.algo, a.warm_steps, a.paper_eval, a.task) == (str(f), ["flowrl", "grpo", "grpo_kl"], 40,
-                                                                         True, "make_n")
+    assert (a.init_from, a.algo, a.warm_steps, a.paper_eval, a.task, a.heldout, a.start_seed) == (
+        str(f), ["flowrl", "grpo", "grpo_kl", "gflowrl"], 40, True, "countdown_small", 0.25, 0)
     specs = config.runs(a)
     assert [(algo, tag, r.kl_coef) for algo, tag, r in specs] == [("flowrl", "", 0.0), ("grpo", "", 0.0),
-                                                                   ("grpo", "_kl", config.GRPO_KL)]
+                                                                   ("grpo", "_kl", config.GRPO_KL), ("gflowrl", "", 0.0)]
+    assert config.parse_args(["--preset", "smollm2", "--device", "cpu", "--seed", "2"]).start_seed == 2
     a = config.parse_args(["--preset", "smollm2", "--device", "cpu", "--kl_coef", "0.1", "--algo", "grpo_kl",
                            "--tag", "_x", "--warm_steps", "0"])
     assert [(algo, tag, r.kl_coef) for algo, tag, r in config.runs(a)] == [("grpo", "_kl_x", 0.1)] and a.warm_steps == 0
