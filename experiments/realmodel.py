@@ -17,7 +17,6 @@ Each run's wall time, summed over the commands that ran it, is kept in out_dir/w
 
 import argparse
 import json
-import math
 import os
 import sys
 import time
@@ -28,6 +27,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from plot import smooth, style  # noqa: E402
+from experiments.common import mean_std  # noqa: E402
 
 ALGOS = ("flowrl", "grpo", "grpo_kl", "gflowrl")
 # gflowrl draws new prompts while groups are all-equal (its filter): at most 3 more rollouts a step here, as
@@ -78,9 +78,9 @@ def add_wall(out_dir, name, seconds):
     os.replace(path + ".tmp", path)
 
 
-def sweep(a, extra):
+def sweep(a, extra, steps):
+    """Every (seed, algo) run not finished yet, each from its last checkpoint; the aggregate after each."""
     import train
-    steps = train.parse_args(train_argv("flowrl", 0, a.out_dir, extra)).steps
     for seed in a.seeds:                        # seed by seed: the first seed of every algorithm comes first
         for algo in a.algos:
             run_dir = os.path.join(a.out_dir, run_name(algo, seed))
@@ -174,7 +174,7 @@ def pilot_lrs(a, extra):
             recs = read_metrics(run_dir)
             tr = [r for r in recs if r["kind"] == "train" and "accuracy" in r]
             ev = [r for r in recs if r["kind"] == "eval"]
-            m = lambda rs, key: mean_std([r.get(key) for r in rs])[0]
+            m = lambda rs, key: mean([r.get(key) for r in rs])
             rows.append({"algo": algo, "lr": float(lr), "train_accuracy_first5": m(tr[:5], "accuracy"),
                          "train_accuracy_last5": m(tr[-5:], "accuracy"), "entropy_last5": m(tr[-5:], "entropy"),
                          "kl_ref_last5": m(tr[-5:], "kl_ref"), "eval_start": ev[0]["accuracy"],
@@ -248,19 +248,19 @@ def collect(a, steps):
             "cpu": wall.get("cpu"), "command": "python -m experiments.realmodel " + " ".join(sys.argv[1:])}
 
 
-def mean_std(xs):
-    xs = [x for x in xs if x is not None]
-    if not xs:
-        return None, None
-    m = sum(xs) / len(xs)
-    return m, math.sqrt(sum((x - m) ** 2 for x in xs) / (len(xs) - 1)) if len(xs) > 1 else 0.0
+def mean(xs):
+    """The mean of the values that are not None (None if there are none)."""
+    ms = mean_std(xs)
+    return None if ms is None else ms[0]
 
 
 def cell(xs, digits):
-    m, s = mean_std(xs)
-    if m is None:
+    """'mean ± std' of the values that are not None ('mean' alone for one value, '' for none)."""
+    ms = mean_std(xs)
+    if ms is None:
         return ""
-    return f"{m:.{digits}f}" + (f" ± {s:.{digits}f}" if len(xs) > 1 else "")
+    m, s, n = ms
+    return f"{m:.{digits}f}" + (f" ± {s:.{digits}f}" if n > 1 else "")
 
 
 ROW_KEYS = (("accuracy", 3), ("pass@2", 3), ("pass@4", 3), ("pass@8", 3), ("pass@16", 3), ("distinct_correct", 2),
@@ -304,7 +304,7 @@ def report_md(data):
         rs = [r for r in runs if r["algo"] == algo and r["train"]]
         if not rs:
             continue
-        part = lambda r, key, sl: mean_std([x.get(key) for x in r["train"][sl]])[0]
+        part = lambda r, key, sl: mean([x.get(key) for x in r["train"][sl]])
         both = lambda key, d: (f"{cell([part(r, key, slice(0, w)) for r in rs], d)} / "
                                f"{cell([part(r, key, slice(-w, None)) for r in rs], d)}")
         lines.append(f"| {algo} | {both('accuracy', 3)} | {both('entropy', 3)} | {both('frac_reward_zero_std', 2)} | "
@@ -339,10 +339,9 @@ def curves(data, path):
                 ax.plot(xs, ys, lw=0.6, alpha=0.45, **kw)
             common = min(len(xs) for xs, _ in series)
             xs = series[0][0][:common]
-            ms = [mean_std([ys[i] for _, ys in series]) for i in range(common)]
-            ms = [(m, s) if m is not None else (float("nan"), float("nan")) for m, s in ms]
-            ax.plot(xs, [m for m, _ in ms], lw=2, label=f"{algo} ({len(rs)} seeds)", **kw)
-            ax.fill_between(xs, [m - s for m, s in ms], [m + s for m, s in ms], alpha=0.15, color=kw.get("color"))
+            ms = [mean_std([ys[i] for _, ys in series]) or (float("nan"),) * 3 for i in range(common)]
+            ax.plot(xs, [m for m, _, _ in ms], lw=2, label=f"{algo} ({len(rs)} seeds)", **kw)
+            ax.fill_between(xs, [m - s for m, s, _ in ms], [m + s for m, s, _ in ms], alpha=0.15, color=kw.get("color"))
         ax.set(title=title, xlabel="RL step")
         ax.grid(alpha=0.3)
     axes[0, 0].legend(fontsize=8)
@@ -386,10 +385,11 @@ def main(argv=None):
         return pilot_tasks(a, extra)
     if a.lr_pilot:
         return pilot_lrs(a, extra)
-    if not a.aggregate_only:
-        sweep(a, extra)
     import train
-    return aggregate(a, train.parse_args(train_argv("flowrl", 0, a.out_dir, extra)).steps)
+    steps = train.parse_args(train_argv("flowrl", 0, a.out_dir, extra)).steps     # the runs' length, all algos
+    if not a.aggregate_only:
+        sweep(a, extra, steps)
+    return aggregate(a, steps)
 
 
 if __name__ == "__main__":

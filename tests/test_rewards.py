@@ -154,7 +154,7 @@ def test_demonstrations_spread_over_correct_answers():
     task = get_task("make_n")
     rng = random.Random(0)
     answers = [a for prompt, a in (task.demo(rng) for _ in range(3000)) if prompt == "N=09:"]
-    assert len(set(answers)) == 10                           # every one of the 10 correct answers
+    assert len(answers) > 250 and len(set(answers)) == 10                           # every one of the 10 correct answers
     counts = [answers.count(a) for a in set(answers)]
     assert max(counts) < 2 * min(counts)                     # roughly uniform
     demos = [task.demo(rng, noise=0.5) for _ in range(2000)]
@@ -165,10 +165,11 @@ def test_demonstrations_spread_over_correct_answers():
 def test_skewed_demonstrations_follow_the_power_law():
     """--warm_skew s: correct answer i of the solution list drawn ∝ (i + 1)^-s; skew 0 draws exactly as
     before (the same stream as the uniform choice)."""
-    task = get_task("make_n")
+    task = get_task("make_n", targets=(9,))                  # one target: every draw counts
     sols = task.solutions(Problem("", {"n": 9}))
     rng = random.Random(1)
-    answers = [a for prompt, a in (task.demo(rng, skew=2.0) for _ in range(40000)) if prompt == "N=09:"]
+    answers = [a for prompt, a in (task.demo(rng, skew=2.0) for _ in range(5000))]
+    assert set(p for p, _ in (task.demo(random.Random(2)) for _ in range(20))) == {"N=09:"}
     weights = [(i + 1) ** -2.0 for i in range(len(sols))]
     for i in (0, 1, 2):
         expected = weights[i] / sum(weights)
@@ -393,3 +394,114 @@ def test_countdown_solutions_equal_a_brute_force(name, kw):
         for s in sols:
             assert eval(re.sub(r"\d+", lambda m: f"Fr({m.group()})", s), {"Fr": Fr}) == p.data["target"], s
             assert sorted(map(int, re.findall(r"\d+", s))) == sorted(p.data["numbers"])
+
+
+# ---- each task's generators and knobs, read off their output (mutation testing, docs/testing.md) ----
+
+def test_add_problems_and_random_answers_cover_their_ranges():
+    """add with d digits: a, b uniform over 0..10^d − 1 (both ends drawn); a random answer is a sum's worth,
+    0..2·(10^d − 1), written reversed in the raw style (so "01" = 10 occurs) and plain in the instruct one."""
+    for digits in (1, 2):
+        hi = 10 ** digits - 1
+        task = get_task("add", digits=digits)
+        rng = random.Random(0)
+        draws = [task.make(rng) for _ in range(3000)]
+        values = {d["a"] for d in draws} | {d["b"] for d in draws}
+        assert min(values) == 0 and max(values) == hi
+        p = task.sample(rng)
+        raw = [task.random_answer(p, rng) for _ in range(3000)]
+        sums = [int(a[::-1]) for a in raw]
+        assert min(sums) == 0 and max(sums) == 2 * hi
+        assert any(len(a) > 1 and a[0] == "0" for a in raw)          # reversed: a trailing zero comes first
+        assert all(task.well_formed(p.data, a) for a in raw)
+        inst = get_task("add", style="instruct", digits=digits)
+        plain = [inst.random_answer(p, rng) for _ in range(3000)]
+        assert not any(len(a) > 1 and a[0] == "0" for a in plain)
+        assert max(int(a) for a in plain) == 2 * hi
+    assert get_task("add").digits == 2
+    assert not get_task("add").well_formed({}, "") and not get_task("add").well_formed({}, "1234")
+    assert get_task("add").well_formed({}, "123") and not get_task("add").well_formed({}, "1a")
+
+
+def test_countdown_random_answers_use_each_number_once_with_fewest_parentheses():
+    """A random countdown answer: each number once, + − * only, a value that some tree over the numbers
+    reaches, and no pair of parentheses that could be dropped without changing the expression (its value
+    with the numbers replaced by generic ones, so that 1*(9+5) = 1*9+5 is no accident)."""
+    import itertools
+    import re
+    task = get_task("countdown", style="instruct")
+    rng = random.Random(4)
+    ops_seen = set()
+    for _ in range(150):
+        p = task.sample(rng)
+        a = task.random_answer(p, rng)
+        assert sorted(map(int, re.findall(r"\d+", a))) == sorted(p.data["numbers"]), a
+        assert set(re.findall(r"[^\d()]", a)) <= set("+-*"), a
+        ops_seen |= set(re.findall(r"[-+*]", a))
+        value = safe_eval(a)
+        reachable = {v for perm in itertools.permutations(p.data["numbers"])
+                     for v in _tree_values([Fraction(x) for x in perm])}
+        assert value in reachable, a
+        for i, j in _paren_pairs(a):
+            dropped = a[:i] + a[i + 1:j] + a[j + 1:]
+            assert _generic_value(dropped) != _generic_value(a), (a, dropped)
+    assert ops_seen == set("+-*")
+
+
+def _tree_values(vals):
+    """The values of every tree over vals in this order with + − *."""
+    if len(vals) == 1:
+        return {vals[0]}
+    out = set()
+    for cut in range(1, len(vals)):
+        for lv in _tree_values(vals[:cut]):
+            for rv in _tree_values(vals[cut:]):
+                out |= {lv + rv, lv - rv, lv * rv}
+    return out
+
+
+def _generic_value(expr):
+    """The value of expr, by Python's parser over Fractions, with its k-th number replaced by the k-th of
+    1009, 2003, 3001, 4001."""
+    import re
+    generic = iter((1009, 2003, 3001, 4001))
+    return eval(re.sub(r"\d+", lambda m: f"Fraction({next(generic)})", expr), {"Fraction": Fraction})
+
+
+def _paren_pairs(s):
+    stack, pairs = [], []
+    for k, c in enumerate(s):
+        if c == "(":
+            stack.append(k)
+        elif c == ")":
+            pairs.append((stack.pop(), k))
+    return pairs
+
+
+def test_countdown_small_knobs_are_its_ranges():
+    """countdown_small: three numbers, each 1..5 (both ends drawn), targets 1..20 (both ends drawn)."""
+    task = get_task("countdown_small")
+    rng = random.Random(0)
+    draws = [task.make(rng) for _ in range(3000)]
+    nums = [x for d in draws for x in d["numbers"]]
+    targets = [d["target"] for d in draws]
+    assert all(len(d["numbers"]) == 3 for d in draws)
+    assert min(nums) == 1 and max(nums) == 5
+    assert min(targets) == 1 and max(targets) == 20
+    assert task.name == "countdown_small" and task.style == "raw"
+    assert get_task("countdown_small", style="instruct").style == "instruct"
+
+
+def test_heldout_split_is_the_first_eight_bytes_of_the_digest_exactly():
+    """in_heldout against an independent reading of its rule, at several shares, on prompts both sides of
+    the cut; share 0 holds nothing out and share 1 everything."""
+    import hashlib
+    import json
+    from rewards import in_heldout
+    frac = lambda d: int.from_bytes(hashlib.sha256(json.dumps(d, sort_keys=True).encode()).digest()[:8], "big") / 2 ** 64
+    datas = [{"numbers": [a, b], "target": t} for a in range(1, 4) for b in range(1, 4) for t in range(1, 30)]
+    for share in (0.1, 0.25, 0.5, 0.9):
+        got = [in_heldout(d, share) for d in datas]
+        assert got == [frac(d) < share for d in datas]
+        assert 0 < sum(got) < len(datas)
+    assert not any(in_heldout(d, 0.0) for d in datas) and all(in_heldout(d, 1.0) for d in datas)

@@ -47,6 +47,7 @@ def by_hand_gflowrl(lp, old, ref, mask, r, G, beta, eps, cap, z_mean, geometric)
         s = lambda x: sum(float(x[i, t]) for t in toks)
         rows.append({"th_sum": s(lp), "old_sum": s(old), "ref_sum": s(ref), "n": len(toks)})
     loss, grads = 0.0, torch.zeros(N, T)
+    st = {"log_z": 0.0, "tb_residual": 0.0, "is_weight": 0.0, "clip_frac": 0.0, "gap_abs": 0.0, "gap_clip_frac": 0.0}
     for i, row in enumerate(rows):
         grp = rows[(i // G) * G:(i // G + 1) * G]
         rs = r[(i // G) * G:(i // G + 1) * G].tolist()
@@ -62,7 +63,10 @@ def by_hand_gflowrl(lp, old, ref, mask, r, G, beta, eps, cap, z_mean, geometric)
         for t in range(T):
             if mask[i, t]:
                 grads[i, t] = w * 2 * e / row["n"] / N
-    return loss, grads
+        for key, v in (("log_z", log_z), ("tb_residual", (gap + l_th - l_old) ** 2), ("is_weight", w),
+                       ("clip_frac", rho > cap), ("gap_abs", abs(gap)), ("gap_clip_frac", gap != gap_c)):
+            st[key] += v / N
+    return loss, grads, st
 
 
 @pytest.mark.parametrize("z_mean,ratio,eps", [(True, "geometric", (0.2, 0.28)), (False, "sequence", (0.5, 3.0)),
@@ -72,9 +76,11 @@ def test_gflowrl_loss_and_gradient_equal_a_loop_over_rows(z_mean, ratio, eps):
     loss, st = gflowrl_loss(lp, old, ref, mask, r, group_size=G, beta=8.0, gap_clip=eps, weight_cap=1.1,
                             z_length_norm=z_mean, ratio=ratio)
     loss.backward()
-    want, grads = by_hand_gflowrl(lp.detach(), old, ref, mask, r, G, 8.0, eps, 1.1, z_mean, ratio == "geometric")
+    want, grads, want_st = by_hand_gflowrl(lp.detach(), old, ref, mask, r, G, 8.0, eps, 1.1, z_mean,
+                                           ratio == "geometric")
     assert loss.item() == pytest.approx(want, rel=1e-12)
     assert torch.allclose(lp.grad, grads, atol=1e-12)
+    assert st == pytest.approx(want_st, rel=1e-6, abs=1e-7)           # the stats come back in float32
     assert 0 < st["gap_clip_frac"] <= 1          # these gaps (β = 8 on 0/1 rewards) reach past ±eps
 
 
@@ -105,31 +111,36 @@ def test_gflowrl_without_the_clip_is_trajectory_balance_with_the_group_log_z():
     assert loss.item() == pytest.approx(tb.item(), rel=1e-12)
 
 
-def by_hand_token(lp, old, mask, r, G, beta, clip, old_prior):
+def by_hand_token(lp, old, mask, r, G, beta, clip, old_prior, token_count=None):
     N, T = lp.shape
     a = [float(r[i]) - sum(r[(i // G) * G:(i // G + 1) * G].tolist()) / G for i in range(N)]
-    n = int(mask.sum())
-    loss, grads = 0.0, torch.zeros(N, T)
+    tokens = int(mask.sum())
+    n = tokens if token_count is None else token_count
+    loss, grads, st = 0.0, torch.zeros(N, T), {"clip_frac": 0.0, "is_weight": 0.0, "residual": 0.0}
     for i in range(N):
         for t in range(T):
             if not mask[i, t]:
                 continue
             e = float(lp[i, t]) - beta * a[i] - (float(old[i, t]) if old_prior else 0.0)
-            w = min(max(math.exp(float(lp[i, t]) - float(old[i, t])), clip[0]), clip[1])
+            rho = math.exp(float(lp[i, t]) - float(old[i, t]))
+            w = min(max(rho, clip[0]), clip[1])
             loss += w * e * e / n
             grads[i, t] = 2 * w * e / n
-    return loss, grads
+            for key, v in (("clip_frac", w != rho), ("is_weight", w), ("residual", e)):
+                st[key] += v / tokens
+    return loss, grads, st
 
 
-@pytest.mark.parametrize("old_prior", [True, False])
-def test_token_level_objectives_equal_a_loop_over_tokens(old_prior):
+@pytest.mark.parametrize("old_prior,token_count", [(True, None), (False, None), (True, 40.0)])
+def test_token_level_objectives_equal_a_loop_over_tokens(old_prior, token_count):
     lp, old, _, mask, r, G = batch(seed=3)
     loss, st = flowrl_token_loss(lp, old, mask, flowrl.group_center(r, G), beta=15.0, clip=(0.8, 1.28),
-                                 old_prior=old_prior)
+                                 old_prior=old_prior, token_count=token_count)
     loss.backward()
-    want, grads = by_hand_token(lp.detach(), old, mask, r, G, 15.0, (0.8, 1.28), old_prior)
+    want, grads, want_st = by_hand_token(lp.detach(), old, mask, r, G, 15.0, (0.8, 1.28), old_prior, token_count)
     assert loss.item() == pytest.approx(want, rel=1e-12)
     assert torch.allclose(lp.grad, grads, atol=1e-12)
+    assert st == pytest.approx(want_st, rel=1e-6, abs=1e-7)           # the stats come back in float32
     assert 0 < st["clip_frac"] < 1
 
 

@@ -1,0 +1,263 @@
+"""Every loss and advantage of flowrl.py against a second implementation of its formula, written here
+token by token in plain Python loops (no masks, no broadcasting), on an off-policy batch whose rows
+have different lengths (one of a single token), whose ratios fall on both sides of every clip, and
+whose rewards are not symmetric: the loss, its gradient and every stat the function returns. These
+are the checks that mutation testing (docs/testing.md) showed the hand-computed cases leave open
+(gflowrl_loss and flowrl_token_loss have theirs in test_successors.py)."""
+import math
+
+import pytest
+import torch
+
+from flowrl import (LogZTable, ValueHead, dapo_loss, dr_grpo_loss, gae, grpo_loss, gspo_loss, masked_whiten, ppo_loss,
+                    reinforce_pp_advantages, reinforce_pp_loss)
+
+LENGTHS = [5, 3, 1, 4, 2, 5]                  # the response lengths of the batch's rows (right-padded to 5)
+N, T = len(LENGTHS), max(LENGTHS)
+
+
+@pytest.fixture(autouse=True)
+def float64():
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    yield
+    torch.set_default_dtype(old)
+
+
+def batch(seed=0):
+    """logprobs (a leaf with grad), old and ref log-probs, a float mask, per-row advantages and 0/1-ish
+    rewards. Per-token ratios exp(lp − old) spread over about [0.5, 2]: every clip binds somewhere."""
+    g = torch.Generator().manual_seed(seed)
+    old = -torch.rand(N, T, generator=g) * 3 - 0.1
+    lp = (old + (torch.rand(N, T, generator=g) - 0.5) * 1.4).requires_grad_(True)
+    ref = old + (torch.rand(N, T, generator=g) - 0.5)
+    mask = torch.tensor([[1.0] * n + [0.0] * (T - n) for n in LENGTHS])
+    adv = torch.tensor([1.3, -0.4, 0.9, -1.7, 0.2, 0.6])
+    rewards = torch.tensor([1.0, 0.0, 1.0, 0.0, 0.0, 1.0])
+    return lp, old, ref, mask, adv, rewards
+
+
+def grad(loss, x):
+    return torch.autograd.grad(loss, x)[0]
+
+
+def surrogate(lp, old, a, lo, hi):
+    """−min(ρ·A, clip(ρ, 1 − lo, 1 + hi)·A) for one token, and whether the clip binds."""
+    rho = torch.exp(lp - old)
+    c = torch.clamp(rho, 1 - lo, 1 + hi)
+    return -torch.minimum(rho * a, c * a), bool(c * a < rho * a)
+
+
+def k3(lp, ref):
+    q = ref - lp
+    return torch.exp(q) - q - 1
+
+
+def whiten_list(xs, copies=1):
+    """(x − mean) / (std + 1e-8) over xs repeated `copies` times (as if `copies` processes held xs)."""
+    allx = [x for _ in range(copies) for x in xs]
+    m = sum(allx) / len(allx)
+    s = math.sqrt(sum((x - m) ** 2 for x in allx) / (len(allx) - 1))
+    return [(x - m) / (s + 1e-8) for x in xs]
+
+
+@pytest.mark.parametrize("kl_coef", [0.0, 0.3])
+def test_grpo_loss_token_by_token(kl_coef):
+    lp, old, ref, mask, adv, _ = batch()
+    loss, st = grpo_loss(lp, old, ref, mask, adv, clip_eps=0.2, kl_coef=kl_coef)
+    rows, kls, clipped = [], [], 0
+    for i, n in enumerate(LENGTHS):
+        terms = []
+        for t in range(n):
+            pg, c = surrogate(lp[i, t], old[i, t], adv[i], 0.2, 0.2)
+            terms.append(pg + kl_coef * k3(lp[i, t], ref[i, t]))
+            clipped += c
+        rows.append(sum(terms) / n)
+        kls.append(sum(k3(lp[i, t], ref[i, t]).item() for t in range(n)) / n)
+    ref_loss = sum(rows) / N
+    assert loss.item() == pytest.approx(ref_loss.item(), rel=1e-12)
+    assert torch.allclose(grad(loss, lp), grad(ref_loss, lp))
+    assert st["kl_ref"] == pytest.approx(sum(kls) / N, rel=1e-12)
+    assert st["clip_frac"] == pytest.approx(clipped / sum(LENGTHS)) and 0 < clipped < sum(LENGTHS)
+
+
+@pytest.mark.parametrize("kl_coef", [0.0, 0.3])
+def test_dr_grpo_loss_token_by_token(kl_coef):
+    lp, old, ref, mask, adv, _ = batch(1)
+    loss, st = dr_grpo_loss(lp, old, ref, mask, adv, budget=7, clip_eps=0.2, kl_coef=kl_coef)
+    rows, kls, clipped = [], [], 0
+    for i, n in enumerate(LENGTHS):
+        terms = []
+        for t in range(n):
+            pg, c = surrogate(lp[i, t], old[i, t], adv[i], 0.2, 0.2)
+            terms.append(pg + kl_coef * k3(lp[i, t], ref[i, t]))
+            clipped += c
+        rows.append(sum(terms) / 7)                                   # the budget, not the row's length
+        kls.append(sum(k3(lp[i, t], ref[i, t]).item() for t in range(n)) / n)
+    ref_loss = sum(rows) / N
+    assert loss.item() == pytest.approx(ref_loss.item(), rel=1e-12)
+    assert torch.allclose(grad(loss, lp), grad(ref_loss, lp))
+    assert st["kl_ref"] == pytest.approx(sum(kls) / N, rel=1e-12)
+    assert st["clip_frac"] == pytest.approx(clipped / sum(LENGTHS)) and 0 < clipped < sum(LENGTHS)
+
+
+@pytest.mark.parametrize("token_count", [None, 40.0])
+def test_dapo_and_reinforce_pp_losses_token_by_token(token_count):
+    """DAPO: clip-higher [0.8, 1.28] with per-row advantages; REINFORCE++: [0.8, 1.2] with per-token
+    advantages. Both: Σ over every token of the batch / (token_count or the number of tokens)."""
+    lp, old, _, mask, adv, _ = batch(2)
+    tok_adv = torch.linspace(-1.5, 1.1, N * T).view(N, T)
+    div = sum(LENGTHS) if token_count is None else token_count
+    for fn, a_of, hi in ((dapo_loss, lambda i, t: adv[i], 0.28), (reinforce_pp_loss, lambda i, t: tok_adv[i, t], 0.2)):
+        a = adv if fn is dapo_loss else tok_adv
+        loss, st = fn(lp, old, mask, a, clip_eps=0.2, token_count=token_count)
+        total, clipped = 0.0, 0
+        for i, n in enumerate(LENGTHS):
+            for t in range(n):
+                pg, c = surrogate(lp[i, t], old[i, t], a_of(i, t), 0.2, hi)
+                total, clipped = total + pg, clipped + c
+        assert loss.item() == pytest.approx((total / div).item(), rel=1e-12), fn.__name__
+        assert torch.allclose(grad(loss, lp), grad(total / div, lp)), fn.__name__
+        assert st["clip_frac"] == pytest.approx(clipped / sum(LENGTHS)) and 0 < clipped < sum(LENGTHS)
+
+
+def test_dapo_clip_higher_binds_between_the_two_bounds():
+    """A token with ρ in (1.2, 1.28] and A > 0: GRPO's symmetric clip binds, DAPO's higher one does not."""
+    old = torch.zeros(1, 1)
+    lp = torch.full((1, 1), math.log(1.25), requires_grad=True)
+    mask, a = torch.ones(1, 1), torch.ones(1)
+    loss, st = dapo_loss(lp, old, mask, a)
+    assert loss.item() == pytest.approx(-1.25) and st["clip_frac"] == 0.0
+    assert grad(loss, lp).item() == pytest.approx(-1.25)
+    loss, st = dapo_loss(lp, old, mask, a, clip_eps_high=0.2)
+    assert loss.item() == pytest.approx(-1.2) and st["clip_frac"] == 1.0
+
+
+def test_gspo_loss_sequence_by_sequence():
+    """One ratio per sequence, s = exp(mean_t(lp − old)), clipped to [1 − 0.02, 1 + 0.03] here (wide enough
+    that some rows are inside it, narrow enough that others are not)."""
+    lp, old, _, mask, adv, _ = batch(3)
+    loss, st = gspo_loss(lp, old, mask, adv, clip_low=0.02, clip_high=0.03)
+    terms, clipped = [], 0
+    for i, n in enumerate(LENGTHS):
+        s = torch.exp(sum(lp[i, t] - old[i, t] for t in range(n)) / n)
+        u, c = s * adv[i], torch.clamp(s, 0.98, 1.03) * adv[i]
+        terms.append(-torch.minimum(u, c))
+        clipped += bool(c < u)
+    ref_loss = sum(terms) / N
+    assert loss.item() == pytest.approx(ref_loss.item(), rel=1e-12)
+    assert torch.allclose(grad(loss, lp), grad(ref_loss, lp))
+    assert st["clip_frac"] == pytest.approx(clipped / N) and 0 < clipped < N
+
+
+@pytest.mark.parametrize("kl_coef", [0.0, 0.25])
+def test_reinforce_pp_advantages_token_by_token(kl_coef):
+    """r_t = −c·(old_t − ref_t) plus the reward on the last token; A_t = Σ_{s ≥ t} r_s, whitened over
+    every response token of the batch (unbiased std), 0 on padding."""
+    _, old, ref, mask, _, rewards = batch(4)
+    a = reinforce_pp_advantages(rewards, old, ref, mask, kl_coef=kl_coef)
+    returns = []
+    for i, n in enumerate(LENGTHS):
+        r = [-kl_coef * (old[i, t] - ref[i, t]).item() + (rewards[i].item() if t == n - 1 else 0.0) for t in range(n)]
+        returns.append([sum(r[t:]) for t in range(n)])
+    flat = whiten_list([x for row in returns for x in row])
+    k = 0
+    for i, n in enumerate(LENGTHS):
+        for t in range(T):
+            if t < n:
+                assert a[i, t].item() == pytest.approx(flat[k], rel=1e-9, abs=1e-12)
+                k += 1
+            else:
+                assert a[i, t].item() == 0.0
+
+
+def test_masked_whiten_all_sum_is_the_global_batch():
+    """all_sum sums a statistic over processes: two processes holding the same batch see the statistics
+    of the batch twice over (the same mean, the std with 2n − 1 in its denominator)."""
+    _, old, _, mask, _, _ = batch(5)
+    w = masked_whiten(old, mask, all_sum=lambda t: 2 * t)
+    xs = [old[i, t].item() for i, n in enumerate(LENGTHS) for t in range(n)]
+    want = whiten_list(xs, copies=2)
+    got = [w[i, t].item() for i, n in enumerate(LENGTHS) for t in range(n)]
+    assert got == pytest.approx(want, rel=1e-9)
+    assert whiten_list(xs) != pytest.approx(want, rel=1e-6)         # the copies do change the std
+
+
+@pytest.mark.parametrize("gamma,lam,with_token_rewards", [(1.0, 0.95, False), (0.9, 0.7, True)])
+def test_gae_token_by_token(gamma, lam, with_token_rewards):
+    """δ_t = r_t + γ·V_{t+1} − V_t (V past the row's end = 0), A_t = δ_t + γλ·A_{t+1}; R_t = A_t + V_t; 0 on
+    padding; float64 in, float64 out."""
+    _, old, ref, mask, _, rewards = batch(6)
+    values = torch.rand(N, T, generator=torch.Generator().manual_seed(7)) * 2 - 0.5
+    values = values + (1 - mask) * 50.0                               # padding's values must not leak in
+    token_rewards = (old - ref) * 0.3 if with_token_rewards else None
+    adv, ret = gae(rewards, values, mask, gamma=gamma, lam=lam, token_rewards=token_rewards)
+    assert adv.dtype == ret.dtype == torch.float64
+    for i, n in enumerate(LENGTHS):
+        a_next = 0.0
+        for t in reversed(range(T)):
+            if t >= n:
+                assert adv[i, t].item() == 0.0 and ret[i, t].item() == 0.0
+                continue
+            r = (rewards[i].item() if t == n - 1 else 0.0) + (token_rewards[i, t].item() if with_token_rewards else 0.0)
+            v_next = values[i, t + 1].item() if t + 1 < n else 0.0
+            a_next = r + gamma * v_next - values[i, t].item() + gamma * lam * a_next
+            assert adv[i, t].item() == pytest.approx(a_next, rel=1e-12, abs=1e-12)
+            assert ret[i, t].item() == pytest.approx(a_next + values[i, t].item(), rel=1e-12, abs=1e-12)
+
+
+def test_gae_on_a_full_row_reads_the_last_value_at_the_end():
+    """A row with no padding: V after its last token is 0, and the δ before it uses V_{T−1}."""
+    values, mask = torch.tensor([[0.5, 2.0, 3.0]]), torch.ones(1, 3)
+    adv, _ = gae(torch.tensor([1.0]), values, mask, gamma=1.0, lam=1.0)
+    assert adv.tolist() == [[0.5, -1.0, -2.0]]                        # R = 1 at every token, minus V_t
+
+
+@pytest.mark.parametrize("token_count,processes", [(None, 1), (60.0, 2)])
+def test_ppo_loss_token_by_token(token_count, processes):
+    """The whitened-advantage clipped surrogate plus vf_coef·½(V − R)², Σ over tokens / token_count (or the
+    number of tokens); all_sum: `processes` copies of the batch (the whitening's statistics)."""
+    lp, old, _, mask, _, _ = batch(8)
+    advs = torch.linspace(-1.0, 2.0, N * T).view(N, T) ** 2 - 0.7
+    values = (torch.rand(N, T, generator=torch.Generator().manual_seed(9)) - 0.5).requires_grad_(True)
+    returns = torch.rand(N, T, generator=torch.Generator().manual_seed(10))
+    all_sum = None if processes == 1 else (lambda t: processes * t)
+    loss, st = ppo_loss(lp, old, mask, advs, values, returns, clip_eps=0.2, vf_coef=0.7,
+                        token_count=token_count, all_sum=all_sum)
+    div = sum(LENGTHS) if token_count is None else token_count
+    z = whiten_list([advs[i, t].item() for i, n in enumerate(LENGTHS) for t in range(n)], copies=processes)
+    pg, vl, clipped, k = 0.0, 0.0, 0, 0
+    for i, n in enumerate(LENGTHS):
+        for t in range(n):
+            p, c = surrogate(lp[i, t], old[i, t], z[k], 0.2, 0.2)
+            pg, clipped, k = pg + p, clipped + c, k + 1
+            vl = vl + 0.5 * (values[i, t] - returns[i, t]) ** 2
+    ref_loss = pg / div + 0.7 * vl / div
+    assert loss.item() == pytest.approx(ref_loss.item(), rel=1e-10)
+    g, g_ref = torch.autograd.grad(loss, (lp, values)), torch.autograd.grad(ref_loss, (lp, values))
+    assert all(torch.allclose(a, b) for a, b in zip(g, g_ref))
+    assert st["value_loss"] == pytest.approx((vl / div).item(), rel=1e-10)
+    assert st["clip_frac"] == pytest.approx(clipped / sum(LENGTHS)) and 0 < clipped < sum(LENGTHS)
+
+
+def test_value_head_reads_out_each_position_and_learns():
+    """ValueHead starts at V ≡ 0 and is a linear map of each position's state: w·h + b after one set."""
+    head = ValueHead(4)
+    h = torch.randn(2, 3, 4)
+    assert head(h).shape == (2, 3) and (head(h) == 0).all()
+    with torch.no_grad():
+        head.out.weight.copy_(torch.tensor([[1.0, -2.0, 0.5, 3.0]]))
+        head.out.bias.fill_(0.25)
+    want = torch.einsum("nth,h->nt", h, torch.tensor([1.0, -2.0, 0.5, 3.0])) + 0.25
+    assert torch.allclose(head(h), want)
+    assert head(h.float()).dtype == torch.float64                      # its own dtype, whatever the trunk's
+
+
+def test_log_z_table_starts_at_init_and_looks_up_by_key():
+    table = LogZTable(5, init=2.5)
+    assert table.table.tolist() == [2.5] * 5
+    with torch.no_grad():
+        table.table.copy_(torch.arange(5.0))
+    assert table(torch.tensor([3, 0, 3])).tolist() == [3.0, 0.0, 3.0]
+    table(torch.tensor([1, 1])).sum().backward()
+    assert table.table.grad.tolist() == [0.0, 2.0, 0.0, 0.0, 0.0]
