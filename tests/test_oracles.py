@@ -261,3 +261,149 @@ def test_log_z_table_starts_at_init_and_looks_up_by_key():
     assert table(torch.tensor([3, 0, 3])).tolist() == [3.0, 0.0, 3.0]
     table(torch.tensor([1, 1])).sum().backward()
     assert table.table.grad.tolist() == [0.0, 2.0, 0.0, 0.0, 0.0]
+
+
+def test_masked_whiten_on_two_tokens():
+    """Two tokens: mean (a + b)/2, unbiased std |a − b|/√2, so they whiten to ∓1/√2 · √2 = ∓0.707..."""
+    x, mask = torch.tensor([[1.0, 4.0, 99.0]]), torch.tensor([[1.0, 1.0, 0.0]])
+    w = masked_whiten(x, mask)
+    assert w[0, :2].tolist() == pytest.approx([-1 / math.sqrt(2), 1 / math.sqrt(2)], rel=1e-6)
+
+
+def test_reinforce_pp_advantages_whiten_over_all_processes():
+    """all_sum reaches the whitening: two processes holding this batch whiten over it twice over."""
+    _, old, ref, mask, _, rewards = batch(4)
+    a = reinforce_pp_advantages(rewards, old, ref, mask, kl_coef=0.25, all_sum=lambda t: 2 * t)
+    returns = []
+    for i, n in enumerate(LENGTHS):
+        r = [-0.25 * (old[i, t] - ref[i, t]).item() + (rewards[i].item() if t == n - 1 else 0.0) for t in range(n)]
+        returns += [sum(r[t:]) for t in range(n)]
+    got = [a[i, t].item() for i, n in enumerate(LENGTHS) for t in range(n)]
+    assert got == pytest.approx(whiten_list(returns, copies=2), rel=1e-9)
+
+
+def mixed(seed):
+    """The oracle batch in float32 but for a float64 mask (and float64 rewards and advantages, the third pair,
+    for the losses that cast them): the losses must compute in the log-probs' dtype, whatever the mask's."""
+    lp, old, ref, mask, adv, rewards = batch(seed)
+    return (lp.detach().float().requires_grad_(True), old.float(), ref.float(), mask, adv.float(), rewards.float(),
+            adv, rewards)
+
+
+def test_losses_compute_in_the_log_probs_dtype_whatever_the_masks():
+    lp, old, ref, mask, adv, rewards, adv64, rewards64 = mixed(13)
+    tok = torch.linspace(-1, 1, N * T).view(N, T)
+    values = torch.zeros(N, T, dtype=torch.float32, requires_grad=True)
+    from flowrl import flowrl_token_loss, gflowrl_loss, group_log_z
+    cases = {
+        "grpo": grpo_loss(lp, old, ref, mask, adv)[0],
+        "dr_grpo": dr_grpo_loss(lp, old, ref, mask, adv, budget=5)[0],
+        "dapo": dapo_loss(lp, old, mask, adv)[0],
+        "gspo": gspo_loss(lp, old, mask, adv)[0],
+        "reinforce_pp": reinforce_pp_loss(lp, old, mask, tok.float())[0],
+        "ppo": ppo_loss(lp, old, mask, tok.float(), values, tok.float())[0],
+        "gflowrl": gflowrl_loss(lp, old, ref, mask, rewards64, group_size=3)[0],
+        "flowrl_token": flowrl_token_loss(lp, old, mask, adv64)[0],
+        "group_log_z": group_log_z(lp, ref, mask, rewards, 2.0, 3, True),
+    }
+    for name, loss in cases.items():
+        assert loss.dtype == torch.float32, name
+    for name, st in (("grpo", grpo_loss(lp, old, ref, mask, adv)[1]), ("dapo", dapo_loss(lp, old, mask, adv)[1]),
+                     ("dr_grpo", dr_grpo_loss(lp, old, ref, mask, adv, budget=5)[1]),
+                     ("reinforce_pp", reinforce_pp_loss(lp, old, mask, tok.float())[1]),
+                     ("ppo", ppo_loss(lp, old, mask, tok.float(), values, tok.float())[1])):
+        assert 0 < st["clip_frac"] < 1, name
+    a = reinforce_pp_advantages(rewards, old.double(), ref.double(), mask.float())
+    assert a.dtype == torch.float64                                     # the log-probs' dtype, not the mask's
+    adv_g, ret = gae(rewards, torch.zeros(N, T), mask.float())
+    assert adv_g.dtype == ret.dtype == torch.float64
+    assert adv_g[0, 4].item() == 1.0 and adv_g[0, 0].item() == pytest.approx(0.95 ** 4)
+
+
+def test_the_defaults_are_the_documented_values():
+    """Each loss called without its knobs equals the call with the values its docstring and docs/method.md
+    give (the papers' where they give one), and differs from a call with another value."""
+    lp, old, ref, mask, adv, rewards = batch(14)
+    from flowrl import flowrl_token_loss, gflowrl_loss
+    values, tok = torch.zeros(N, T, requires_grad=True), torch.linspace(-1, 1, N * T).view(N, T)
+    cases = [
+        (lambda **k: grpo_loss(lp, old, ref, mask, adv, **k), dict(clip_eps=0.2, kl_coef=0.0),
+         dict(clip_eps=0.3)),
+        (lambda **k: dr_grpo_loss(lp, old, ref, mask, adv, budget=5, **k), dict(clip_eps=0.2, kl_coef=0.0),
+         dict(kl_coef=0.1)),
+        (lambda **k: dapo_loss(lp, old, mask, adv, **k), dict(clip_eps=0.2, clip_eps_high=0.28), dict(clip_eps_high=0.2)),
+        (lambda **k: gspo_loss(lp, old, mask, adv, **k), dict(clip_low=3e-4, clip_high=4e-4), dict(clip_high=1e-3)),
+        (lambda **k: reinforce_pp_loss(lp, old, mask, tok, **k), dict(clip_eps=0.2), dict(clip_eps=0.1)),
+        (lambda **k: ppo_loss(lp, old, mask, tok, values, tok, **k), dict(clip_eps=0.2, vf_coef=0.5),
+         dict(vf_coef=0.4)),
+        (lambda **k: gflowrl_loss(lp, old, ref, mask, rewards, group_size=3, **k),
+         dict(beta=8.0, gap_clip=(0.2, 0.28), weight_cap=1.28, z_length_norm=True, ratio="geometric"),
+         dict(weight_cap=1.1)),
+        (lambda **k: flowrl_token_loss(lp, old, mask, adv, **k), dict(beta=15.0, clip=(0.8, 1.28), old_prior=True),
+         dict(clip=(0.8, 1.2))),
+        (lambda **k: (gae(rewards, tok, mask, **k)[0], {}), dict(gamma=1.0, lam=0.95), dict(lam=0.9)),
+        (lambda **k: (reinforce_pp_advantages(rewards, old, ref, mask, **k), {}), dict(kl_coef=0.0),
+         dict(kl_coef=0.1)),
+    ]
+    for fn, documented, other in cases:
+        (l0, s0), (l1, s1), (l2, _) = fn(), fn(**documented), fn(**other)
+        assert torch.equal(l0, l1) and s0 == s1, documented
+        assert not torch.equal(l0, l2), other
+
+
+def test_gflowrl_weight_at_the_cap_counts_as_uncapped():
+    """On-policy (ρ = 1 exactly) with weight_cap = 1: no weight is above the cap, so clip_frac is 0."""
+    lp, _, ref, mask, _, rewards = batch(15)
+    from flowrl import gflowrl_loss
+    _, st = gflowrl_loss(lp, lp.detach(), ref, mask, rewards, group_size=3, weight_cap=1.0)
+    assert st["clip_frac"] == 0.0 and st["is_weight"] == 1.0
+
+
+def test_bad_choices_name_themselves():
+    lp, old, ref, mask, adv, rewards = batch(16)
+    from flowrl import flowrl_loss, gflowrl_loss
+    with pytest.raises(ValueError, match="ratio must be 'geometric' or 'sequence', got 'token'"):
+        gflowrl_loss(lp, old, ref, mask, rewards, group_size=3, ratio="token")
+    with pytest.raises(ValueError, match="weight must be 'ratio' or 'one', got 'none'"):
+        flowrl_loss(lp, old, ref, mask, rewards, torch.zeros(N), weight="none")
+
+
+def test_equal_reward_rows_marks_each_row_of_a_flat_group():
+    from flowrl import equal_reward_rows
+    r = torch.tensor([1.0, 1.0, 0.0, 1.0, 0.0, 0.0, 0.5, 0.5, 0.5])
+    assert equal_reward_rows(r, 3).tolist() == [False] * 3 + [False] * 3 + [True] * 3
+    assert equal_reward_rows(r[:6], 2).tolist() == [True, True, False, False, True, True]
+
+
+def test_flowrl_form_overrides_only_what_it_is_given():
+    from flowrl import FORMS, flowrl_form
+    before = {k: dict(v) for k, v in FORMS.items()}
+    assert flowrl_form("flowrl") == FORMS["flowrl"] and flowrl_form("flowrl_exact") == FORMS["flowrl_exact"]
+    assert flowrl_form("flowrl", length_norm=False) == dict(FORMS["flowrl"], length_norm=False)
+    assert flowrl_form("flowrl_exact", length_norm=True)["length_norm"] is True
+    assert FORMS == before                                             # the table itself is left alone
+
+
+def test_log_z_head_pools_the_real_prompt_tokens_in_float32():
+    """log Z = out(mlp(mean of the prompt's real tokens' states)), one value per row; a one-token prompt is its
+    token's state; under bf16 autocast the head still computes in float32 (the same value to 1e-6), and a
+    bf16 trunk's states are read in the head's dtype."""
+    from flowrl import LogZHead
+    torch.manual_seed(0)
+    head = LogZHead(8, init=1.5).float().eval()
+    h = torch.randn(3, 4, 8).float()
+    pm = torch.tensor([[1, 1, 1, 0], [1, 0, 0, 0], [0, 1, 1, 1]], dtype=torch.bool)
+    pooled = torch.stack([h[i][pm[i]].mean(0) for i in range(3)])
+    want = head.out(head.mlp(pooled))[:, 0]
+    got = head(h, pm)
+    assert got.shape == (3,) and torch.allclose(got, want, atol=1e-6)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert torch.allclose(head(h, pm), want, atol=1e-6)
+        assert torch.equal(ValueHead(8).float()(h), torch.zeros(3, 4, dtype=torch.float32))
+    assert torch.allclose(head(h.bfloat16(), pm), head(h.bfloat16().float(), pm))
+    vh = ValueHead(8).float()
+    with torch.no_grad():
+        vh.out.weight.normal_()
+    want_v = (h @ vh.out.weight[0] + vh.out.bias).detach()                 # float32, outside autocast
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert torch.allclose(vh(h), want_v, atol=1e-5)

@@ -505,3 +505,23 @@ def test_heldout_split_is_the_first_eight_bytes_of_the_digest_exactly():
         assert got == [frac(d) < share for d in datas]
         assert 0 < sum(got) < len(datas)
     assert not any(in_heldout(d, 0.0) for d in datas) and all(in_heldout(d, 1.0) for d in datas)
+
+
+def test_worked_demo_shows_the_answers_working_and_passes_its_noise_on():
+    """A worked response in the instruct style is one of the worked lines filled with the answer's expression
+    (spaced, written out here) and the value it is meant to reach, then the tagged answer; the rng picks the
+    phrasing; worked_demo draws its answer as demo_answer does, with the noise it is given."""
+    from rewards import WORKED_LINES
+    cases = [("make_n", {"n": 7}, "3+4", "3 + 4", 7), ("countdown", {"numbers": [3, 5, 7], "target": 22},
+             "3*5+7", "3 * 5 + 7", 22), ("add", {"a": 12, "b": 30}, "42", "12 + 30", "42")]
+    for name, data, answer, expr, value in cases:
+        task = get_task(name, style="instruct")
+        problem = task.problem(data)
+        rng = random.Random(5)
+        seen = {task.worked_response(problem, answer, rng) for _ in range(200)}
+        assert seen == {w.format(e=expr, t=value) + f" <answer>{answer}</answer>" for w in WORKED_LINES}, name
+        for noise in (0.0, 1.0):
+            a, b = random.Random(9), random.Random(9)
+            p, want = task.demo_answer(a, noise=noise)
+            prompt, response = task.worked_demo(b, noise=noise)
+            assert prompt == p.prompt and response.endswith(f"<answer>{want}</answer>")

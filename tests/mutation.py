@@ -1,0 +1,139 @@
+"""Mutation testing of the loss and reward files (docs/testing.md): mutmut changes flowrl.py and rewards.py
+one small edit at a time (an operator, a constant, an argument, a string) and runs, for each edit, the unit
+tests that call the edited function; an edit that no test notices survives. The score is the share killed
+of every mutant made, those that no selected test reaches counted as survivors.
+
+    pip install mutmut==3.8.1
+    python tests/mutation.py            # about an hour on 2 cores; writes docs/mutation.{json,md}
+
+It works on a copy of the repository (--work), where mutmut keeps its results: a second run redoes only what
+changed. Each survivor is listed with its edit and, where the edit cannot change what a test can observe
+(an equivalent mutant) or changes only a message or a default that nothing here passes, the reason
+(EXPLAINED, matched on the edited line). mutmut is not in requirements-test.txt: CI does not run this."""
+import argparse
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+FILES = ("flowrl.py", "rewards.py")
+# the unit tests of the two files; the end-to-end training runs in test_successors.py are left out (each
+# mutant would rerun a training run: hours on two cores), as is the rest of the suite
+TESTS = ("tests/test_flowrl.py", "tests/test_oracles.py", "tests/test_exact.py", "tests/test_successors.py",
+         "tests/test_rewards.py")
+DESELECT = ("tests/test_successors.py::test_successors_train_on_policy_with_weight_one",
+            "tests/test_successors.py::test_gflowrl_filters_flat_groups_by_default_and_the_flag_turns_it_off")
+MUTMUT = "3.8.1"
+
+# why a surviving edit is not a gap: (a regular expression the mutated line matches, the reason)
+EXPLAINED = []
+
+
+def config():
+    """setup.cfg's [mutmut] section for the copy."""
+    others = sorted(f for f in os.listdir(ROOT) if f.endswith(".py") and f not in FILES)
+    lines = ["[mutmut]", "source_paths=" + "\n    ".join(FILES),
+             "also_copy=" + "\n    ".join(others + ["pytest.ini", "experiments", "benchmarks"]),
+             "pytest_add_cli_args_test_selection=" + "\n    ".join(list(TESTS) + [f"--deselect={d}" for d in DESELECT]),
+             "process_isolation=forkserver"]       # torch's thread pool does not survive a plain fork
+    return "\n".join(lines) + "\n"
+
+
+def prepare(work):
+    """Copy the code, tests and config into work (mutmut's own results there are kept)."""
+    os.makedirs(work, exist_ok=True)
+    for name in os.listdir(ROOT):
+        src = os.path.join(ROOT, name)
+        if name.endswith(".py") or name == "pytest.ini":
+            shutil.copy2(src, os.path.join(work, name))
+        elif name in ("tests", "experiments", "benchmarks"):
+            shutil.copytree(src, os.path.join(work, name), dirs_exist_ok=True,
+                            ignore=shutil.ignore_patterns("__pycache__"))
+    with open(os.path.join(work, "setup.cfg"), "w") as f:
+        f.write(config())
+
+
+def mutmut(work, *args):
+    return subprocess.run([sys.executable, "-m", "mutmut", *args], cwd=work, capture_output=True, text=True)
+
+
+def explain(plus_line):
+    for pattern, reason in EXPLAINED:
+        if re.search(pattern, plus_line):
+            return reason
+    return None
+
+
+def collect(work):
+    """Each mutant's status, and each survivor's edit (the - and + lines of its diff) and explanation."""
+    out = mutmut(work, "results", "--all", "true").stdout
+    status = dict(re.findall(r"^\s*(\S+): (.+)$", out, flags=re.M))
+    survivors = []
+    for name, st in sorted(status.items()):
+        if st in ("killed", "timeout"):
+            continue
+        diff = mutmut(work, "show", name).stdout
+        minus = [ln[1:].strip() for ln in diff.splitlines() if ln.startswith("-") and not ln.startswith("---")]
+        plus = [ln[1:].strip() for ln in diff.splitlines() if ln.startswith("+") and not ln.startswith("+++")]
+        survivors.append({"mutant": name, "status": st, "was": " / ".join(minus), "now": " / ".join(plus),
+                          "reason": explain(" / ".join(plus))})
+    return status, survivors
+
+
+def summary(status, survivors):
+    files = {}
+    for f in FILES:
+        mod = f[:-3]
+        mine = {k: v for k, v in status.items() if k.startswith(mod + ".")}
+        killed = sum(v in ("killed", "timeout") for v in mine.values())
+        expl = sum(1 for s in survivors if s["mutant"].startswith(mod + ".") and s["reason"])
+        files[f] = {"mutants": len(mine), "killed": killed, "survived": sum(v == "survived" for v in mine.values()),
+                    "no_tests": sum(v == "no tests" for v in mine.values()),
+                    "score": round(killed / max(1, len(mine)), 4),
+                    "explained": expl, "unexplained": len(mine) - killed - expl}
+    return files
+
+
+def table(data):
+    lines = ["| file | mutants | killed | survived | reached by no selected test | score | survivors explained "
+             "| survivors unexplained |", "|---|---|---|---|---|---|---|---|"]
+    for f, s in data["files"].items():
+        lines.append(f"| {f} | {s['mutants']} | {s['killed']} | {s['survived']} | {s['no_tests']} | "
+                     f"{100 * s['score']:.1f}% | {s['explained']} | {s['unexplained']} |")
+    return "\n".join(lines)
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--work", default="/tmp/flowrl_mutation", help="the copy mutmut runs in (its results kept)")
+    p.add_argument("--max_children", type=int, default=2, help="mutants tested side by side")
+    p.add_argument("--out", default=os.path.join(ROOT, "docs", "mutation"), help="writes OUT.json and OUT.md")
+    p.add_argument("--collect_only", action="store_true", help="only read the results already in --work")
+    a = p.parse_args(argv)
+    try:
+        import mutmut as _m  # noqa: F401
+    except ImportError:
+        sys.exit(f"mutmut is not installed: pip install mutmut=={MUTMUT}")
+    if not a.collect_only:
+        prepare(a.work)
+        run = subprocess.run([sys.executable, "-m", "mutmut", "run", "--max-children", str(a.max_children)],
+                             cwd=a.work)
+        if run.returncode:
+            sys.exit(f"mutmut run failed (exit {run.returncode}); see its output above")
+    status, survivors = collect(a.work)
+    if not status:
+        sys.exit(f"no mutmut results in {a.work}: run without --collect_only first")
+    data = {"command": "python tests/mutation.py", "mutmut": MUTMUT, "tests": list(TESTS), "deselected": list(DESELECT),
+            "files": summary(status, survivors), "survivors": survivors}
+    with open(a.out + ".json", "w") as f:
+        json.dump(data, f, indent=1, ensure_ascii=False)
+    with open(a.out + ".md", "w") as f:
+        f.write(table(data) + "\n")
+    print(table(data))
+
+
+if __name__ == "__main__":
+    main()
