@@ -478,6 +478,19 @@ def _paren_pairs(s):
     return pairs
 
 
+def test_countdown_solutions_are_shortest_first_with_fewest_parentheses():
+    """The solution list's order is (length, text), the order --warm_skew's power law ranks by, and no
+    solution has a pair of parentheses that could be dropped without changing it (generic numbers)."""
+    task = get_task("countdown")
+    rng = random.Random(6)
+    for _ in range(20):
+        sols = task.solutions(task.sample(rng))
+        assert sols == sorted(set(sols), key=lambda s: (len(s), s))
+        for s in sols:
+            for i, j in _paren_pairs(s):
+                assert _generic_value(s[:i] + s[i + 1:j] + s[j + 1:]) != _generic_value(s), s
+
+
 def test_countdown_small_knobs_are_its_ranges():
     """countdown_small: three numbers, each 1..5 (both ends drawn), targets 1..20 (both ends drawn)."""
     task = get_task("countdown_small")
@@ -505,6 +518,8 @@ def test_heldout_split_is_the_first_eight_bytes_of_the_digest_exactly():
         assert got == [frac(d) < share for d in datas]
         assert 0 < sum(got) < len(datas)
     assert not any(in_heldout(d, 0.0) for d in datas) and all(in_heldout(d, 1.0) for d in datas)
+    swapped = [{"target": d["target"], "numbers": d["numbers"]} for d in datas]     # the keys in another order
+    assert [in_heldout(d, 0.5) for d in swapped] == [in_heldout(d, 0.5) for d in datas]
 
 
 def test_worked_demo_shows_the_answers_working_and_passes_its_noise_on():
@@ -525,3 +540,46 @@ def test_worked_demo_shows_the_answers_working_and_passes_its_noise_on():
             p, want = task.demo_answer(a, noise=noise)
             prompt, response = task.worked_demo(b, noise=noise)
             assert prompt == p.prompt and response.endswith(f"<answer>{want}</answer>")
+
+
+def test_safe_eval_bounds_are_inclusive():
+    """Each bound admits its own value and rejects one past it: MAX_EXPR_CHARS characters, a literal of
+    MAX_LITERAL_DIGITS digits, intermediate numerators and denominators of MAX_MAGNITUDE."""
+    from rewards import MAX_LITERAL_DIGITS, MAX_MAGNITUDE
+    pad = lambda core, n: core + " " * (n - len(core))
+    assert safe_eval(pad("1+2", MAX_EXPR_CHARS)) == 3 and safe_eval(pad("1+2", MAX_EXPR_CHARS + 1)) is None
+    assert safe_eval("9" * MAX_LITERAL_DIGITS) == 10 ** MAX_LITERAL_DIGITS - 1
+    assert safe_eval("9" * (MAX_LITERAL_DIGITS + 1)) is None
+    assert MAX_MAGNITUDE == 10 ** 12                                   # the expressions below are built on it
+    assert safe_eval("100000*100000*100") == MAX_MAGNITUDE and safe_eval("100000*100000*100+1") is None
+    assert safe_eval("1/100000/100000/100") == Fraction(1, MAX_MAGNITUDE)
+    assert safe_eval("1/100000/100000/100/2") is None
+    assert safe_eval("0-100000*100000*100") == -MAX_MAGNITUDE and safe_eval("0-100000*100000*100-1") is None
+
+
+def test_score_of_a_non_text_completion_is_zero_in_both_styles():
+    for style in ("raw", "instruct"):
+        task = get_task("make_n", style=style)
+        s = task.score(task.problem({"n": 7}), None)
+        assert s["reward"] == 0.0 and not s["format"] and not s["correct"]
+
+
+def test_task_defaults_and_prompts_are_as_documented():
+    """What each task is, read off its constructor's defaults and its prompts in both styles (the texts the
+    models are trained and evaluated on)."""
+    from rewards import AddTask, CountdownTask, MakeNTask, SmallCountdownTask
+    for cls in (AddTask, MakeNTask, CountdownTask, SmallCountdownTask):
+        assert cls().style == "raw"
+    m, c = MakeNTask(), CountdownTask()
+    assert (m.n_terms, m.targets) == (2, tuple(range(5, 14)))
+    assert (c.n_numbers, c.lo, c.hi, c.max_target) == (3, 1, 9, 50)
+    suffix = " Think briefly, then give only the final answer inside <answer>...</answer>."
+    cases = [("make_n", {}, {"n": 7}, "N=07:", "Write 7 as a sum of 2 single digits, in the form d+d."),
+             ("make_n", {"n_terms": 3}, {"n": 12}, "N=12:", "Write 12 as a sum of 3 single digits, in the form d+d+d."),
+             ("countdown", {}, {"numbers": [3, 5, 7], "target": 22}, "3,5,7=22:",
+              "Using the numbers 3, 5, 7 each exactly once, with + - * / and parentheses, write an expression "
+              "equal to 22."),
+             ("add", {}, {"a": 12, "b": 30}, "12+30=", "Compute 12+30.")]
+    for name, kw, data, raw, instruction in cases:
+        assert get_task(name, **kw).problem(data).prompt == raw
+        assert get_task(name, style="instruct", **kw).problem(data).prompt == instruction + suffix
