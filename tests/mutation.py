@@ -49,6 +49,14 @@ EXPLAINED = [
     (r"_expressions", r'op in "XX-/XX"', "the mutated string still holds '-' and '/' and no other operator"),
     (r"CountdownTask", r"str\(x\), 4\)", "an atom's precedence only has to exceed every operator's (2): 3 and 4 "
      "parenthesize alike"),
+    (r"", r"clipped\.to\(None\)", "clipped stays bool, and a bool tensor times the float mask counts the same"),
+    (r"x_gae", r"running = torch\.zeros\(N, (dtype=None, )?device=values\.device\)", "the running sum starts at 0; "
+     "float32 zeros are promoted to the values' dtype at the first step, with the same numbers"),
+    (r"x_gae", r"running = torch\.zeros\(N, dtype=values\.dtype, (device=None)?\)", "the device: one device (the CPU) "
+     "here, where the default is the values' own; tests/test_cuda.py runs these losses on a GPU"),
+    (r"x_flowrl_token_loss", r"\.clamp\((None|-21\.0|-20\.0), ?(None|21\.0|20\.0)?\)\.exp\(\)", "the log-ratio's clamp "
+     "to ±20 guards exp() against overflow; w is then clamped to [0.8, 1.28], which gives the same w and the same "
+     "clip count for any log-ratio past ±20 (or past ±21)"),
 ]
 
 
@@ -77,6 +85,12 @@ def prepare(work, tests_from=None, deselect=DESELECT):
             shutil.copytree(src, os.path.join(work, name), dirs_exist_ok=True,
                             ignore=shutil.ignore_patterns("__pycache__"))
     if tests_from:
+        if tests_from.startswith("before:"):          # the revision before the one that added this file
+            added = subprocess.run(["git", "log", "-1", "--format=%H", "--diff-filter=A", "--", tests_from[7:]],
+                                   cwd=ROOT, capture_output=True, text=True, check=True).stdout.strip()
+            if not added:
+                sys.exit(f"--tests_from {tests_from}: git knows no commit that added {tests_from[7:]}")
+            tests_from = added + "~1"
         shutil.rmtree(os.path.join(work, "tests"))
         archive = subprocess.run(["git", "archive", tests_from, "tests"], cwd=ROOT, capture_output=True, check=True)
         subprocess.run(["tar", "-x", "-C", work], input=archive.stdout, check=True)
@@ -95,18 +109,28 @@ def explain(name, plus_line):
     return None
 
 
+DIFFS = """
+import json, sys
+from mutmut.__main__ import find_mutant, get_diff_for_mutant
+names = json.load(sys.stdin)
+print(json.dumps({n: get_diff_for_mutant(n, path=find_mutant(n).path) for n in names}))
+"""
+
+
 def collect(work):
     """Each mutant's status, and each survivor's edit (the - and + lines of its diff) and explanation."""
     out = mutmut(work, "results", "--all", "true").stdout
     status = dict(re.findall(r"^\s*(\S+): (.+)$", out, flags=re.M))
+    names = sorted(k for k, st in status.items() if st not in ("killed", "timeout"))
+    run = subprocess.run([sys.executable, "-c", DIFFS], cwd=work, input=json.dumps(names), capture_output=True,
+                         text=True, check=True)                       # one process for every diff
+    diffs = json.loads(run.stdout.strip().splitlines()[-1])
     survivors = []
-    for name, st in sorted(status.items()):
-        if st in ("killed", "timeout"):
-            continue
-        diff = mutmut(work, "show", name).stdout
-        minus = [ln[1:].strip() for ln in diff.splitlines() if ln.startswith("-") and not ln.startswith("---")]
-        plus = [ln[1:].strip() for ln in diff.splitlines() if ln.startswith("+") and not ln.startswith("+++")]
-        survivors.append({"mutant": name, "status": st, "was": " / ".join(minus), "now": " / ".join(plus),
+    for name in names:
+        lines = diffs[name].splitlines()
+        minus = [ln[1:].strip() for ln in lines if ln.startswith("-") and not ln.startswith("---")]
+        plus = [ln[1:].strip() for ln in lines if ln.startswith("+") and not ln.startswith("+++")]
+        survivors.append({"mutant": name, "status": status[name], "was": " / ".join(minus), "now": " / ".join(plus),
                           "reason": explain(name, " / ".join(plus))})
     return status, survivors
 
@@ -154,8 +178,9 @@ def main(argv=None):
     p.add_argument("--max_children", type=int, default=2, help="mutants tested side by side")
     p.add_argument("--out", default=os.path.join(ROOT, "docs", "mutation"), help="writes OUT.json and OUT.md")
     p.add_argument("--collect_only", action="store_true", help="only read the results already in --work")
-    p.add_argument("--tests_from", help="a git revision: its tests/ instead of the working tree's (the score "
-                   "before tests were added), two of its slow tests deselected (DESELECT_OLD)")
+    p.add_argument("--tests_from", help="a git revision, or before:PATH (the revision before the one that added "
+                   "PATH): its tests/ instead of the working tree's (the score before tests were added), two of its "
+                   "slow tests deselected (DESELECT_OLD)")
     a = p.parse_args(argv)
     try:
         import mutmut as _m  # noqa: F401
@@ -175,8 +200,11 @@ def main(argv=None):
     status, survivors = collect(a.work)
     if not status:
         sys.exit(f"no mutmut results in {a.work}: run without --collect_only first")
-    data = {"command": " ".join(["python", "tests/mutation.py"] + (argv if argv is not None else sys.argv[1:])),
-            "mutmut": MUTMUT, "timeout_multiplier": TIMEOUT_MULTIPLIER, "tests": list(TESTS), "deselected": list(deselect),
+    args = argv if argv is not None else sys.argv[1:]
+    args = [x for i, x in enumerate(args) if x != "--collect_only" and "--work" not in args[max(0, i - 1):i + 1]]
+    data = {"command": " ".join(["python", "tests/mutation.py"] + args),          # the run, not this collection
+            "mutmut": MUTMUT, "timeout_multiplier": TIMEOUT_MULTIPLIER,
+            "tests": [t for t in TESTS if os.path.exists(os.path.join(a.work, t))], "deselected": list(deselect),
             "files": summary(status, survivors), "survivors": survivors}
     if wall is not None:                    # this command's mutmut run (a rerun redoes only what changed)
         from precision import cpu_description

@@ -15,7 +15,7 @@ from experiments import figure1, offpolicy, passk, realmodel, table
 from rewards import get_task
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-PAGES = ["README.md", "docs/results.md", "docs/performance.md", "docs/scaling.md"]
+PAGES = ["README.md", "docs/results.md", "docs/performance.md", "docs/scaling.md", "docs/testing.md"]
 MARKER = re.compile(r"<!-- generated: (\S+) -->")
 
 
@@ -115,6 +115,47 @@ def test_results_files_equal_what_their_scripts_compute_from_the_json():
     from benchmarks import precision_run
     d = json.loads(read("docs/bf16_vs_fp32.json"))
     assert read("docs/bf16_vs_fp32.md") == precision_run.table(d) + "\n"
+    mutation = load_mutation()
+    for name in ("mutation", "mutation_before"):
+        d = json.loads(read(f"docs/{name}.json"))
+        assert read(f"docs/{name}.md") == mutation.markdown(d) + "\n", name
+        assert mutation.summary(status_of(d), d["survivors"]) == d["files"], name       # the counts add up
+
+
+def load_mutation():
+    """tests/mutation.py (a script, not a test module)."""
+    spec = importlib.util.spec_from_file_location("mutation", os.path.join(ROOT, "tests", "mutation.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def status_of(d):
+    """A status per mutant consistent with a mutation json: its survivors as listed, the rest killed."""
+    out = {s["mutant"]: s["status"] for s in d["survivors"]}
+    for f, counts in d["files"].items():
+        mod = f[:-3]
+        for k in range(counts["killed"]):
+            out[f"{mod}.killed_{k}"] = "killed"
+    return out
+
+
+def test_mutation_scores_count_and_explain_as_documented():
+    """tests/mutation.py's arithmetic on a made-up result: the score counts the unreached mutants against the
+    file, and a survivor is explained only when both its name and its edit match an EXPLAINED entry."""
+    m = load_mutation()
+    status = {"flowrl.x_a__mutmut_1": "killed", "flowrl.x_a__mutmut_2": "survived", "flowrl.x_b__mutmut_1": "no tests",
+              "flowrl.x_b__mutmut_2": "timeout", "rewards.x_in_heldout__mutmut_3": "survived"}
+    survivors = [{"mutant": "flowrl.x_a__mutmut_2", "status": "survived",
+                  "reason": m.explain("flowrl.x_a__mutmut_2", "x.flip(+1)")},
+                 {"mutant": "flowrl.x_b__mutmut_1", "status": "no tests", "reason": None},
+                 {"mutant": "rewards.x_in_heldout__mutmut_3", "status": "survived",
+                  "reason": m.explain("rewards.x_in_heldout__mutmut_3", "x <= share * 2 ** 64")}]
+    files = m.summary(status, survivors)
+    assert files["flowrl.py"] == {"mutants": 4, "killed": 2, "survived": 1, "no_tests": 1, "score": 0.5,
+                                  "explained": 1, "unexplained": 1}
+    assert files["rewards.py"]["explained"] == 1 and files["rewards.py"]["score"] == 0.0
+    assert m.explain("flowrl.x_gae__mutmut_9", "x <= share * 2 ** 64") is None          # another function
 
 
 def test_paper_to_code_table_names_functions_and_tests_that_exist():

@@ -407,3 +407,68 @@ def test_log_z_head_pools_the_real_prompt_tokens_in_float32():
     want_v = (h @ vh.out.weight[0] + vh.out.bias).detach()                 # float32, outside autocast
     with torch.autocast("cpu", dtype=torch.bfloat16):
         assert torch.allclose(vh(h), want_v, atol=1e-5)
+
+
+def test_flowrl_loss_row_by_row_with_its_equal_reward_stats():
+    """FlowRL's loss (Eq. 5 with the clipped weight; docs/method.md M4), its gradient and every stat against a
+    loop over rows: δ_i = log Z_i + ℓ_θ − β·r_i − ℓ_ref (token means), w_i = clamp(exp(Σ_t lp − old), 0.8,
+    1.2); weight="one" drops w; flat rows give flat_grad_share = Σ_flat w·|δ| / Σ w·|δ| and their mean |δ|."""
+    from flowrl import flowrl_loss
+    lp, old, ref, mask, adv, _ = batch(17)
+    log_z = torch.tensor([0.3, -0.2, 0.1, 0.05, -0.4, 0.2], requires_grad=True)
+    flat = torch.tensor([True, False, False, True, False, False])
+    beta = 0.5
+    for weight in ("ratio", "one"):
+        loss, st = flowrl_loss(lp, old, ref, mask, adv, log_z, beta=beta, clip=(0.8, 1.2), flat=flat, weight=weight)
+        terms, ws, ds, clipped, lths, lrefs = [], [], [], 0, [], []
+        for i, n in enumerate(LENGTHS):
+            l_th = sum(lp[i, t] for t in range(n)) / n
+            l_ref = sum(ref[i, t] for t in range(n)).item() / n
+            d = log_z[i] + l_th - beta * adv[i].item() - l_ref
+            raw = math.exp(sum((lp[i, t] - old[i, t]).item() for t in range(n)))
+            w = min(max(raw, 0.8), 1.2) if weight == "ratio" else 1.0
+            clipped += w != raw if weight == "ratio" else 0
+            terms.append(w * d ** 2)
+            ws.append(w), ds.append(d.item()), lths.append(l_th.item()), lrefs.append(l_ref)
+        ref_loss = sum(terms) / N
+        assert loss.item() == pytest.approx(ref_loss.item(), rel=1e-12), weight
+        g, g_ref = torch.autograd.grad(loss, (lp, log_z)), torch.autograd.grad(ref_loss, (lp, log_z))
+        assert all(torch.allclose(a, b) for a, b in zip(g, g_ref)), weight
+        pull = [w * abs(d) for w, d in zip(ws, ds)]
+        want = {"log_z": log_z.mean().item(), "tb_residual": sum(d * d for d in ds) / N, "is_weight": sum(ws) / N,
+                "clip_frac": clipped / N, "logp": sum(lths) / N, "ref_logp": sum(lrefs) / N,
+                "logp_minus_ref": (sum(lths) - sum(lrefs)) / N, "beta_reward": sum(abs(beta * a) for a in adv.tolist()) / N,
+                "flat_grad_share": sum(p for p, f in zip(pull, flat.tolist()) if f) / sum(pull),
+                "flat_delta_abs": sum(abs(d) for d, f in zip(ds, flat.tolist()) if f) / 2}
+        assert st == pytest.approx(want, rel=1e-6), weight                # the stats come back in float32
+        if weight == "ratio":
+            assert 0 < clipped < N
+    tiny = torch.full((N,), 1e-3)              # δ = log Z = 1e-3 on every row: Σ w·|δ| far below 1, no floor in it
+    _, st = flowrl_loss(lp, lp.detach(), lp.detach(), mask, torch.zeros(N), tiny, beta=0.0, clip=None, flat=flat)
+    assert st["flat_grad_share"] == pytest.approx(2 / 6, rel=1e-6)
+
+
+def test_group_normalize_by_hand_and_its_smallest_group():
+    from flowrl import group_normalize
+    r = torch.tensor([0.0, 1.0, 3.0, 3.0])
+    s = 1 / math.sqrt(2)                                                  # the unbiased std of {0, 1}
+    assert group_normalize(r, 2).tolist() == pytest.approx([-0.5 / (s + 1e-6), 0.5 / (s + 1e-6), 0.0, 0.0], rel=1e-12)
+    with pytest.raises(ValueError, match="group_size must be >= 2 and divide the 4 rows, got 3"):
+        group_normalize(r, 3)
+    with pytest.raises(ValueError, match="got 1"):
+        group_normalize(r, 1)
+
+
+def test_head_and_loss_defaults_are_the_documented_ones():
+    """FlowRL's loss without its knobs is the call with β = 15, clip (0.8, 1.2), token-mean ℓ, weight "ratio";
+    LogZHead starts at log Z = 0 (its init) and ValueHead at V = 0."""
+    from flowrl import LogZHead, flowrl_loss
+    lp, old, ref, mask, adv, _ = batch(18)
+    log_z = torch.zeros(N)
+    l0, s0 = flowrl_loss(lp, old, ref, mask, adv, log_z)
+    l1, s1 = flowrl_loss(lp, old, ref, mask, adv, log_z, beta=15.0, clip=(0.8, 1.2), length_norm=True, weight="ratio")
+    assert torch.equal(l0, l1) and s0 == s1
+    assert not torch.equal(l0, flowrl_loss(lp, old, ref, mask, adv, log_z, beta=14.0)[0])
+    head = LogZHead(8)
+    assert head.out.bias.item() == 0.0 and head.mlp[3].p == 0.1
+    assert LogZHead(8, init=2.0).out.bias.item() == 2.0
