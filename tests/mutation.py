@@ -57,6 +57,23 @@ EXPLAINED = [
     (r"x_flowrl_token_loss", r"\.clamp\((None|-21\.0|-20\.0), ?(None|21\.0|20\.0)?\)\.exp\(\)", "the log-ratio's clamp "
      "to ±20 guards exp() against overflow; w is then clamped to [0.8, 1.28], which gives the same w and the same "
      "clip count for any log-ratio past ±20 (or past ±21)"),
+    (r"x_gae|x_reinforce_pp_advantages|LogZHeadǁforward",
+     r"mask = mask\.to\(None\)|prompt_mask\[\.\.\., None\]\.to\(None\)",
+     "the mask holds 0 and 1, exact in any dtype, and every product with it is promoted to the values' (log-probs', "
+     "hidden states') dtype: the same numbers (where a loss's result would change dtype, tests/test_oracles.py "
+     "kills the edit)"),
+    (r"x_reinforce_pp_advantages", r"\.clamp\(min=1\)\.long\(\)", "only a one-token row moves: its reward lands "
+     "one place later, in padding, and the return-to-go at its token (a reverse cumulative sum) still holds it"),
+    (r"_random_value", r"/ b if b else 1", "unreachable: a division by zero returned None two lines above"),
+    (r"SmallCountdownTask", r"super\(\)\.__init__\(style, (lo=1, )?hi=5, max_target=20\)|"
+     r"super\(\)\.__init__\(style, n_numbers=3, hi=5, max_target=20\)", "the dropped keyword repeats CountdownTask's "
+     "default (n_numbers=3, lo=1)"),
+    (r"demo_answer", r"if rng\.random\(\) <= noise:", "differs only when random() returns noise exactly (at noise 0: "
+     "probability 2^-53 a draw)"),
+    (r"Taskǁscore", r"self\.well_formed\(None, answer\)", "no task's well_formed reads the problem's data (the form "
+     "of an answer does not depend on the prompt)"),
+    (r"x_safe_eval", r'elif c in "XX\+-\*/\(\)XX":', "an 'X' read as an operator token is rejected by the parser, as "
+     "the tokenizer rejected it before: the same None"),
 ]
 
 
@@ -164,7 +181,8 @@ def markdown(data):
     (blank: a gap no test closes yet)."""
     cell = lambda t: t.replace("|", "\\|")
     lines = [f"`{data['command']}` (mutmut {data['mutmut']}; tests: {', '.join(data['tests'])}; deselected: "
-             f"{', '.join(data['deselected'])})", "", table(data), "", "| surviving mutant | was | now | why harmless |",
+             f"{', '.join(data['deselected'])})", "", table(data), "",
+             "| surviving mutant | was | now | why harmless |",
              "|---|---|---|---|"]
     for s in data["survivors"]:
         lines.append(f"| {s['mutant']} ({s['status']}) | `{cell(s['was'])}` | `{cell(s['now'])}` | "

@@ -131,6 +131,9 @@ def test_dapo_clip_higher_binds_between_the_two_bounds():
     assert grad(loss, lp).item() == pytest.approx(-1.25)
     loss, st = dapo_loss(lp, old, mask, a, clip_eps_high=0.2)
     assert loss.item() == pytest.approx(-1.2) and st["clip_frac"] == 1.0
+    low = torch.full((1, 1), math.log(0.75), requires_grad=True)        # ρ = 0.75 < 0.8 and A < 0: the lower clip
+    loss, st = dapo_loss(low, old, mask, -a)
+    assert loss.item() == pytest.approx(0.8) and st["clip_frac"] == 1.0 and grad(loss, low).item() == 0.0
 
 
 def test_gspo_loss_sequence_by_sequence():
@@ -294,7 +297,7 @@ def test_losses_compute_in_the_log_probs_dtype_whatever_the_masks():
     lp, old, ref, mask, adv, rewards, adv64, rewards64 = mixed(13)
     tok = torch.linspace(-1, 1, N * T).view(N, T)
     values = torch.zeros(N, T, dtype=torch.float32, requires_grad=True)
-    from flowrl import flowrl_token_loss, gflowrl_loss, group_log_z
+    from flowrl import flowrl_loss, flowrl_token_loss, gflowrl_loss, group_log_z
     cases = {
         "grpo": grpo_loss(lp, old, ref, mask, adv)[0],
         "dr_grpo": dr_grpo_loss(lp, old, ref, mask, adv, budget=5)[0],
@@ -305,6 +308,7 @@ def test_losses_compute_in_the_log_probs_dtype_whatever_the_masks():
         "gflowrl": gflowrl_loss(lp, old, ref, mask, rewards64, group_size=3)[0],
         "flowrl_token": flowrl_token_loss(lp, old, mask, adv64)[0],
         "group_log_z": group_log_z(lp, ref, mask, rewards, 2.0, 3, True),
+        "flowrl": flowrl_loss(lp, old, ref, mask, adv, torch.zeros(N, dtype=torch.float32))[0],
     }
     for name, loss in cases.items():
         assert loss.dtype == torch.float32, name
@@ -331,7 +335,8 @@ def test_the_defaults_are_the_documented_values():
          dict(clip_eps=0.3)),
         (lambda **k: dr_grpo_loss(lp, old, ref, mask, adv, budget=5, **k), dict(clip_eps=0.2, kl_coef=0.0),
          dict(kl_coef=0.1)),
-        (lambda **k: dapo_loss(lp, old, mask, adv, **k), dict(clip_eps=0.2, clip_eps_high=0.28), dict(clip_eps_high=0.2)),
+        (lambda **k: dapo_loss(lp, old, mask, adv, **k), dict(clip_eps=0.2, clip_eps_high=0.28),
+         dict(clip_eps_high=0.2)),
         (lambda **k: gspo_loss(lp, old, mask, adv, **k), dict(clip_low=3e-4, clip_high=4e-4), dict(clip_high=1e-3)),
         (lambda **k: reinforce_pp_loss(lp, old, mask, tok, **k), dict(clip_eps=0.2), dict(clip_eps=0.1)),
         (lambda **k: ppo_loss(lp, old, mask, tok, values, tok, **k), dict(clip_eps=0.2, vf_coef=0.5),
@@ -437,7 +442,8 @@ def test_flowrl_loss_row_by_row_with_its_equal_reward_stats():
         pull = [w * abs(d) for w, d in zip(ws, ds)]
         want = {"log_z": log_z.mean().item(), "tb_residual": sum(d * d for d in ds) / N, "is_weight": sum(ws) / N,
                 "clip_frac": clipped / N, "logp": sum(lths) / N, "ref_logp": sum(lrefs) / N,
-                "logp_minus_ref": (sum(lths) - sum(lrefs)) / N, "beta_reward": sum(abs(beta * a) for a in adv.tolist()) / N,
+                "logp_minus_ref": (sum(lths) - sum(lrefs)) / N,
+                "beta_reward": sum(abs(beta * a) for a in adv.tolist()) / N,
                 "flat_grad_share": sum(p for p, f in zip(pull, flat.tolist()) if f) / sum(pull),
                 "flat_delta_abs": sum(abs(d) for d, f in zip(ds, flat.tolist()) if f) / 2}
         assert st == pytest.approx(want, rel=1e-6), weight                # the stats come back in float32
@@ -472,3 +478,4 @@ def test_head_and_loss_defaults_are_the_documented_ones():
     head = LogZHead(8)
     assert head.out.bias.item() == 0.0 and head.mlp[3].p == 0.1
     assert LogZHead(8, init=2.0).out.bias.item() == 2.0
+    assert LogZTable(3).table.tolist() == [0.0] * 3

@@ -154,7 +154,7 @@ def test_demonstrations_spread_over_correct_answers():
     task = get_task("make_n")
     rng = random.Random(0)
     answers = [a for prompt, a in (task.demo(rng) for _ in range(3000)) if prompt == "N=09:"]
-    assert len(answers) > 250 and len(set(answers)) == 10                           # every one of the 10 correct answers
+    assert len(answers) > 250 and len(set(answers)) == 10              # every one of the 10 correct answers
     counts = [answers.count(a) for a in set(answers)]
     assert max(counts) < 2 * min(counts)                     # roughly uniform
     demos = [task.demo(rng, noise=0.5) for _ in range(2000)]
@@ -406,8 +406,8 @@ def test_add_problems_and_random_answers_cover_their_ranges():
         task = get_task("add", digits=digits)
         rng = random.Random(0)
         draws = [task.make(rng) for _ in range(3000)]
-        values = {d["a"] for d in draws} | {d["b"] for d in draws}
-        assert min(values) == 0 and max(values) == hi
+        for key in ("a", "b"):
+            assert min(d[key] for d in draws) == 0 and max(d[key] for d in draws) == hi, key
         p = task.sample(rng)
         raw = [task.random_answer(p, rng) for _ in range(3000)]
         sums = [int(a[::-1]) for a in raw]
@@ -511,7 +511,8 @@ def test_heldout_split_is_the_first_eight_bytes_of_the_digest_exactly():
     import hashlib
     import json
     from rewards import in_heldout
-    frac = lambda d: int.from_bytes(hashlib.sha256(json.dumps(d, sort_keys=True).encode()).digest()[:8], "big") / 2 ** 64
+    digest = lambda d: hashlib.sha256(json.dumps(d, sort_keys=True).encode()).digest()
+    frac = lambda d: int.from_bytes(digest(d)[:8], "big") / 2 ** 64
     datas = [{"numbers": [a, b], "target": t} for a in range(1, 4) for b in range(1, 4) for t in range(1, 30)]
     for share in (0.1, 0.25, 0.5, 0.9):
         got = [in_heldout(d, share) for d in datas]
@@ -583,3 +584,79 @@ def test_task_defaults_and_prompts_are_as_documented():
     for name, kw, data, raw, instruction in cases:
         assert get_task(name, **kw).problem(data).prompt == raw
         assert get_task(name, style="instruct", **kw).problem(data).prompt == instruction + suffix
+
+
+def test_add_instruct_answers_are_written_plainly():
+    task = get_task("add", style="instruct")
+    p = task.problem({"a": 12, "b": 30})
+    assert task.reward(p, "<answer>42</answer>") == 1.0 and task.reward(p, "<answer>24</answer>") == 0.0
+    assert get_task("add").reward(get_task("add").problem({"a": 12, "b": 30}), "24") == 1.0
+
+
+def test_demonstrations_default_to_no_noise():
+    for name in ("make_n", "countdown"):
+        task = get_task(name, style="instruct")
+        for fn in (task.demo_answer, task.worked_demo, task.demo):
+            draws = lambda **kw: [fn(random.Random(seed), **kw) for seed in range(5)]
+            text = lambda ds: [(p if isinstance(p, str) else p.prompt, x) for p, x in ds]
+            assert text(draws()) == text(draws(noise=0.0)) != text(draws(noise=1.0))
+
+
+def _draw_random_value(nums, rng):
+    """CountdownTask._random_value's draw, written out: shuffle, then join two random values with a random
+    operator until one is left (None on a division by zero). The same rng calls, so the same value."""
+    vals = [Fraction(x) for x in nums]
+    rng.shuffle(vals)
+    while len(vals) > 1:
+        i, j = sorted(rng.sample(range(len(vals)), 2))
+        b, a = vals.pop(j), vals.pop(i)
+        op = rng.choice("+-*/")
+        if op == "/" and b == 0:
+            return None
+        vals.append(a + b if op == "+" else a - b if op == "-" else a * b if op == "*" else a / b)
+    return vals[0]
+
+
+def _draw_random_answer(nums, rng):
+    """CountdownTask.random_answer's draw as a tree: (its value, its numbers in order), the same rng calls."""
+    items = [(Fraction(x), 3) for x in nums]
+    rng.shuffle(items)
+    while len(items) > 1:
+        i, j = sorted(rng.sample(range(len(items)), 2))
+        (rv, _), (lv, _) = items.pop(j), items.pop(i)
+        op = rng.choice("+-*")
+        items.append((lv + rv if op == "+" else lv - rv if op == "-" else lv * rv, 0))
+    return items[0][0]
+
+
+def test_countdown_draws_equal_their_written_out_trees():
+    """The target of make() is the value of the tree _random_value drew, and the random answer's text
+    evaluates to the value of the tree random_answer drew (so its parentheses keep the tree's meaning),
+    each checked against the draw written out here with the same rng calls; numbers include 0 (divisions by
+    zero are drawn)."""
+    task = get_task("countdown", lo=0, hi=6)
+    nones = 0
+    for seed in range(1500):
+        nums = [random.Random(seed).randint(0, 6) for _ in range(3)]
+        got, want = task._random_value(nums, random.Random(seed)), _draw_random_value(nums, random.Random(seed))
+        assert got == want, (nums, seed)
+        nones += want is None
+        p = task.problem({"numbers": nums, "target": 1})
+        answer = task.random_answer(p, random.Random(seed))
+        assert safe_eval(answer) == _draw_random_answer(nums, random.Random(seed)), (nums, answer)
+    assert nones > 0
+
+
+def test_task_refusals_name_the_choices_and_splits_default_to_training():
+    from rewards import Task
+    with pytest.raises(ValueError, match=r"unknown task 'mult'; choose from \['add', 'countdown', 'countdown_small', "
+                                         r"'make_n'\]"):
+        get_task("mult")
+    with pytest.raises(ValueError, match="style must be 'raw' or 'instruct', got 'chat'"):
+        get_task("add", style="chat")
+    assert Task().style == "raw"
+    task = get_task("countdown_small")
+    assert task.sample(random.Random(4)) == task.sample(random.Random(4), split="eval")     # no held-out share
+    task.heldout = 0.25
+    assert task.sample(random.Random(4)) == task.sample(random.Random(4), split="train")
+    assert task.sample(random.Random(4)) != task.sample(random.Random(4), split="eval")
