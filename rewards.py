@@ -169,6 +169,8 @@ class Task:
     def sample(self, rng, split="train"):
         """A problem drawn by rng. With held-out prompts (heldout > 0), drawn again until it lies in `split`
         ("train" or "eval"); without, every prompt is in both."""
+        if split not in ("train", "eval"):
+            raise ValueError(f"split must be 'train' or 'eval', got {split!r}")
         for _ in range(MAX_SPLIT_DRAWS):
             data = self.make(rng)
             if self.heldout == 0 or in_heldout(data, self.heldout) == (split == "eval"):

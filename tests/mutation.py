@@ -196,6 +196,8 @@ def main(argv=None):
     p.add_argument("--max_children", type=int, default=2, help="mutants tested side by side")
     p.add_argument("--out", default=os.path.join(ROOT, "docs", "mutation"), help="writes OUT.json and OUT.md")
     p.add_argument("--collect_only", action="store_true", help="only read the results already in --work")
+    p.add_argument("--rerun_survivors", action="store_true", help="after tests were added: test this run's survivors "
+                   "again (and, as always, every mutant of a function that changed); the rest keep their verdict")
     p.add_argument("--tests_from", help="a git revision, or before:PATH (the revision before the one that added "
                    "PATH): its tests/ instead of the working tree's (the score before tests were added), two of its "
                    "slow tests deselected (DESELECT_OLD)")
@@ -210,7 +212,10 @@ def main(argv=None):
         fresh = not os.path.exists(os.path.join(a.work, "mutants"))       # a resumed run's time is not the whole
         prepare(a.work, a.tests_from, deselect)
         t0 = time.time()
-        run = subprocess.run([sys.executable, "-m", "mutmut", "run", "--max-children", str(a.max_children)],
+        names = []
+        if a.rerun_survivors and not fresh:             # mutmut keeps a verdict unless the mutant is named
+            names = [x["mutant"] for x in collect(a.work)[1]]
+        run = subprocess.run([sys.executable, "-m", "mutmut", "run", "--max-children", str(a.max_children)] + names,
                              cwd=a.work)
         if run.returncode:
             sys.exit(f"mutmut run failed (exit {run.returncode}); see its output above")
@@ -219,14 +224,17 @@ def main(argv=None):
     if not status:
         sys.exit(f"no mutmut results in {a.work}: run without --collect_only first")
     args = argv if argv is not None else sys.argv[1:]
-    args = [x for i, x in enumerate(args) if x != "--collect_only" and "--work" not in args[max(0, i - 1):i + 1]]
+    args = [x for i, x in enumerate(args)
+            if x not in ("--collect_only", "--rerun_survivors") and "--work" not in args[max(0, i - 1):i + 1]]
     data = {"command": " ".join(["python", "tests/mutation.py"] + args),          # the run, not this collection
             "mutmut": MUTMUT, "timeout_multiplier": TIMEOUT_MULTIPLIER,
             "tests": [t for t in TESTS if os.path.exists(os.path.join(a.work, t))], "deselected": list(deselect),
             "files": summary(status, survivors), "survivors": survivors}
-    if wall is not None:                    # this command's mutmut run (a rerun redoes only what changed)
+    if wall is not None:                    # this command's mutmut run, from an empty --work
         from precision import cpu_description
         data.update(wall_s=wall, cpu=cpu_description())
+    elif os.path.exists(a.out + ".json"):   # a rerun or a collection: the full run's time stands
+        data.update({k: v for k, v in json.load(open(a.out + ".json")).items() if k in ("wall_s", "cpu")})
     with open(a.out + ".json", "w") as f:
         json.dump(data, f, indent=1, ensure_ascii=False)
     with open(a.out + ".md", "w") as f:

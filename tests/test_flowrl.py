@@ -10,12 +10,7 @@ from flowrl import (LogZHead, dapo_loss, dr_grpo_loss, flowrl_loss, gae, group_c
 
 
 
-@pytest.fixture(autouse=True)
-def float64():
-    old = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)     # exactness is claimed: float64 throughout
-    yield
-    torch.set_default_dtype(old)
+pytestmark = pytest.mark.usefixtures("float64")          # exactness is claimed: float64 throughout (conftest.py)
 
 EOS, T_MAX = 2, 3
 

@@ -16,12 +16,7 @@ LENGTHS = [5, 3, 1, 4, 2, 5]                  # the response lengths of the batc
 N, T = len(LENGTHS), max(LENGTHS)
 
 
-@pytest.fixture(autouse=True)
-def float64():
-    old = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    yield
-    torch.set_default_dtype(old)
+pytestmark = pytest.mark.usefixtures("float64")          # conftest.py: float64 throughout
 
 
 def batch(seed=0):
@@ -62,9 +57,15 @@ def whiten_list(xs, copies=1):
 
 
 @pytest.mark.parametrize("kl_coef", [0.0, 0.3])
-def test_grpo_loss_token_by_token(kl_coef):
-    lp, old, ref, mask, adv, _ = batch()
-    loss, st = grpo_loss(lp, old, ref, mask, adv, clip_eps=0.2, kl_coef=kl_coef)
+@pytest.mark.parametrize("budget", [None, 7])
+def test_grpo_and_dr_grpo_losses_token_by_token(kl_coef, budget):
+    """GRPO: each row's token sum over its own length (budget None); Dr. GRPO: over the budget. Then the mean
+    over rows; kl_ref is the mean over rows of each row's token-mean k3 either way."""
+    lp, old, ref, mask, adv, _ = batch(0 if budget is None else 1)
+    if budget is None:
+        loss, st = grpo_loss(lp, old, ref, mask, adv, clip_eps=0.2, kl_coef=kl_coef)
+    else:
+        loss, st = dr_grpo_loss(lp, old, ref, mask, adv, budget=budget, clip_eps=0.2, kl_coef=kl_coef)
     rows, kls, clipped = [], [], 0
     for i, n in enumerate(LENGTHS):
         terms = []
@@ -72,27 +73,7 @@ def test_grpo_loss_token_by_token(kl_coef):
             pg, c = surrogate(lp[i, t], old[i, t], adv[i], 0.2, 0.2)
             terms.append(pg + kl_coef * k3(lp[i, t], ref[i, t]))
             clipped += c
-        rows.append(sum(terms) / n)
-        kls.append(sum(k3(lp[i, t], ref[i, t]).item() for t in range(n)) / n)
-    ref_loss = sum(rows) / N
-    assert loss.item() == pytest.approx(ref_loss.item(), rel=1e-12)
-    assert torch.allclose(grad(loss, lp), grad(ref_loss, lp))
-    assert st["kl_ref"] == pytest.approx(sum(kls) / N, rel=1e-12)
-    assert st["clip_frac"] == pytest.approx(clipped / sum(LENGTHS)) and 0 < clipped < sum(LENGTHS)
-
-
-@pytest.mark.parametrize("kl_coef", [0.0, 0.3])
-def test_dr_grpo_loss_token_by_token(kl_coef):
-    lp, old, ref, mask, adv, _ = batch(1)
-    loss, st = dr_grpo_loss(lp, old, ref, mask, adv, budget=7, clip_eps=0.2, kl_coef=kl_coef)
-    rows, kls, clipped = [], [], 0
-    for i, n in enumerate(LENGTHS):
-        terms = []
-        for t in range(n):
-            pg, c = surrogate(lp[i, t], old[i, t], adv[i], 0.2, 0.2)
-            terms.append(pg + kl_coef * k3(lp[i, t], ref[i, t]))
-            clipped += c
-        rows.append(sum(terms) / 7)                                   # the budget, not the row's length
+        rows.append(sum(terms) / (n if budget is None else budget))
         kls.append(sum(k3(lp[i, t], ref[i, t]).item() for t in range(n)) / n)
     ref_loss = sum(rows) / N
     assert loss.item() == pytest.approx(ref_loss.item(), rel=1e-12)

@@ -629,21 +629,26 @@ def _draw_random_answer(nums, rng):
     return items[0][0]
 
 
-def test_countdown_draws_equal_their_written_out_trees():
+@pytest.mark.parametrize("n_numbers", [3, 4])
+def test_countdown_draws_equal_their_written_out_trees(n_numbers):
     """The target of make() is the value of the tree _random_value drew, and the random answer's text
-    evaluates to the value of the tree random_answer drew (so its parentheses keep the tree's meaning),
-    each checked against the draw written out here with the same rng calls; numbers include 0 (divisions by
-    zero are drawn)."""
-    task = get_task("countdown", lo=0, hi=6)
+    evaluates to the value of the tree random_answer drew (its parentheses keep the tree's meaning, and none
+    can be dropped), each checked against the draw written out here with the same rng calls; numbers include
+    0 (divisions by zero are drawn). With 4 numbers both sides of a join can be expressions."""
+    task = get_task("countdown", n_numbers=n_numbers, lo=0, hi=6)
     nones = 0
-    for seed in range(1500):
-        nums = [random.Random(seed).randint(0, 6) for _ in range(3)]
+    for seed in range(1500 if n_numbers == 3 else 600):
+        draw = random.Random(seed + 10_000)
+        nums = [draw.randint(0, 6) for _ in range(n_numbers)]
         got, want = task._random_value(nums, random.Random(seed)), _draw_random_value(nums, random.Random(seed))
         assert got == want, (nums, seed)
         nones += want is None
         p = task.problem({"numbers": nums, "target": 1})
         answer = task.random_answer(p, random.Random(seed))
         assert safe_eval(answer) == _draw_random_answer(nums, random.Random(seed)), (nums, answer)
+        for i, j in _paren_pairs(answer):
+            dropped = answer[:i] + answer[i + 1:j] + answer[j + 1:]
+            assert _generic_value(dropped) != _generic_value(answer), (answer, dropped)
     assert nones > 0
 
 
@@ -660,3 +665,5 @@ def test_task_refusals_name_the_choices_and_splits_default_to_training():
     task.heldout = 0.25
     assert task.sample(random.Random(4)) == task.sample(random.Random(4), split="train")
     assert task.sample(random.Random(4)) != task.sample(random.Random(4), split="eval")
+    with pytest.raises(ValueError, match="split must be 'train' or 'eval', got 'test'"):
+        task.sample(random.Random(4), split="test")

@@ -17,12 +17,7 @@ TINY = ["--warm_steps", "300", "--steps", "2", "--batch_prompts", "4", "--group_
         "--n_head", "2", "--n_kv_head", "1", "--no_plot", "--warm_noise", "0.3"]
 
 
-@pytest.fixture(autouse=True)
-def float64():
-    old = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    yield
-    torch.set_default_dtype(old)
+pytestmark = pytest.mark.usefixtures("float64")          # conftest.py: float64 throughout
 
 
 def batch(seed=0, N=6, T=5, G=3):
