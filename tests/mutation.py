@@ -215,8 +215,10 @@ def main(argv=None):
         names = []
         if a.rerun_survivors and not fresh:             # mutmut keeps a verdict unless the mutant is named
             names = [x["mutant"] for x in collect(a.work)[1]]
-        run = subprocess.run([sys.executable, "-m", "mutmut", "run", "--max-children", str(a.max_children)] + names,
-                             cwd=a.work)
+        cmd = [sys.executable, "-m", "mutmut", "run", "--max-children", str(a.max_children)]
+        run = subprocess.run(cmd + names, cwd=a.work)
+        if names and not run.returncode:                # then the mutants of changed functions, not yet tested
+            run = subprocess.run(cmd, cwd=a.work)
         if run.returncode:
             sys.exit(f"mutmut run failed (exit {run.returncode}); see its output above")
         wall = round(time.time() - t0, 1) if fresh else None
