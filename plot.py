@@ -88,9 +88,9 @@ def seed_bars(path):
 def label_panels(ax, n_samples, seeds_table):
     """plot_runs' panel titles and axis labels; n_samples: (prompts, samples per prompt) of the evals."""
     count = f"{n_samples[0]} prompts x {n_samples[1]} samples" if n_samples else ""
-    ax["acc"].set(title=f"eval accuracy ({count}): T=1 (lines), T=0.6 with top-p 0.95\n"
-                  "(the paper's setting; squares, at the start and the end)", xlabel="RL step",
-                  ylabel="fraction of samples correct")
+    ax["acc"].set(title=f"eval error rate, 1 − accuracy ({count})\n"
+                  "T=1: lines; the paper's T=0.6, top-p 0.95: squares", xlabel="RL step",
+                  ylabel="fraction of samples wrong (log)", yscale="log")
     ax["eff"].set(title="effective number of correct answers (eval, exact)" + (
                   f"\ndiamonds: the final eval's mean ± std over seeds ({seeds_table})" if seeds_table else ""),
                   xlabel="RL step", ylabel="exp(entropy over correct)")
@@ -121,12 +121,16 @@ def plot_runs(run_dirs, out_path, title=None, seeds_table=None):
         steps = [r["step"] for r in train]
         es = [r["step"] for r in evals]
         n_samples = (len(evals[0]["correct_counts"]), evals[0]["k"])
-        line, = ax["acc"].plot(es, [r["accuracy"] for r in evals], marker="o", ms=3, label=f"{name} (T=1)",
-                               **style(name))
+        # the error rate on a log axis: near accuracy 1 the runs differ by a few samples in 144; an eval with
+        # no wrong sample is drawn at half of one sample's share (the dotted floor)
+        floor = 0.5 / (n_samples[0] * n_samples[1])
+        error = lambda rs: [max(1 - r["accuracy"], floor) for r in rs]
+        line, = ax["acc"].plot(es, error(evals), marker="o", ms=3, label=name, **style(name))
         c = line.get_color()
         if paper:
-            ax["acc"].plot([r["step"] for r in paper], [r["accuracy"] for r in paper], marker="s", ms=7, ls="none",
-                           mfc="none", color=c, label=f"{name} (T=0.6, top-p 0.95)")
+            shift = 25 * (i - (len(run_dirs) - 1) / 2)       # side by side: the runs often tie at T=0.6
+            ax["acc"].plot([r["step"] + shift for r in paper], error(paper), marker="s", ms=7, ls="none", mfc="none",
+                           color=c)
         ax["eff"].plot(es, [r["effective_correct"] for r in evals], marker="o", ms=3, label=name, **style(name))
         row = SEED_ROWS.get(name, name)
         if row in bars:
@@ -147,6 +151,11 @@ def plot_runs(run_dirs, out_path, title=None, seeds_table=None):
                                           "|δ| in all-equal groups: the pull")]:
                 ax[panel].plot(steps, smooth(finite([r[key] for r in train]), 50), color=c, ls=ls,
                                label=f"{name}: {what}")
+    if n_samples:
+        ax["acc"].axhline(0.5 / (n_samples[0] * n_samples[1]), color="gray", lw=0.8, ls=":",
+                          label="no wrong sample")
+        ax["acc"].plot([], [], marker="s", ms=7, ls="none", mfc="none", color="gray",
+                       label="T=0.6, top-p 0.95 (start, end)")
     if evals and "target_effective_correct" in evals[-1]:
         ax["eff"].axhline(evals[-1]["target_effective_correct"], color="gray", lw=0.8, ls=":",
                           label="p* (= π_ref's shape)")
