@@ -105,6 +105,13 @@ def label_panels(ax, n_samples, seeds_table):
                     xlabel="RL step", ylabel="nats (token means)")
 
 
+def error_rate(evals, n_samples):
+    """1 - accuracy of each eval record, for a log axis: near accuracy 1 runs differ by a few samples of
+    prompts x samples (n_samples); an eval with no wrong sample is drawn at half of one sample's share."""
+    floor = 0.5 / (n_samples[0] * n_samples[1])
+    return [max(1 - r["accuracy"], floor) for r in evals]
+
+
 def plot_runs(run_dirs, out_path, title=None, seeds_table=None):
     """Six panels: eval accuracy at T=1 and at the paper's T=0.6 (top-p 0.95); the effective number of
     correct answers (with the 3-seed spread of table.json at the end, where given); token entropy; the
@@ -121,16 +128,12 @@ def plot_runs(run_dirs, out_path, title=None, seeds_table=None):
         steps = [r["step"] for r in train]
         es = [r["step"] for r in evals]
         n_samples = (len(evals[0]["correct_counts"]), evals[0]["k"])
-        # the error rate on a log axis: near accuracy 1 the runs differ by a few samples in 144; an eval with
-        # no wrong sample is drawn at half of one sample's share (the dotted floor)
-        floor = 0.5 / (n_samples[0] * n_samples[1])
-        error = lambda rs: [max(1 - r["accuracy"], floor) for r in rs]
-        line, = ax["acc"].plot(es, error(evals), marker="o", ms=3, label=name, **style(name))
+        line, = ax["acc"].plot(es, error_rate(evals, n_samples), marker="o", ms=3, label=name, **style(name))
         c = line.get_color()
         if paper:
             shift = 25 * (i - (len(run_dirs) - 1) / 2)       # side by side: the runs often tie at T=0.6
-            ax["acc"].plot([r["step"] + shift for r in paper], error(paper), marker="s", ms=7, ls="none", mfc="none",
-                           color=c)
+            ax["acc"].plot([r["step"] + shift for r in paper], error_rate(paper, n_samples), marker="s", ms=7,
+                           ls="none", mfc="none", color=c)
         ax["eff"].plot(es, [r["effective_correct"] for r in evals], marker="o", ms=3, label=name, **style(name))
         row = SEED_ROWS.get(name, name)
         if row in bars:
@@ -152,7 +155,7 @@ def plot_runs(run_dirs, out_path, title=None, seeds_table=None):
                 ax[panel].plot(steps, smooth(finite([r[key] for r in train]), 50), color=c, ls=ls,
                                label=f"{name}: {what}")
     if n_samples:
-        ax["acc"].axhline(0.5 / (n_samples[0] * n_samples[1]), color="gray", lw=0.8, ls=":",
+        ax["acc"].axhline(error_rate([{"accuracy": 1.0}], n_samples)[0], color="gray", lw=0.8, ls=":",
                           label="no wrong sample")
         ax["acc"].plot([], [], marker="s", ms=7, ls="none", mfc="none", color="gray",
                        label="T=0.6, top-p 0.95 (start, end)")

@@ -309,8 +309,8 @@ def test_smollm2_preset_finds_its_file_or_says_how_to_install_it(monkeypatch, tm
     assert (a.init_from, a.algo, a.warm_steps, a.paper_eval, a.task, a.heldout, a.start_seed) == (
         str(f), ["flowrl", "grpo", "grpo_kl", "gflowrl"], 40, True, "countdown_small", 0.25, 0)
     specs = config.runs(a)
-    assert [(algo, tag, r.kl_coef) for algo, tag, r in specs] == [("flowrl", "", 0.0), ("grpo", "", 0.0),
-                                                                   ("grpo", "_kl", config.GRPO_KL), ("gflowrl", "", 0.0)]
+    assert [(algo, tag, r.kl_coef) for algo, tag, r in specs] == [
+        ("flowrl", "", 0.0), ("grpo", "", 0.0), ("grpo", "_kl", config.GRPO_KL), ("gflowrl", "", 0.0)]
     assert config.parse_args(["--preset", "smollm2", "--device", "cpu", "--seed", "2"]).start_seed == 2
     a = config.parse_args(["--preset", "smollm2", "--device", "cpu", "--kl_coef", "0.1", "--algo", "grpo_kl",
                            "--tag", "_x", "--warm_steps", "0"])
@@ -369,3 +369,6 @@ def test_compare_figure_reads_the_seed_table_for_the_main_jobs_runs(tmp_path):
     fig = plot.plot_runs([os.path.join(out, "flowrl"), os.path.join(out, "grpo_kl")], str(tmp_path / "c.png"),
                          seeds_table=os.path.join(ROOT, "docs", "table.json"))
     assert os.path.getsize(fig) > 10000
+    # the accuracy panel's error rate: 1 - accuracy, an eval with no wrong sample at half of one of 9 x 16
+    evals = [{"accuracy": 0.5}, {"accuracy": 1 - 2 / 144}, {"accuracy": 1.0}]
+    assert plot.error_rate(evals, (9, 16)) == pytest.approx([0.5, 2 / 144, 0.5 / 144])
