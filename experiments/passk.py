@@ -6,7 +6,7 @@ incentivize reasoning capacity beyond the base model?" (Yue et al., 2025): does 
 raise pass@1 but fall below the warm start at large k, and does FlowRL keep the large-k coverage?
 Beside it, answer length over training (flowrl with and without --length_norm, beside grpo).
 
-    python -m experiments.passk              # 7 variants x 3 seeds, 2 at a time (2-core CPU: about 33 minutes)
+    python -m experiments.passk              # 7 variants x 3 seeds, 2 at a time (2-core CPU: about 22 minutes)
     python -m experiments.passk --seeds 0 --steps 100    # a quick look
     python -m experiments.passk --redraw docs/passk.json # the figure again, from the json alone
 
@@ -133,10 +133,8 @@ def draw(data, path):
     starts = [x for t in data["tails"].values() for x in t["start_length"]]
     axes[2].axhline(sum(starts) / len(starts), color="gray", ls="--", lw=1, label="first step (warm start)")
     axes[2].set_xticks(range(len(names)), [n + " *" if dynamic(n) else n for n in names], rotation=30)
-    axes[2].set(title="mean answer length, last 100 steps: each seed (dots), their mean (bars)",
-                ylabel="tokens per answer, incl. EOS")
-    axes[2].text(0.01, 0.01, "* dynamic sampling: the lengths of the mixed groups it kept",
-                 transform=axes[2].transAxes, fontsize=8)
+    axes[2].set(title="mean answer length over the last 100 steps\n(dots: the seeds; bars: their mean)",
+                ylabel="tokens per answer, incl. EOS", xlabel="* dynamic sampling: the mixed groups it kept")
     for a in axes:
         a.grid(alpha=0.3)
         a.legend(fontsize=8)

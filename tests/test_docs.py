@@ -96,6 +96,12 @@ def test_results_files_equal_what_their_scripts_compute_from_the_json():
     d = json.loads(read("docs/passk.json"))
     assert read("docs/passk.md") == passk.markdown(d["curves"], d["tails"], d["steps"], d["seeds"], d["n"],
                                                    d["prompts"]) + "\n"
+    # what passk.png is redrawn from (python -m experiments.passk --redraw docs/passk.json): every method's
+    # training accuracy, one series per seed, to the last step
+    assert set(d["train_accuracy"]) == set(d["tails"]) == set(d["curves"]) - {passk.START}
+    for acc in d["train_accuracy"].values():
+        assert len(acc["seeds"]) == len(d["seeds"]) and acc["step"][-1] > d["steps"] - 5
+        assert all(len(s) == len(acc["step"]) for s in acc["seeds"])
     d = json.loads(read("docs/figure1.json"))
     assert read("docs/figure1.md") == figure1.markdown(d["summary"], d["steps"]) + "\n"
     d = json.loads(read("docs/offpolicy.json"))
@@ -245,3 +251,25 @@ def test_every_number_in_prose_comes_from_a_named_file(page):
             assert int(p) in have_pct, f"{page}: {p}% is in none of {files}"
         for s in seconds:
             assert int(s.replace(",", "")) in have_s, f"{page}: {s} s is in none of {files}"
+
+
+def test_the_experiments_tables_wall_times_come_from_the_files_they_name():
+    """README's Experiments table: a wall time in a row's last cell is in the file that cell names
+    ("as above, `x.json`": the docs/ file of that name)."""
+    section = read("README.md").split("## Experiments", 1)[1].split("\n## ", 1)[0]
+    rows = [line.split("|")[-2] for line in section.splitlines() if line.startswith("| `")]
+    timed = 0
+    for cell in rows:
+        numbers = [d for d in DECIMAL.findall(cell)] + SECONDS.findall(cell)
+        paths = re.findall(r"`([\w/.]+\.json)`", cell)
+        if not numbers or not paths:
+            continue
+        assert len(paths) == 1, cell
+        path = paths[0] if "/" in paths[0] else "docs/" + paths[0]
+        have_dec, _, have_s = file_numbers([path])
+        for d in DECIMAL.findall(cell):
+            assert d in have_dec, f"README Experiments table: {d} is not in {path}"
+        for s in SECONDS.findall(cell):
+            assert int(s.replace(",", "")) in have_s, f"README Experiments table: {s} s is not in {path}"
+        timed += 1
+    assert timed >= 5                      # the main job, successors, staleness, figure1, passk, mutation
