@@ -242,7 +242,8 @@ def evaluate(model, tok, task, problems, *, k, max_new_tokens, seed, step, chunk
 
 def summarize(run_dir):
     """A run's final eval metrics, and the same at the first eval with accuracy >= 0.9 (matched
-    accuracy) or None; with --paper_eval, the final accuracy at T=0.6, top-p 0.95 as paper_accuracy.
+    accuracy) or None; with --paper_eval, the final accuracy at T=0.6, top-p 0.95 as paper_accuracy;
+    under "start", the same of the step-0 eval (the warm or cold start), where there is one.
     Reads run_dir/metrics.jsonl only."""
     with open(os.path.join(run_dir, "metrics.jsonl")) as f:
         records = [json.loads(line) for line in f if line.strip()]
@@ -255,27 +256,34 @@ def summarize(run_dir):
     out = {**pick(evals[-1]), "matched_accuracy": pick(matched) if matched else None}
     if paper and paper[-1]["step"] == evals[-1]["step"]:
         out["paper_accuracy"] = paper[-1]["accuracy"]
+    if evals[0]["step"] == 0:                   # the start the run trained from (its step-0 eval)
+        out["start"] = pick(evals[0])
+        if paper and paper[0]["step"] == 0:
+            out["start"]["paper_accuracy"] = paper[0]["accuracy"]
     return out
 
 
 def final_table(summary, k, n_prompts, grad_clip):
-    """The table train.py prints at the end: one row per run, each number once; the last column, where
-    every run has it, is the accuracy at the paper's sampling setting (T=0.6, top-p 0.95). A column whose
-    value is the same for every one of several runs is said once, under the table, instead."""
+    """The table train.py prints at the end: one row per run, each number once, below a "warm start" row
+    (the step-0 eval every run started from, where all runs share one); the last column, where every row
+    has it, is the accuracy at the paper's sampling setting (T=0.6, top-p 0.95). A column whose value is
+    the same in every one of several rows is said once, under the table, instead."""
     cols = [("accuracy", "accuracy", 9, ".3f"), (f"pass@{k}", "pass@k", 8, ".3f"),
             ("distinct", "distinct_correct", 9, ".2f"), ("effective", "effective_correct", 10, ".2f"),
             ("entropy", "entropy", 8, ".3f")]
-    if all("paper_accuracy" in s for s in summary.values()):
+    starts = [s.get("start") for s in summary.values()]
+    rows = ({"warm start": starts[0]} if starts[0] and all(x == starts[0] for x in starts) else {}) | summary
+    if all("paper_accuracy" in s for s in rows.values()):
         cols.append(("acc T=0.6", "paper_accuracy", 10, ".3f"))
-    same = {c[0] for c in cols if len(summary) > 1 and len({format(s[c[1]], c[3]) for s in summary.values()}) == 1}
+    same = {c[0] for c in cols if len(rows) > 1 and len({format(s[c[1]], c[3]) for s in rows.values()}) == 1}
     shown = [c for c in cols if c[0] not in same]
     lines = [f"\nfinal eval ({n_prompts} prompts x {k} samples at T=1; grad clip {grad_clip}); accuracy = "
              f"mean over the samples = pass@1; effective = exp(entropy of π over correct answers):",
              f"{'algo':14s}" + "".join(f" {h:>{w}s}" for h, _, w, _ in shown)]
-    for algo, s in summary.items():
+    for algo, s in rows.items():
         lines.append(f"{algo:14s}" + "".join(f" {s[key]:{w}{f}}" for _, key, w, f in shown))
     if same:
-        first = next(iter(summary.values()))
+        first = next(iter(rows.values()))
         lines.append("the same for every run: " + ", ".join(f"{h} {first[key]:{f}}" for h, key, _, f in cols
                                                              if h in same))
     return "\n".join(lines)

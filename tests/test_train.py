@@ -346,10 +346,17 @@ def test_summary_and_final_table_carry_the_paper_setting_accuracy(tmp_path):
         runs[name] = evaluate.summarize(str(d))
     assert runs["a"]["paper_accuracy"] == 0.75 and "paper_accuracy" not in runs["b"]
     assert runs["a"]["matched_accuracy"]["step"] == 10
+    assert runs["a"]["start"] == {"step": 0, "accuracy": 0.5, "pass@k": 1.0, "k": 4, "distinct_correct": 1.0,
+                                  "effective_correct": 1.0, "entropy": 0.1, "paper_accuracy": 0.6}
+    # one run: its start is the first row; pass@4, 1.0 in both rows, is said once under the table
     with_paper = evaluate.final_table({"a": runs["a"]}, 4, 3, 1.0).splitlines()
-    assert with_paper[2].endswith("acc T=0.6")
-    assert with_paper[3].split() == ["a", "0.900", "1.000", "2.00", "1.50", "0.200", "0.750"]
-    assert "T=0.6" not in evaluate.final_table(runs, 4, 3, 1.0).splitlines()[2]
+    assert with_paper[2].split() == ["algo", "accuracy", "distinct", "effective", "entropy", "acc", "T=0.6"]
+    assert with_paper[3].split() == ["warm", "start", "0.500", "1.00", "1.00", "0.100", "0.600"]
+    assert with_paper[4].split() == ["a", "0.900", "2.00", "1.50", "0.200", "0.750"]
+    assert with_paper[5] == "the same for every run: pass@4 1.000"
+    # runs that did not start from one and the same eval (a's start has a T=0.6 accuracy, b's none): no start row
+    both = evaluate.final_table(runs, 4, 3, 1.0).splitlines()
+    assert "T=0.6" not in both[2] and [r.split()[0] for r in both[3:5]] == ["a", "b"]
 
 
 def test_compare_figure_reads_the_seed_table_for_the_main_jobs_runs(tmp_path):
