@@ -64,6 +64,26 @@ def start_key(args, names):
         {"heldout": args.heldout} if args.heldout else {})
 
 
+def saved_start(path, key, args, what):
+    """The start checkpoint at path if it was made with these settings (key), else None (a new one is made).
+    Refused under --resume: the runs being resumed trained from the saved start, which is also their
+    π_ref, so a new one would change their reference halfway."""
+    if not os.path.exists(path):
+        return None
+    ck = load_checkpoint(path)
+    if ck.get("key") == key:
+        print(f"{what}: reusing {path}")
+        return ck
+    if args.resume:
+        old = ck.get("key") or {}
+        differ = sorted(k for k in set(old) | set(key) if old.get(k) != key.get(k))
+        raise UserError(f"--resume: {path} was made with other settings ({', '.join(differ)}) and the runs "
+                        f"being resumed started from it; resume with the flags it was made with, or start anew "
+                        f"in another --out_dir")
+    print(f"{what}: {path} was made with other settings; training a new one")
+    return None
+
+
 def warm_start(args, task, tok, device):
     """Train the start policy by next-token prediction on (prompt, answer) demonstrations, the answer
     over the correct ones (uniform, or skewed by --warm_skew) or, with probability --warm_noise, a random
@@ -74,14 +94,11 @@ def warm_start(args, task, tok, device):
                            "n_kv_head"))
     cfg = GPTConfig(vocab_size=tok.vocab_size, n_layer=args.n_layer, n_head=args.n_head, n_kv_head=args.n_kv_head,
                     n_embd=args.n_embd, block_size=96 if args.task.startswith("countdown") else 64)
-    if os.path.exists(path):
-        ck = load_checkpoint(path)
-        if ck.get("key") == key:
-            model = GPT(GPTConfig(**ck["model_config"])).to(device)
-            model.load_state_dict(ck["model"])
-            print(f"warm start: reusing {path}")
-            return model
-        print(f"warm start: {path} was made with other settings; training a new one")
+    ck = saved_start(path, key, args, "warm start")
+    if ck is not None:
+        model = GPT(GPTConfig(**ck["model_config"])).to(device)
+        model.load_state_dict(ck["model"])
+        return model
     torch.manual_seed(args.start_seed)
     model = GPT(cfg).to(device)
     rng = random.Random(args.start_seed + 12345)
@@ -107,13 +124,10 @@ def cold_start(args, task, tok, model, device):
     cpu_bf16 = device.type == "cpu" and args.bf16
     if cpu_bf16:                        # made in bf16 (the twin), so not the fp32 cold start of the same settings
         key["precision"] = "bf16"
-    if os.path.exists(path):
-        ck = load_checkpoint(path)
-        if ck.get("key") == key:
-            model.load_state_dict(ck["model"])
-            print(f"cold start: reusing {path}")
-            return model
-        print(f"cold start: {path} was made with other settings; training a new one")
+    ck = saved_start(path, key, args, "cold start")
+    if ck is not None:
+        model.load_state_dict(ck["model"])
+        return model
     torch.manual_seed(args.start_seed)
     rng = random.Random(args.start_seed + 12345)
     draw = lambda: task.worked_demo(rng, noise=args.warm_noise)

@@ -1,5 +1,5 @@
 """The branches and refusals no other test reaches: resume refusing another algorithm, another process
-count or a corrupt file; the log truncated after a stop between checkpoints; the no-gradient scorer in
+count, a warm start made with other settings or a corrupt file; the log truncated after a stop between checkpoints; the no-gradient scorer in
 chunks; the exact enumeration past one batch (KVCache.concat); top-p at T != 1 against a nucleus built by
 hand; the gradient clip as the optimizer sees it; minibatches of whole groups; a GGUF file's second stop id."""
 import argparse
@@ -40,6 +40,17 @@ def test_resume_refuses_another_algorithm(finished, tmp_path):
     os.rename(os.path.join(out, "flowrl"), os.path.join(out, "grpo"))
     with pytest.raises(train.UserError, match="holds a flowrl run, not grpo"):
         train.main(TINY + ["--algo", "grpo", "--out_dir", out, "--resume"])
+
+
+def test_resume_refuses_a_warm_start_made_with_other_settings(finished, tmp_path):
+    """The resumed run's π_ref is the saved warm start: under --resume it is not silently remade."""
+    out = str(tmp_path / "o")
+    shutil.copytree(finished, out)
+    saved = open(os.path.join(out, "warmstart.pt"), "rb").read()
+    argv = [a if a != "20" else "21" for a in TINY]                     # --warm_steps 21
+    with pytest.raises(train.UserError, match=r"warmstart.pt was made with other settings \(warm_steps\)"):
+        train.main(argv + ["--algo", "flowrl", "--out_dir", out, "--resume"])
+    assert open(os.path.join(out, "warmstart.pt"), "rb").read() == saved
 
 
 def test_resume_refuses_another_process_count(finished, tmp_path):

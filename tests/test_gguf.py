@@ -417,9 +417,18 @@ def test_a_start_file_is_known_by_its_contents_not_its_place(tmp_path):
             "--eval_k", "2", "--eval_every", "1", "--warm_steps", "2", "--warm_lr", "1e-3", "--ckpt_every", "1",
             "--out_dir", out, "--no_plot", "--no_summary"]
     train.main(["--init_from", a] + argv)
+    resume = argv[:3] + ["2"] + argv[4:] + ["--resume"]
+    cold = os.path.join(out, "coldstart.pt")
+    saved = open(cold, "rb").read()
+    # another file: the shared cold start, the resumed run's π_ref, is refused before it is replaced
+    with pytest.raises(train.UserError, match="coldstart.pt was made with other settings \\(init_from\\)"):
+        train.main(["--init_from", other] + resume)
+    assert open(cold, "rb").read() == saved
+    os.remove(cold)                             # without it, the run's own checkpoint refuses the other file
     with pytest.raises(train.UserError, match="is not the checkpoint .* started from .a.gguf, \\d+ bytes"):
-        train.main(["--init_from", other] + argv[:3] + ["2"] + argv[4:] + ["--resume"])
-    train.main(["--init_from", copy] + argv[:3] + ["2"] + argv[4:] + ["--resume"])
+        train.main(["--init_from", other] + resume)
+    open(cold, "wb").write(saved)
+    train.main(["--init_from", copy] + resume)
     rows = [json.loads(line) for line in open(os.path.join(out, "grpo", "metrics.jsonl"))]
     assert [r["step"] for r in rows if r["kind"] == "train"] == [1, 2]
 
