@@ -2,6 +2,7 @@
 equal one process's for every algorithm (DistributedDataParallel; global token counts and
 whitening); a torchrun run writes its files once, from rank 0; and resume under torchrun reproduces
 an uninterrupted run."""
+import gc
 import json
 import os
 import subprocess
@@ -63,6 +64,12 @@ def worker(rank, world, init_file, out):
     grads = {(algo, fsdp): gradients(algo, rank, world, fsdp) for algo in ALGOS for fsdp in (False, True)}
     if rank == 0:
         torch.save(grads, out)
+    # teardown as train.py does it: the runs' DDP/FSDP wrappers, kept alive by reference cycles, are freed
+    # first, then both processes wait for each other; a group destroyed under a live wrapper or while the
+    # peer still talks aborts the process at exit ("terminate called without an active exception", SIGABRT)
+    del grads
+    gc.collect()
+    dist.barrier()
     dist.destroy_process_group()
 
 
