@@ -11,8 +11,12 @@ start, three seeds each, and evaluated on held-out prompts (never trained on: tr
 The sweep runs `train.py --preset smollm2` once per (seed, algorithm), into out_dir/<algo>_s<seed>: a run
 with a checkpoint resumes from it, a finished run is skipped, and the report is rewritten after every run
 (its "missing" list names the runs not finished yet), so it can be stopped and started again at any point.
+A finished run is also kept as a small record beside the report, docs/smollm2/runs/<algo>_s<seed>.json (its
+settings, wall time and every record the report uses), which is committed: the sweep skips a run with a record
+made with the same settings, and the report is rebuilt from the records on a machine that has none of the run
+directories (the sweep takes longer than one session on a machine; only the records outlive it).
 Flags after `--` go to every train.py run (the tests use a tiny GGUF file and two steps this way).
-Each run's wall time, summed over the commands that ran it, is kept in out_dir/wall.json.
+Each run's wall time, summed over the commands that ran it, is kept in out_dir/wall.json and in its record.
 """
 
 import argparse
@@ -27,6 +31,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from plot import smooth, style  # noqa: E402
+from config import UserError  # noqa: E402
 from experiments.common import mean_std  # noqa: E402
 
 ALGOS = ("flowrl", "grpo", "grpo_kl", "gflowrl")
@@ -78,22 +83,103 @@ def add_wall(out_dir, name, seconds):
     os.replace(path + ".tmp", path)
 
 
+def run_config(algo, seed, out_dir, extra):
+    """The settings that define a run: checkpoint.EXPERIMENT_FLAGS as train.py resolves them from the sweep's
+    command, the start file (--init_from) by its contents (checkpoint.file_identity), not by where it lies."""
+    import train
+    from checkpoint import EXPERIMENT_FLAGS, file_identity
+    args = train.parse_args(train_argv(algo, seed, out_dir, extra))
+    return {k: getattr(args, k) for k in EXPERIMENT_FLAGS} | {
+        "init_from": file_identity(args.init_from) if args.init_from else None}
+
+
+def record_path(a, name):
+    return os.path.join(a.out, "runs", name + ".json")
+
+
+def read_record(a, name, config):
+    """A finished run's record (None if there is none); refused, naming the setting, when it was made with other
+    settings than the sweep's now: the report would mix experiments."""
+    path = record_path(a, name)
+    if not os.path.exists(path):
+        return None
+    try:
+        with open(path) as f:
+            rec = json.load(f)
+        saved = rec["config"]
+    except (ValueError, KeyError, TypeError) as e:
+        raise UserError(f"{path} is not a run record ({e}); restore it from git, or delete it to run {name} again")
+    for k, v in config.items():
+        if saved.get(k) != v:
+            raise UserError(f"{path} was made with --{k} {saved.get(k)!r}, the sweep now has {v!r}; write the report "
+                            f"elsewhere with --out, or delete the record to run {name} again")
+    return rec
+
+
+def run_entry(run_dir, algo, seed, wall):
+    """What the report keeps of a run directory (None before its first evaluation): algo, seed, final step,
+    held-out prompt count, wall time, evals (T = 1), paper evals (T = 0.6, top-p 0.95) and training records."""
+    rows = read_metrics(run_dir)
+    evals = [r for r in rows if r["kind"] == "eval"]
+    if not evals:
+        return None
+    pick = lambda r: {k: r[k] for k in ("step", "k") + EVAL_KEYS if k in r} | {
+        k: r[k] for k in r if k.startswith("pass@") and k != "pass@k"}
+    train = [r for r in rows if r["kind"] == "train"]
+    return {"algo": algo, "seed": seed, "step": train[-1]["step"] if train else 0,
+            "eval_prompts": len(evals[0]["correct_counts"]), "wall_s": wall["runs_s"].get(run_name(algo, seed)),
+            "evals": [pick(r) for r in evals],
+            "paper": [pick(r) for r in rows if r["kind"] == "eval_paper"],
+            "train": [{k: r[k] for k in ("step",) + TRAIN_KEYS if k in r} for r in train]}
+
+
+ENTRY_KEYS = ("algo", "seed", "step", "eval_prompts", "wall_s", "evals", "paper", "train")
+
+
+def read_wall(out_dir):
+    path = os.path.join(out_dir, "wall.json")
+    return json.load(open(path)) if os.path.exists(path) else {"runs_s": {}}
+
+
+def save_records(a, extra, steps):
+    """A record for every run whose directory here is finished and that has no finished record yet (written
+    atomically; a record of a shorter run is replaced)."""
+    wall = read_wall(a.out_dir)
+    for seed in a.seeds:
+        for algo in a.algos:
+            name = run_name(algo, seed)
+            config = run_config(algo, seed, a.out_dir, extra)
+            rec = read_record(a, name, config)
+            if rec is not None and rec["step"] == steps or not finished(os.path.join(a.out_dir, name), steps):
+                continue
+            rec = {"config": config, "cpu": wall.get("cpu")} | run_entry(os.path.join(a.out_dir, name), algo, seed,
+                                                                          wall)
+            path = record_path(a, name)
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            with open(path + ".tmp", "w") as f:
+                json.dump(rec, f, indent=1)
+            os.replace(path + ".tmp", path)
+
+
 def sweep(a, extra, steps):
-    """Every (seed, algo) run not finished yet, each from its last checkpoint; the aggregate after each."""
+    """Every (seed, algo) run not finished yet, each from its last checkpoint; its record and the aggregate
+    after each."""
     import train
     for seed in a.seeds:                        # seed by seed: the first seed of every algorithm comes first
         for algo in a.algos:
-            run_dir = os.path.join(a.out_dir, run_name(algo, seed))
-            if finished(run_dir, steps):
-                print(f"{run_name(algo, seed)}: finished, skipped")
+            name = run_name(algo, seed)
+            run_dir = os.path.join(a.out_dir, name)
+            rec = read_record(a, name, run_config(algo, seed, a.out_dir, extra))
+            if rec is not None and rec["step"] == steps or finished(run_dir, steps):
+                print(f"{name}: finished, skipped" + (f" ({record_path(a, name)})" if rec is not None else ""))
                 continue
             resume = os.path.exists(os.path.join(run_dir, "ckpt.pt"))
             t0 = time.time()
             try:                                # an interrupted part's time counts too (SIGTERM: see main)
                 train.main(train_argv(algo, seed, a.out_dir, extra) + (["--resume"] if resume else []))
             finally:
-                add_wall(a.out_dir, run_name(algo, seed), time.time() - t0)
-            aggregate(a, steps)
+                add_wall(a.out_dir, name, time.time() - t0)
+            aggregate(a, extra, steps)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -221,31 +307,25 @@ def pilot_lr_md(rows, steps=PILOT_STEPS):
 # ---------------------------------------------------------------------------------------------
 # the report: mean ± std over seeds, each seed kept
 
-def collect(a, steps):
-    """Every run directory of the sweep that has an evaluation: its algo, seed, final step, held-out prompt
-    count, evals (T = 1), paper evals (T = 0.6, top-p 0.95) and training records."""
-    wall_path = os.path.join(a.out_dir, "wall.json")
-    wall = json.load(open(wall_path)) if os.path.exists(wall_path) else {"runs_s": {}}
+def collect(a, extra, steps):
+    """Every run of the sweep: its record if it has one, else its run directory here once it has an evaluation;
+    "missing" names the runs with no finished record."""
+    wall = read_wall(a.out_dir)
     runs, missing = [], []
     for seed in a.seeds:
         for algo in a.algos:
             name = run_name(algo, seed)
-            rows = read_metrics(os.path.join(a.out_dir, name))
-            evals = [r for r in rows if r["kind"] == "eval"]
-            if not finished(os.path.join(a.out_dir, name), steps):
-                missing.append(name)
-            if not evals:
+            rec = read_record(a, name, run_config(algo, seed, a.out_dir, extra))
+            if rec is not None and rec["step"] == steps:
+                runs.append({k: rec[k] for k in ENTRY_KEYS} | {"cpu": rec["cpu"]})
                 continue
-            pick = lambda r: {k: r[k] for k in ("step", "k") + EVAL_KEYS if k in r} | {
-                k: r[k] for k in r if k.startswith("pass@") and k != "pass@k"}
-            train = [r for r in rows if r["kind"] == "train"]
-            runs.append({"algo": algo, "seed": seed, "step": train[-1]["step"] if train else 0,
-                         "eval_prompts": len(evals[0]["correct_counts"]), "wall_s": wall["runs_s"].get(name),
-                         "evals": [pick(r) for r in evals],
-                         "paper": [pick(r) for r in rows if r["kind"] == "eval_paper"],
-                         "train": [{k: r[k] for k in ("step",) + TRAIN_KEYS if k in r} for r in train]})
+            missing.append(name)
+            entry = run_entry(os.path.join(a.out_dir, name), algo, seed, wall)
+            if entry is not None:
+                runs.append(entry | {"cpu": wall.get("cpu")})
+    cpus = sorted({r["cpu"] for r in runs if r["cpu"]})
     return {"steps": steps, "seeds": a.seeds, "algos": a.algos, "runs": runs, "missing": missing,
-            "cpu": wall.get("cpu"), "command": "python -m experiments.realmodel " + " ".join(sys.argv[1:])}
+            "cpu": "; ".join(cpus) or None, "command": "python -m experiments.realmodel " + " ".join(sys.argv[1:])}
 
 
 def mean(xs):
@@ -351,8 +431,9 @@ def curves(data, path):
     plt.close(fig)
 
 
-def aggregate(a, steps):
-    data = collect(a, steps)
+def aggregate(a, extra, steps):
+    save_records(a, extra, steps)
+    data = collect(a, extra, steps)
     os.makedirs(a.out, exist_ok=True)
     with open(os.path.join(a.out, "report.json"), "w") as f:
         json.dump(data, f, indent=1)
@@ -374,7 +455,8 @@ def main(argv=None):
     p.add_argument("--algos", nargs="+", default=list(ALGOS), help="train.py --algo names")
     p.add_argument("--out_dir", default="out_smollm2", help="the run directories and the shared cold start")
     p.add_argument("--out", default="docs/smollm2", help="where report.json, report.md and curves.png go")
-    p.add_argument("--aggregate_only", action="store_true", help="only rebuild the report from the run directories")
+    p.add_argument("--aggregate_only", action="store_true", help="only rebuild the report (and the records of finished runs) from the "
+                   "records and the run directories")
     p.add_argument("--pilot", action="store_true", help="the task pilot instead: docs/smollm2/pilot_tasks.{md,json}")
     p.add_argument("--tasks", nargs="+", default=list(PILOT_TASKS), help="--pilot's candidate tasks")
     p.add_argument("--lr_pilot", action="store_true", help=f"the learning-rate pilot instead: {PILOT_STEPS} steps "
@@ -389,12 +471,11 @@ def main(argv=None):
     steps = train.parse_args(train_argv("flowrl", 0, a.out_dir, extra)).steps     # the runs' length, all algos
     if not a.aggregate_only:
         sweep(a, extra, steps)
-    return aggregate(a, steps)
+    return aggregate(a, extra, steps)
 
 
 if __name__ == "__main__":
     import signal
-    from config import UserError
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))      # stopped: the running part's wall time is kept
     try:
         main()

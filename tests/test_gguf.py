@@ -6,12 +6,14 @@ import hashlib
 import json
 import os
 import random
+import shutil
 
 import numpy as np
 import pytest
 import torch
 
 from gguf_io import find_smollm2, load_gguf, save_tokenizer
+from config import UserError
 from tokenizer import CheckpointError
 from conftest import HANG
 
@@ -483,6 +485,28 @@ def test_realmodel_sweep_resumes_skips_and_aggregates(tmp_path, monkeypatch, cap
     assert os.path.getsize(os.path.join(report, "curves.png")) > 10000
     assert os.listdir(out).count("coldstart.pt") == 1                            # one cold start for every seed
     assert open(os.path.join(out, "coldstart.pt"), "rb").read() == cold and "cold start: reusing" in printed
+
+    # each finished run's record: on a machine without the run directories the sweep skips every run and the
+    # report is the same; a record made with other settings, or not a record, is refused by name
+    records = os.path.join(report, "runs")
+    assert sorted(os.listdir(records)) == ["flowrl_s0.json", "flowrl_s1.json", "grpo_s0.json", "grpo_s1.json"]
+    rec = json.load(open(os.path.join(records, "grpo_s1.json")))
+    assert {k: rec[k] for k in ("algo", "seed", "step")} == {"algo": "grpo", "seed": 1, "step": 2}
+    assert rec["config"]["init_from"]["name"] == "m.gguf"                     # the file by contents, not path
+    assert {k: rec[k] for k in realmodel.ENTRY_KEYS} == {k: data["runs"][3][k] for k in realmodel.ENTRY_KEYS}
+    shutil.rmtree(out)
+    capsys.readouterr()
+    assert realmodel.main([moved if a == path else a for a in argv]) == data
+    printed = capsys.readouterr().out
+    assert all(f"{n}: finished, skipped ({os.path.join(records, n + '.json')})" in printed for n in done)
+    assert not os.path.exists(os.path.join(out, "coldstart.pt"))               # nothing was trained
+    rec["config"]["lr"] *= 2
+    json.dump(rec, open(os.path.join(records, "grpo_s1.json"), "w"))
+    with pytest.raises(UserError, match=r"grpo_s1.json was made with --lr .*delete the record to run grpo_s1"):
+        realmodel.main([moved if a == path else a for a in argv])
+    open(os.path.join(records, "grpo_s1.json"), "w").write("{")
+    with pytest.raises(UserError, match=r"grpo_s1.json is not a run record"):
+        realmodel.main(["--aggregate_only"] + [moved if a == path else a for a in argv])
 
 
 def test_the_lr_pilots_rule_picks_the_larger_rate_unless_it_does_worse():
