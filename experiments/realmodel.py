@@ -455,8 +455,8 @@ def main(argv=None):
     p.add_argument("--algos", nargs="+", default=list(ALGOS), help="train.py --algo names")
     p.add_argument("--out_dir", default="out_smollm2", help="the run directories and the shared cold start")
     p.add_argument("--out", default="docs/smollm2", help="where report.json, report.md and curves.png go")
-    p.add_argument("--aggregate_only", action="store_true", help="only rebuild the report (and the records of finished runs) from the "
-                   "records and the run directories")
+    p.add_argument("--aggregate_only", action="store_true", help="only rebuild the report (and the records of "
+                   "finished runs) from the records and the run directories")
     p.add_argument("--pilot", action="store_true", help="the task pilot instead: docs/smollm2/pilot_tasks.{md,json}")
     p.add_argument("--tasks", nargs="+", default=list(PILOT_TASKS), help="--pilot's candidate tasks")
     p.add_argument("--lr_pilot", action="store_true", help=f"the learning-rate pilot instead: {PILOT_STEPS} steps "
