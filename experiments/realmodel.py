@@ -391,8 +391,46 @@ def report_md(data):
                      f"{cell([part(r, 'kl_ref', slice(-w, None)) for r in rs], 3)} | "
                      f"{cell([part(r, 'time/step_s', slice(None)) for r in rs], 1)} | "
                      f"{cell([r['wall_s'] for r in rs if r['step'] == data['steps']], 0)} |")
+    lines += comparisons(data)
     lines += ["", "Runs not finished: " + (", ".join(data["missing"]) if data["missing"] else "none") + "."]
     return "\n".join(lines)
+
+
+def verdict(xs, ys, digits):
+    """'±d (reading)': d, the difference of the seed means of xs and ys; the reading "tie" where |d| is not
+    larger than the larger of their two seed standard deviations, "higher" or "lower" where it is, and the
+    seed counts where either side has fewer than two seeds (no spread to read it by)."""
+    a, b = mean_std(xs), mean_std(ys)
+    if a is None or b is None:
+        return ""
+    d = a[0] - b[0]
+    if min(a[2], b[2]) < 2:
+        reading = f"{a[2]} vs {b[2]} seeds"
+    else:
+        reading = "tie" if abs(d) <= max(a[1], b[1]) else ("higher" if d > 0 else "lower")
+    return f"{d:+.{digits}f} ({reading})"
+
+
+def comparisons(data, algo="flowrl"):
+    """The report's last table: algo against each other algorithm at the last evaluation, read by verdict."""
+    done = [r for r in data["runs"] if r["step"] == data["steps"]]
+    others = [o for o in data["algos"] if o != algo and any(r["algo"] == o for r in done)]
+    if not others or not any(r["algo"] == algo for r in done):
+        return []
+    k = done[0]["evals"][-1]["k"]
+    last = lambda name, kind, key: [r[kind][-1].get(key) for r in done if r["algo"] == name and r[kind]]
+    rows = [("evals", key, f"{key}, T = 1", d) for key, d in (("accuracy", 3), (f"pass@{k}", 3),
+                                                                 ("distinct_correct", 2), ("effective_correct", 2),
+                                                                 ("answer_entropy", 2), ("entropy", 3))]
+    rows += [("paper", key, f"{key}, T = 0.6", d) for key, d in (("accuracy", 3), (f"pass@{k}", 3),
+                                                                  ("effective_correct", 2))]
+    lines = ["", f"{algo} against each other algorithm at the last evaluation: the difference of the seed means, "
+             "read as a tie where it is not larger than the larger of the two seed standard deviations:", "",
+             f"| metric | {' | '.join(f'{algo} − {o}' for o in others)} |", "|---" * (len(others) + 1) + "|"]
+    for kind, key, label, d in rows:
+        lines.append(f"| {label} | " + " | ".join(verdict(last(algo, kind, key), last(o, kind, key), d)
+                                                  for o in others) + " |")
+    return lines
 
 
 def curves(data, path):

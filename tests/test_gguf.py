@@ -509,6 +509,27 @@ def test_realmodel_sweep_resumes_skips_and_aggregates(tmp_path, monkeypatch, cap
         realmodel.main(["--aggregate_only"] + [moved if a == path else a for a in argv])
 
 
+def test_the_reports_comparison_calls_a_difference_within_the_seed_spread_a_tie():
+    from experiments.realmodel import comparisons, verdict
+    assert verdict([0.5, 0.6, 0.7], [0.45, 0.55, 0.65], 3) == "+0.050 (tie)"         # seed std 0.1 > 0.05
+    assert verdict([0.50, 0.52, 0.54], [0.30, 0.31, 0.32], 3) == "+0.210 (higher)"
+    assert verdict([0.30, 0.31, 0.32], [0.50, 0.52, 0.54], 2) == "-0.21 (lower)"
+    assert verdict([0.5], [0.4, 0.4], 2) == "+0.10 (1 vs 2 seeds)"                  # no spread to read it by
+    assert verdict([None], [0.4], 2) == ""
+    ev = lambda acc, step=4: {"step": step, "k": 2, "accuracy": acc, "pass@2": acc, "distinct_correct": 1.0,
+                              "effective_correct": 1.0, "answer_entropy": 0.5, "entropy": 0.1}
+    run = lambda algo, seed, acc, step=4: {"algo": algo, "seed": seed, "step": step, "evals": [ev(0.1, 0), ev(acc)],
+                                           "paper": [ev(0.1, 0), ev(acc)]}
+    data = {"steps": 4, "algos": ["flowrl", "grpo"],
+            "runs": [run("flowrl", 0, 0.50), run("flowrl", 1, 0.52), run("grpo", 0, 0.30), run("grpo", 1, 0.31),
+                     run("grpo", 2, 0.99, step=2)]}                # a run not finished is left out
+    lines = comparisons(data)
+    assert "| metric | flowrl − grpo |" in lines
+    assert "| accuracy, T = 1 | +0.205 (higher) |" in lines and "| accuracy, T = 0.6 | +0.205 (higher) |" in lines
+    assert "| entropy, T = 1 | +0.000 (tie) |" in lines
+    assert comparisons(data | {"runs": data["runs"][2:]}) == []      # no finished flowrl run: no table
+
+
 def test_the_lr_pilots_rule_picks_the_larger_rate_unless_it_does_worse():
     from experiments.realmodel import chosen_lrs, pilot_lr_md
     row = lambda algo, lr, acc, fmt: dict(algo=algo, lr=lr, eval_end=acc, format_end=fmt, train_accuracy_first5=0.1,
