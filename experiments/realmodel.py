@@ -458,7 +458,8 @@ def curves(data, path):
             common = min(len(xs) for xs, _ in series)
             xs = series[0][0][:common]
             ms = [mean_std([ys[i] for _, ys in series]) or (float("nan"),) * 3 for i in range(common)]
-            ax.plot(xs, [m for m, _, _ in ms], lw=2, label=f"{algo} ({len(rs)} seeds)", **kw)
+            seeds = f"{len(rs)} seed" + ("s" if len(rs) > 1 else "")
+            ax.plot(xs, [m for m, _, _ in ms], lw=2, label=f"{algo} ({seeds})", **kw)
             ax.fill_between(xs, [m - s for m, s, _ in ms], [m + s for m, s, _ in ms], alpha=0.15, color=kw.get("color"))
         ax.set(title=title, xlabel="RL step")
         ax.grid(alpha=0.3)
