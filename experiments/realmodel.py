@@ -116,6 +116,12 @@ def read_record(a, name, config):
     return rec
 
 
+def finished_record(a, name, algo, seed, extra, steps):
+    """The run's record if it holds the whole run (steps), else None; refused as read_record refuses."""
+    rec = read_record(a, name, run_config(algo, seed, a.out_dir, extra))
+    return rec if rec is not None and rec["step"] == steps else None
+
+
 def run_entry(run_dir, algo, seed, wall):
     """What the report keeps of a run directory (None before its first evaluation): algo, seed, final step,
     held-out prompt count, wall time, evals (T = 1), paper evals (T = 0.6, top-p 0.95) and training records."""
@@ -128,12 +134,12 @@ def run_entry(run_dir, algo, seed, wall):
     train = [r for r in rows if r["kind"] == "train"]
     return {"algo": algo, "seed": seed, "step": train[-1]["step"] if train else 0,
             "eval_prompts": len(evals[0]["correct_counts"]), "wall_s": wall["runs_s"].get(run_name(algo, seed)),
-            "evals": [pick(r) for r in evals],
+            "cpu": wall.get("cpu"), "evals": [pick(r) for r in evals],
             "paper": [pick(r) for r in rows if r["kind"] == "eval_paper"],
             "train": [{k: r[k] for k in ("step",) + TRAIN_KEYS if k in r} for r in train]}
 
 
-ENTRY_KEYS = ("algo", "seed", "step", "eval_prompts", "wall_s", "evals", "paper", "train")
+ENTRY_KEYS = ("algo", "seed", "step", "eval_prompts", "wall_s", "cpu", "evals", "paper", "train")
 
 
 def read_wall(out_dir):
@@ -148,12 +154,10 @@ def save_records(a, extra, steps):
     for seed in a.seeds:
         for algo in a.algos:
             name = run_name(algo, seed)
-            config = run_config(algo, seed, a.out_dir, extra)
-            rec = read_record(a, name, config)
-            if rec is not None and rec["step"] == steps or not finished(os.path.join(a.out_dir, name), steps):
+            if finished_record(a, name, algo, seed, extra, steps) or not finished(os.path.join(a.out_dir, name), steps):
                 continue
-            rec = {"config": config, "cpu": wall.get("cpu")} | run_entry(os.path.join(a.out_dir, name), algo, seed,
-                                                                          wall)
+            rec = {"config": run_config(algo, seed, a.out_dir, extra)} | run_entry(os.path.join(a.out_dir, name),
+                                                                                   algo, seed, wall)
             path = record_path(a, name)
             os.makedirs(os.path.dirname(path), exist_ok=True)
             with open(path + ".tmp", "w") as f:
@@ -169,8 +173,8 @@ def sweep(a, extra, steps):
         for algo in a.algos:
             name = run_name(algo, seed)
             run_dir = os.path.join(a.out_dir, name)
-            rec = read_record(a, name, run_config(algo, seed, a.out_dir, extra))
-            if rec is not None and rec["step"] == steps or finished(run_dir, steps):
+            rec = finished_record(a, name, algo, seed, extra, steps)
+            if rec is not None or finished(run_dir, steps):
                 print(f"{name}: finished, skipped" + (f" ({record_path(a, name)})" if rec is not None else ""))
                 continue
             resume = os.path.exists(os.path.join(run_dir, "ckpt.pt"))
@@ -315,14 +319,14 @@ def collect(a, extra, steps):
     for seed in a.seeds:
         for algo in a.algos:
             name = run_name(algo, seed)
-            rec = read_record(a, name, run_config(algo, seed, a.out_dir, extra))
-            if rec is not None and rec["step"] == steps:
-                runs.append({k: rec[k] for k in ENTRY_KEYS} | {"cpu": rec["cpu"]})
+            rec = finished_record(a, name, algo, seed, extra, steps)
+            if rec is not None:
+                runs.append({k: rec[k] for k in ENTRY_KEYS})
                 continue
             missing.append(name)
             entry = run_entry(os.path.join(a.out_dir, name), algo, seed, wall)
             if entry is not None:
-                runs.append(entry | {"cpu": wall.get("cpu")})
+                runs.append(entry)
     cpus = sorted({r["cpu"] for r in runs if r["cpu"]})
     return {"steps": steps, "seeds": a.seeds, "algos": a.algos, "runs": runs, "missing": missing,
             "cpu": "; ".join(cpus) or None, "command": "python -m experiments.realmodel " + " ".join(sys.argv[1:])}
